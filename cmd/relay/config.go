@@ -1,0 +1,162 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is relay's environment, parsed and checked.
+type config struct {
+	DatabaseURL     string
+	Secrets         []string
+	HTTPAddr        string
+	AdminAddr       string
+	WebhookPath     string
+	MaxBodyBytes    int64
+	AckTimeout      time.Duration
+	Workers         int
+	MaxAttempts     int
+	DBMaxConns      int32
+	ShutdownTimeout time.Duration
+	AllowedCIDRs    []netip.Prefix
+	TrustedProxies  []netip.Prefix
+	LogLevel        slog.Level
+	LogFormat       string
+}
+
+// env reads one variable with a default.
+type env func(string) string
+
+func (e env) str(key, def string) string {
+	if v := strings.TrimSpace(e(key)); v != "" {
+		return v
+	}
+	return def
+}
+
+func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
+	e := env(getenv)
+	c := &config{
+		DatabaseURL: e.str("DATABASE_URL", ""),
+		HTTPAddr:    e.str("RELAY_HTTP_ADDR", ":8080"),
+		AdminAddr:   e.str("RELAY_ADMIN_ADDR", "127.0.0.1:9091"),
+		WebhookPath: e.str("RELAY_WEBHOOK_PATH", "/webhooks/polar"),
+		LogFormat:   e.str("LOG_FORMAT", "json"),
+	}
+	var errs []error
+	if c.DatabaseURL == "" {
+		errs = append(errs, errors.New("DATABASE_URL is not set"))
+	}
+	if !strings.HasPrefix(c.WebhookPath, "/") {
+		errs = append(errs, fmt.Errorf("RELAY_WEBHOOK_PATH %q must start with /", c.WebhookPath))
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("LOG_FORMAT %q: want json or text", c.LogFormat))
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(e.str("LOG_LEVEL", "info"))); err != nil {
+		errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))
+	}
+
+	secrets, err := readSecrets(e)
+	if err != nil {
+		errs = append(errs, err)
+	} else if len(secrets) == 0 && needSecret {
+		errs = append(errs, errors.New("no webhook secret: set POLAR_WEBHOOK_SECRET or POLAR_WEBHOOK_SECRET_FILE"))
+	}
+	c.Secrets = secrets
+
+	c.MaxBodyBytes = int64(intVar(e, "RELAY_MAX_BODY_BYTES", 1<<20, &errs))
+	c.Workers = intVar(e, "RELAY_WORKERS", 20, &errs)
+	c.MaxAttempts = intVar(e, "RELAY_MAX_ATTEMPTS", 12, &errs)
+	c.DBMaxConns = int32(intVar(e, "RELAY_DB_MAX_CONNS", 0, &errs))
+	c.AckTimeout = durationVar(e, "RELAY_ACK_TIMEOUT", 5*time.Second, &errs)
+	c.ShutdownTimeout = durationVar(e, "RELAY_SHUTDOWN_TIMEOUT", 30*time.Second, &errs)
+	c.AllowedCIDRs = prefixesVar(e, "RELAY_ALLOWED_CIDRS", &errs)
+	c.TrustedProxies = prefixesVar(e, "RELAY_TRUSTED_PROXIES", &errs)
+	if c.MaxBodyBytes <= 0 || c.Workers <= 0 || c.MaxAttempts <= 0 || c.AckTimeout <= 0 {
+		errs = append(errs, errors.New("RELAY_MAX_BODY_BYTES, RELAY_WORKERS, RELAY_MAX_ATTEMPTS and RELAY_ACK_TIMEOUT must be positive"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	return c, nil
+}
+
+// readSecrets returns the configured webhook secrets, several when one is
+// being rotated.
+func readSecrets(e env) ([]string, error) {
+	raw := e("POLAR_WEBHOOK_SECRET")
+	if path := e.str("POLAR_WEBHOOK_SECRET_FILE", ""); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("POLAR_WEBHOOK_SECRET_FILE: %w", err)
+		}
+		raw = strings.Join([]string{raw, strings.ReplaceAll(string(b), "\n", ",")}, ",")
+	}
+	var out []string
+	for s := range strings.SplitSeq(raw, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+func intVar(e env, key string, def int, errs *[]error) int {
+	v := e.str(key, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("%s: %q is not a whole number", key, v))
+	}
+	return n
+}
+
+func durationVar(e env, key string, def time.Duration, errs *[]error) time.Duration {
+	v := e.str(key, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("%s: %q is not a duration such as 5s", key, v))
+	}
+	return d
+}
+
+func prefixesVar(e env, key string, errs *[]error) []netip.Prefix {
+	var out []netip.Prefix
+	for s := range strings.SplitSeq(e(key), ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			addr, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				*errs = append(*errs, fmt.Errorf("%s: %q is neither an address nor a CIDR", key, s))
+				continue
+			}
+			p = netip.PrefixFrom(addr, addr.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out
+}
+
+func newLogger(c *config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,147 @@
+// Package inbox stores every verified webhook delivery, byte-exact, keyed by
+// its delivery id. It is the receiver's durable record and the workers'
+// source of truth for an event's body.
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Status of an inbox row.
+const (
+	StatusPending   = "pending"   // a job will process it
+	StatusProcessed = "processed" // its job finished
+	StatusIgnored   = "ignored"   // a type relay does not act on
+	StatusInvalid   = "invalid"   // verified, but not a readable event
+)
+
+// Event is one stored delivery.
+type Event struct {
+	ID               int64
+	WebhookID        string
+	EventType        string
+	Status           string
+	WebhookTimestamp time.Time
+	EventTimestamp   *time.Time
+	ReceivedAt       time.Time
+	ProcessedAt      *time.Time
+	Body             []byte
+	JobID            *int64
+	Error            *string
+}
+
+// DB is what the inbox runs its statements on: a pool, a connection or a
+// transaction.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Insert stores e unless a row with the same webhook id exists. It reports
+// whether it inserted; on false nothing was written. A concurrent insert of
+// the same id waits for the other transaction and then reports false, or
+// inserts if that transaction rolled back.
+func Insert(ctx context.Context, db DB, e *Event) (bool, error) {
+	err := db.QueryRow(ctx, `
+		INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (webhook_id) DO NOTHING
+		RETURNING id, received_at`,
+		e.WebhookID, e.EventType, e.Status, e.WebhookTimestamp, e.EventTimestamp, e.Body, e.Error,
+	).Scan(&e.ID, &e.ReceivedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("insert inbox row %q: %w", e.WebhookID, err)
+	}
+	return true, nil
+}
+
+// SetJob records the id of the job that will process the row.
+func SetJob(ctx context.Context, db DB, id, jobID int64) error {
+	if _, err := db.Exec(ctx, `UPDATE webhook_inbox SET job_id = $2 WHERE id = $1`, id, jobID); err != nil {
+		return fmt.Errorf("link inbox row %d to job %d: %w", id, jobID, err)
+	}
+	return nil
+}
+
+const columns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
+	received_at, processed_at, body, job_id, error`
+
+func scan(row pgx.Row) (*Event, error) {
+	var e Event
+	err := row.Scan(&e.ID, &e.WebhookID, &e.EventType, &e.Status, &e.WebhookTimestamp, &e.EventTimestamp,
+		&e.ReceivedAt, &e.ProcessedAt, &e.Body, &e.JobID, &e.Error)
+	return &e, err
+}
+
+// ErrNotFound means no row has the webhook id.
+var ErrNotFound = errors.New("inbox: no such webhook")
+
+// Get returns the row of a webhook id.
+func Get(ctx context.Context, db DB, webhookID string) (*Event, error) {
+	e, err := scan(db.QueryRow(ctx, `SELECT `+columns+` FROM webhook_inbox WHERE webhook_id = $1`, webhookID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("get inbox row %q: %w", webhookID, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get inbox row %q: %w", webhookID, err)
+	}
+	return e, nil
+}
+
+// MarkProcessed records that the row's event was processed; note is an
+// optional short outcome ("no session", "not a storefront sale").
+func MarkProcessed(ctx context.Context, db DB, id int64, note string) error {
+	var errText *string
+	if note != "" {
+		errText = &note
+	}
+	if _, err := db.Exec(ctx, `
+		UPDATE webhook_inbox SET status = 'processed', processed_at = now(), error = $2
+		WHERE id = $1`, id, errText); err != nil {
+		return fmt.Errorf("mark inbox row %d processed: %w", id, err)
+	}
+	return nil
+}
+
+// ListParams filters List. Zero values mean no filter.
+type ListParams struct {
+	Status    string
+	EventType string
+	Limit     int
+}
+
+// List returns rows newest first.
+func List(ctx context.Context, db DB, p ListParams) ([]*Event, error) {
+	if p.Limit <= 0 {
+		p.Limit = 50
+	}
+	rows, err := db.Query(ctx, `SELECT `+columns+` FROM webhook_inbox
+		WHERE ($1 = '' OR status = $1) AND ($2 = '' OR event_type = $2)
+		ORDER BY id DESC LIMIT $3`, p.Status, p.EventType, p.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("list inbox: %w", err)
+	}
+	defer rows.Close()
+	var out []*Event
+	for rows.Next() {
+		e, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list inbox: %w", err)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list inbox: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,14 @@
+// Package jobs works the events the receiver stored: River job arguments and
+// workers that translate Polar events into ledger calls.
+package jobs
+
+// EventArgs asks for one stored webhook to be processed. The body stays in
+// the inbox; the job carries only what identifies it.
+type EventArgs struct {
+	InboxID   int64  `json:"inbox_id"`
+	WebhookID string `json:"webhook_id"`
+	EventType string `json:"event_type"`
+}
+
+// Kind is the River job kind of EventArgs.
+func (EventArgs) Kind() string { return "polar_event" }

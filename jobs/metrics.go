@@ -1,0 +1,41 @@
+package jobs
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the workers' Prometheus collectors.
+type Metrics struct {
+	processed *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	lag       *prometheus.HistogramVec
+	bookings  *prometheus.CounterVec
+}
+
+// NewMetrics registers the workers' collectors with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		processed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_events_processed_total",
+			Help: "Events worked, by event type and result.",
+		}, []string{"event_type", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "relay_event_processing_duration_seconds",
+			Help:    "Time spent working one event, by event type.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"event_type"}),
+		lag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "relay_event_lag_seconds",
+			Help:    "Time from the webhook's timestamp to the end of its processing, by event type.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
+		}, []string{"event_type"}),
+		bookings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_ledger_bookings_total",
+			Help: "Ledger outcomes of paid and refunded orders, by result.",
+		}, []string{"result"}),
+	}
+	for _, c := range []prometheus.Collector{m.processed, m.duration, m.lag, m.bookings} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,66 @@
+package receiver
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/relayhq/relay/polar"
+)
+
+// Outcomes of a request, as metric labels and log values.
+const (
+	OutcomeAccepted         = "accepted"  // stored, job enqueued
+	OutcomeIgnored          = "ignored"   // stored, type not acted on
+	OutcomeInvalid          = "invalid"   // stored, not a readable event
+	OutcomeDuplicate        = "duplicate" // webhook-id seen before, nothing stored
+	OutcomeUnauthorized     = "unauthorized"
+	OutcomeForbidden        = "forbidden"
+	OutcomeTooLarge         = "too_large"
+	OutcomeBadRequest       = "bad_request"
+	OutcomeMethodNotAllowed = "method_not_allowed"
+	OutcomeUnavailable      = "unavailable" // store failed or too slow: 503
+)
+
+// Event type labels besides Polar's own type names.
+const (
+	labelUnverified = "unverified"
+	labelOther      = "other"
+)
+
+// Metrics are the receiver's Prometheus collectors.
+type Metrics struct {
+	received    *prometheus.CounterVec
+	ackDuration *prometheus.HistogramVec
+}
+
+// NewMetrics registers the receiver's collectors with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_webhooks_received_total",
+			Help: "Webhook requests by event type (unverified when the signature failed) and outcome.",
+		}, []string{"event_type", "outcome"}),
+		ackDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "relay_webhook_ack_duration_seconds",
+			Help:    "Time from request start to the answer, by outcome.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"outcome"}),
+	}
+	for _, c := range []prometheus.Collector{m.received, m.ackDuration} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	// Pre-declare the series dashboards and alerts read, so that a rate is
+	// zero rather than absent before the first request of its kind.
+	for _, outcome := range []string{OutcomeAccepted, OutcomeIgnored, OutcomeInvalid, OutcomeDuplicate, OutcomeUnavailable} {
+		m.ackDuration.WithLabelValues(outcome)
+	}
+	m.received.WithLabelValues(labelUnverified, OutcomeUnauthorized)
+	m.received.WithLabelValues(labelOther, OutcomeUnavailable)
+	for _, t := range polar.EventTypes() {
+		if polar.Handled(t) {
+			m.received.WithLabelValues(t, OutcomeAccepted)
+		}
+	}
+	return m, nil
+}

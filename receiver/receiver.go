@@ -1,0 +1,244 @@
+// Package receiver is relay's HTTP way in: it verifies a Polar webhook,
+// commits it to the inbox together with the job that will process it, and
+// only then answers 200.
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/polar"
+)
+
+// JobInserter inserts River jobs inside a caller's transaction;
+// *river.Client[pgx.Tx] is one.
+type JobInserter interface {
+	InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error)
+}
+
+// Options tune a receiver. The zero value of each field takes its default.
+type Options struct {
+	// MaxBodyBytes bounds a request body; larger ones get 413. Default 1 MiB.
+	MaxBodyBytes int64
+	// AckTimeout bounds the store; past it the answer is 503. Default 5 s.
+	AckTimeout time.Duration
+	// AllowedCIDRs, when set, are the only client addresses served; others get 403.
+	AllowedCIDRs []netip.Prefix
+	// TrustedProxies are the peers whose X-Forwarded-For names the client.
+	TrustedProxies []netip.Prefix
+	// Logger gets one line per request. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Receiver is the webhook endpoint.
+type Receiver struct {
+	pool     *pgxpool.Pool
+	jobs     JobInserter
+	verifier *polar.Verifier
+	metrics  *Metrics
+	opts     Options
+}
+
+// New returns the webhook endpoint. It stores into pool and enqueues with jobs.
+func New(pool *pgxpool.Pool, jobs JobInserter, verifier *polar.Verifier, metrics *Metrics, opts Options) *Receiver {
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.AckTimeout <= 0 {
+		opts.AckTimeout = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Receiver{pool: pool, jobs: jobs, verifier: verifier, metrics: metrics, opts: opts}
+}
+
+// result is what one request came to, for the answer, the metrics and the log.
+type result struct {
+	status    int
+	outcome   string
+	eventType string // a bounded label
+	webhookID string
+	reason    string // short, safe to show the caller
+	err       error  // internal detail, logged only
+}
+
+func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	res := rc.handle(w, r)
+	elapsed := time.Since(start)
+
+	rc.metrics.received.WithLabelValues(res.eventType, res.outcome).Inc()
+	rc.metrics.ackDuration.WithLabelValues(res.outcome).Observe(elapsed.Seconds())
+
+	if res.status != http.StatusOK {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+	}
+	w.WriteHeader(res.status)
+	if res.reason != "" {
+		fmt.Fprintln(w, res.reason)
+	}
+
+	level := slog.LevelInfo
+	if res.status >= 500 {
+		level = slog.LevelError
+	} else if res.status >= 400 {
+		level = slog.LevelWarn
+	}
+	attrs := []slog.Attr{
+		slog.String("webhook_id", truncate(res.webhookID, 128)),
+		slog.String("event_type", res.eventType),
+		slog.String("outcome", res.outcome),
+		slog.Int("status", res.status),
+		slog.Duration("duration", elapsed),
+	}
+	if res.err != nil {
+		attrs = append(attrs, slog.String("error", res.err.Error()))
+	}
+	rc.opts.Logger.LogAttrs(r.Context(), level, "webhook", attrs...)
+}
+
+func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request) result {
+	res := result{eventType: labelUnverified, webhookID: r.Header.Get(polar.HeaderID)}
+	fail := func(status int, outcome, reason string, err error) result {
+		res.status, res.outcome, res.reason, res.err = status, outcome, reason, err
+		return res
+	}
+
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return fail(http.StatusMethodNotAllowed, OutcomeMethodNotAllowed, "method not allowed", nil)
+	}
+	if len(rc.opts.AllowedCIDRs) > 0 {
+		client, ok := clientAddr(r, rc.opts.TrustedProxies)
+		if !ok || !containsAddr(rc.opts.AllowedCIDRs, client) {
+			return fail(http.StatusForbidden, OutcomeForbidden, "forbidden", fmt.Errorf("client %s not in RELAY_ALLOWED_CIDRS", client))
+		}
+	}
+	if r.ContentLength > rc.opts.MaxBodyBytes {
+		return fail(http.StatusRequestEntityTooLarge, OutcomeTooLarge, "body too large", nil)
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, rc.opts.MaxBodyBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return fail(http.StatusRequestEntityTooLarge, OutcomeTooLarge, "body too large", nil)
+		}
+		return fail(http.StatusBadRequest, OutcomeBadRequest, "could not read body", fmt.Errorf("read body: %w", err))
+	}
+
+	delivery, err := rc.verifier.Verify(body, r.Header)
+	if err != nil {
+		return fail(http.StatusUnauthorized, OutcomeUnauthorized, err.Error(), nil)
+	}
+
+	// From here on the sender is Polar: a body it signed is stored whatever it
+	// says, since a retry of the same bytes cannot fix it.
+	event := &inbox.Event{WebhookID: delivery.ID, WebhookTimestamp: delivery.Timestamp, Body: body}
+	env, perr := polar.ParseEnvelope(body)
+	switch {
+	case perr != nil:
+		res.eventType, res.outcome = labelOther, OutcomeInvalid
+		event.Status = inbox.StatusInvalid
+		note := "unreadable event: " + perr.Error()
+		event.Error = &note
+		res.err = perr
+	case polar.Handled(env.Type):
+		res.eventType, res.outcome = polar.LabelFor(env.Type), OutcomeAccepted
+		event.Status = inbox.StatusPending
+	default:
+		res.eventType, res.outcome = polar.LabelFor(env.Type), OutcomeIgnored
+		event.Status = inbox.StatusIgnored
+	}
+	if perr == nil {
+		event.EventType = truncate(env.Type, 200)
+		if !env.Timestamp.IsZero() {
+			ts := env.Timestamp
+			event.EventTimestamp = &ts
+		}
+	}
+
+	inserted, err := rc.store(r.Context(), event)
+	if err != nil {
+		res.eventType = polar.LabelFor(event.EventType)
+		return fail(http.StatusServiceUnavailable, OutcomeUnavailable, "temporarily unavailable", err)
+	}
+	if !inserted {
+		res.outcome = OutcomeDuplicate
+	}
+	res.status = http.StatusOK
+	return res
+}
+
+// store commits the inbox row and, for a pending event, its job in one
+// transaction. It returns within AckTimeout: a store that takes longer is
+// abandoned (its transaction rolls back or, if it commits late, Polar's retry
+// finds a duplicate), so the caller is never left hanging.
+func (rc *Receiver) store(ctx context.Context, event *inbox.Event) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, rc.opts.AckTimeout)
+	defer cancel()
+
+	type outcome struct {
+		inserted bool
+		err      error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		inserted, err := rc.storeTx(ctx, event)
+		done <- outcome{inserted, err}
+	}()
+	select {
+	case o := <-done:
+		return o.inserted, o.err
+	case <-ctx.Done():
+		return false, fmt.Errorf("store webhook: %w", ctx.Err())
+	}
+}
+
+func (rc *Receiver) storeTx(ctx context.Context, event *inbox.Event) (bool, error) {
+	tx, err := rc.pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("begin store transaction: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after commit
+
+	inserted, err := inbox.Insert(ctx, tx, event)
+	if err != nil || !inserted {
+		return false, err
+	}
+	if event.Status == inbox.StatusPending {
+		job, err := rc.jobs.InsertTx(ctx, tx, jobs.EventArgs{
+			InboxID: event.ID, WebhookID: event.WebhookID, EventType: event.EventType,
+		}, nil)
+		if err != nil {
+			return false, fmt.Errorf("insert job for %q: %w", event.WebhookID, err)
+		}
+		if err := inbox.SetJob(ctx, tx, event.ID, job.Job.ID); err != nil {
+			return false, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("commit webhook %q: %w", event.WebhookID, err)
+	}
+	return true, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

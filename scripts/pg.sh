@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# pg.sh: a local PostgreSQL cluster for development and tests.
+#
+#   scripts/pg.sh start DIR PORT   create DIR (first time) and start the server
+#   scripts/pg.sh stop DIR         stop it
+#   scripts/pg.sh url PORT         print the DATABASE_URL for it
+#
+# initdb refuses to run as root, so as root the cluster belongs to the
+# postgres user. The server listens on 127.0.0.1 only, with trust auth.
+set -euo pipefail
+
+pgbin() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/pg_ctl" ] && { echo "$dir"; return; }
+  done
+  command -v pg_ctl >/dev/null && { dirname "$(command -v pg_ctl)"; return; }
+  echo "pg.sh: no PostgreSQL server binaries found; on Debian: apt-get install postgresql" >&2
+  exit 1
+}
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cmd=${1:?usage: pg.sh start DIR PORT | stop DIR | url PORT}
+case "$cmd" in
+start)
+  dir=${2:?DIR}; port=${3:?PORT}
+  bin=$(pgbin)
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+  if ! as_owner test -w "$dir"; then
+    echo "pg.sh: the postgres user cannot write $dir (is a parent directory private?)" >&2
+    exit 1
+  fi
+  if [ ! -f "$dir/PG_VERSION" ]; then
+    as_owner "$bin/initdb" -D "$dir" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >"$dir.initdb.log" 2>&1 ||
+      { cat "$dir.initdb.log" >&2; exit 1; }
+  fi
+  if as_owner "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+    exit 0
+  fi
+  as_owner "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 ${PG_EXTRA_OPTS:-}" >/dev/null
+  ;;
+stop)
+  dir=${2:?DIR}
+  [ -f "$dir/PG_VERSION" ] || exit 0
+  as_owner "$(pgbin)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+  ;;
+url)
+  echo "postgres://postgres@127.0.0.1:${2:?PORT}/postgres?sslmode=disable"
+  ;;
+*)
+  echo "pg.sh: unknown command $cmd" >&2; exit 2
+  ;;
+esac

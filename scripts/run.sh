@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# run.sh: what `make run` does. Without DATABASE_URL it creates (first time)
+# and starts a PostgreSQL cluster under .data/, then migrates and serves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  port=${RELAY_DEV_PG_PORT:-54329}
+  scripts/pg.sh start .data/pg "$port"
+  DATABASE_URL=$(scripts/pg.sh url "$port")
+  export DATABASE_URL
+  echo "relay: local PostgreSQL in .data/pg on port $port (stop it: scripts/pg.sh stop .data/pg)"
+fi
+if [ -z "${POLAR_WEBHOOK_SECRET:-}" ] && [ -z "${POLAR_WEBHOOK_SECRET_FILE:-}" ]; then
+  export POLAR_WEBHOOK_SECRET=polar_whs_development_secret
+  echo "relay: development webhook secret: $POLAR_WEBHOOK_SECRET"
+fi
+export LOG_FORMAT=${LOG_FORMAT:-text}
+
+go build -o bin/relay ./cmd/relay
+bin/relay migrate
+exec bin/relay serve
