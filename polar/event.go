@@ -41,7 +41,7 @@ var eventTypes = map[string]bool{
 	"member.created": true, "member.deleted": true, "member.updated": true,
 	"order.created": true, "order.paid": true, "order.refunded": true, "order.updated": true,
 	"organization.updated": true,
-	"product.created": true, "product.updated": true,
+	"product.created":      true, "product.updated": true,
 	"refund.created": true, "refund.updated": true,
 	"subscription.active": true, "subscription.canceled": true, "subscription.created": true,
 	"subscription.cycled": true, "subscription.migrated": true, "subscription.past_due": true,

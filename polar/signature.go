@@ -115,7 +115,7 @@ func (v *Verifier) Verify(body []byte, header http.Header) (Delivery, error) {
 // keyed with the secret's UTF-8 bytes.
 func Sign(secret, id string, timestamp time.Time, body []byte) string {
 	hook, _ := standardwebhooks.NewWebhookRaw([]byte(secret)) // never fails
-	sig, _ := hook.Sign(id, timestamp, body)                   // never fails
+	sig, _ := hook.Sign(id, timestamp, body)                  // never fails
 	return sig
 }
 

@@ -314,7 +314,9 @@ func TestRejectedRequestsStoreNothing(t *testing.T) {
 		{"missing timestamp", body, func(r *http.Request) { r.Header.Del(polar.HeaderTimestamp) }, 401, "missing webhook headers"},
 		{"missing signature", body, func(r *http.Request) { r.Header.Del(polar.HeaderSignature) }, 401, "missing webhook headers"},
 		{"malformed timestamp", body, func(r *http.Request) { r.Header.Set(polar.HeaderTimestamp, "soon") }, 401, "malformed webhook headers"},
-		{"bad signature", body, func(r *http.Request) { r.Header.Set(polar.HeaderSignature, "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=") }, 401, "no matching signature"},
+		{"bad signature", body, func(r *http.Request) {
+			r.Header.Set(polar.HeaderSignature, "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+		}, 401, "no matching signature"},
 		{"wrong version tag", body, func(r *http.Request) {
 			r.Header.Set(polar.HeaderSignature, strings.Replace(r.Header.Get(polar.HeaderSignature), "v1,", "v2,", 1))
 		}, 401, "no matching signature"},
@@ -354,7 +356,7 @@ func TestRejectedRequestsStoreNothing(t *testing.T) {
 
 func TestPolarSecretConventionAndRotation(t *testing.T) {
 	polarNew := "whsec_" + strings.Repeat("Ab3", 14) + "x" // 43 alphanumerics: not base64
-	stdSecret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"   // a true Standard Webhooks secret
+	stdSecret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  // a true Standard Webhooks secret
 	h := newHarness(t, setup{secrets: []string{"polar_whs_old_secret", polarNew, stdSecret}})
 	body := fixture(t, "order.created.pending.json")
 
