@@ -145,3 +145,11 @@ func List(ctx context.Context, db DB, p ListParams) ([]*Event, error) {
 	}
 	return out, nil
 }
+
+// SetStatus changes a row's status, as a replay does.
+func SetStatus(ctx context.Context, db DB, id int64, status string) error {
+	if _, err := db.Exec(ctx, `UPDATE webhook_inbox SET status = $2 WHERE id = $1`, id, status); err != nil {
+		return fmt.Errorf("set inbox row %d to %s: %w", id, status, err)
+	}
+	return nil
+}

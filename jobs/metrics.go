@@ -1,6 +1,10 @@
 package jobs
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/relayhq/relay/ledger"
+)
 
 // Metrics are the workers' Prometheus collectors.
 type Metrics struct {
@@ -37,5 +41,22 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			return nil, err
 		}
 	}
+	// Pre-declare the series dashboards and alerts read, so that they are
+	// zero rather than absent before the first event of their kind.
+	for _, t := range []string{"order.created", "order.updated", "order.paid", "order.refunded",
+		"checkout.updated", "checkout.expired", "refund.updated"} {
+		for _, r := range []string{ResultOK, ResultNoop, ResultRetry, ResultDiscarded, ResultRefused, ResultError} {
+			m.processed.WithLabelValues(t, r)
+		}
+		m.duration.WithLabelValues(t)
+		m.lag.WithLabelValues(t)
+	}
+	for _, r := range []string{ledger.Booked, ledger.AlreadyBooked, ledger.NotPaid, ledger.SkippedNoWallet,
+		ledger.SkippedWalletWorkspace, ledger.SkippedCurrency, BookingReversed} {
+		m.bookings.WithLabelValues(r)
+	}
 	return m, nil
 }
+
+// BookingReversed counts refunds booked as reversals.
+const BookingReversed = "reversed"

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -12,42 +13,259 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
 )
 
-// EventWorker processes one stored webhook.
+// Results of working an event, as metric labels.
+const (
+	ResultOK        = "ok"        // applied to the ledger
+	ResultNoop      = "noop"      // nothing to do: not a storefront sale, or not a status relay acts on
+	ResultRetry     = "retry"     // the session is not there yet; River retries with backoff
+	ResultDiscarded = "discarded" // out of attempts: dead, for an admin to look at
+	ResultRefused   = "refused"   // can never apply (another workspace, malformed data): cancelled
+	ResultError     = "error"     // anything else; River retries
+)
+
+// Options tune an EventWorker.
+type Options struct {
+	Logger *slog.Logger
+	// RetryBase is the first retry's delay; each further one doubles, up to
+	// ten minutes. Default 1 s.
+	RetryBase time.Duration
+	// Timeout bounds one attempt. Default 30 s.
+	Timeout time.Duration
+}
+
+// EventWorker processes one stored webhook: it applies the event to the
+// ledger, marks the inbox row processed and completes its own job, all in
+// one transaction, so a crash can never leave a booking without a completed
+// job or the other way round.
 type EventWorker struct {
 	river.WorkerDefaults[EventArgs]
 	pool    *pgxpool.Pool
 	metrics *Metrics
-	logger  *slog.Logger
+	opts    Options
 }
 
 // NewEventWorker returns the worker for EventArgs.
-func NewEventWorker(pool *pgxpool.Pool, metrics *Metrics, logger *slog.Logger) *EventWorker {
-	return &EventWorker{pool: pool, metrics: metrics, logger: logger}
+func NewEventWorker(pool *pgxpool.Pool, metrics *Metrics, opts Options) *EventWorker {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.RetryBase <= 0 {
+		opts.RetryBase = time.Second
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	return &EventWorker{pool: pool, metrics: metrics, opts: opts}
+}
+
+// NextRetry backs off exponentially: the storefront's write of a session may
+// lag behind Polar's event for a while.
+func (w *EventWorker) NextRetry(job *river.Job[EventArgs]) time.Time {
+	delay := w.opts.RetryBase << min(max(job.Attempt-1, 0), 20)
+	return time.Now().Add(min(delay, 10*time.Minute))
+}
+
+// Timeout bounds one attempt.
+func (w *EventWorker) Timeout(*river.Job[EventArgs]) time.Duration { return w.opts.Timeout }
+
+// applied is what one event did, reported after its transaction commits.
+type applied struct {
+	result    string
+	note      string // short, no PII: stored on the inbox row and logged
+	sessionID string
+	bookings  []string // ledger results to count
 }
 
 // Work applies the event and completes the job in one transaction.
 func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error {
 	start := time.Now()
 	label := polar.LabelFor(job.Args.EventType)
+	var (
+		res       applied
+		hookTime  time.Time
+		errResult = ResultError
+	)
 	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
 		event, err := inbox.Get(ctx, tx, job.Args.WebhookID)
 		if err != nil {
 			return err
 		}
-		if err := inbox.MarkProcessed(ctx, tx, event.ID, ""); err != nil {
+		hookTime = event.WebhookTimestamp
+		if res, err = w.apply(ctx, tx, event); err != nil {
 			return err
 		}
-		_, err = river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
-		return err
+		if err := inbox.MarkProcessed(ctx, tx, event.ID, res.note); err != nil {
+			return err
+		}
+		if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
+			return fmt.Errorf("complete job %d: %w", job.ID, err)
+		}
+		return nil
 	})
-	w.metrics.duration.WithLabelValues(label).Observe(time.Since(start).Seconds())
+
+	switch {
+	case err == nil:
+	case errors.Is(err, ledger.ErrSessionNotFound):
+		errResult = ResultRetry
+		if job.Attempt >= job.MaxAttempts {
+			errResult = ResultDiscarded
+		}
+		err = fmt.Errorf("no checkout session yet for this storefront order (attempt %d of %d): %w", job.Attempt, job.MaxAttempts, err)
+	case errors.Is(err, ledger.ErrWorkspaceMismatch), errors.Is(err, ledger.ErrInvalidInput),
+		errors.Is(err, errMalformed), errors.Is(err, inbox.ErrNotFound):
+		errResult = ResultRefused
+		err = river.JobCancel(err)
+	}
+
+	elapsed := time.Since(start)
+	w.metrics.duration.WithLabelValues(label).Observe(elapsed.Seconds())
+	attrs := []slog.Attr{
+		slog.Int64("job_id", job.ID),
+		slog.String("webhook_id", job.Args.WebhookID),
+		slog.String("event_type", label),
+		slog.Int("attempt", job.Attempt),
+		slog.Duration("duration", elapsed),
+	}
 	if err != nil {
-		w.metrics.processed.WithLabelValues(label, "error").Inc()
+		w.metrics.processed.WithLabelValues(label, errResult).Inc()
+		w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "event not processed",
+			append(attrs, slog.String("result", errResult), slog.String("error", err.Error()))...)
 		return fmt.Errorf("process webhook %s: %w", job.Args.WebhookID, err)
 	}
-	w.metrics.processed.WithLabelValues(label, "ok").Inc()
+	w.metrics.processed.WithLabelValues(label, res.result).Inc()
+	if !hookTime.IsZero() {
+		w.metrics.lag.WithLabelValues(label).Observe(time.Since(hookTime).Seconds())
+	}
+	for _, b := range res.bookings {
+		w.metrics.bookings.WithLabelValues(b).Inc()
+	}
+	attrs = append(attrs, slog.String("result", res.result))
+	if res.sessionID != "" {
+		attrs = append(attrs, slog.String("session_id", res.sessionID))
+	}
+	if res.note != "" {
+		attrs = append(attrs, slog.String("note", res.note))
+	}
+	w.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "event processed", attrs...)
 	return nil
+}
+
+// errMalformed marks event data that can never be applied.
+var errMalformed = errors.New("malformed event")
+
+func (w *EventWorker) apply(ctx context.Context, tx pgx.Tx, event *inbox.Event) (applied, error) {
+	env, err := polar.ParseEnvelope(event.Body)
+	if err != nil {
+		return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
+	}
+	switch env.Type {
+	case "order.created", "order.updated", "order.paid", "order.refunded":
+		order, err := polar.ParseOrder(env.Data)
+		if err != nil {
+			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
+		}
+		return applyOrder(ctx, tx, order)
+	case "checkout.created", "checkout.updated", "checkout.expired":
+		checkout, err := polar.ParseCheckout(env.Data)
+		if err != nil {
+			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
+		}
+		return applyCheckout(ctx, tx, checkout)
+	case "refund.created", "refund.updated":
+		refund, err := polar.ParseRefund(env.Data)
+		if err != nil {
+			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
+		}
+		return applyRefund(ctx, tx, refund)
+	}
+	return applied{result: ResultNoop, note: "event type not acted on"}, nil
+}
+
+func applyOrder(ctx context.Context, tx pgx.Tx, order polar.Order) (applied, error) {
+	ref, ok := order.Metadata.Storefront()
+	if !ok {
+		return applied{result: ResultNoop, note: "not a storefront sale"}, nil
+	}
+	session := ledger.SessionRef{SessionID: ref.CheckoutSessionID, WorkspaceID: ref.WorkspaceID}
+	if order.CheckoutID != nil {
+		session.ExternalCheckoutID = *order.CheckoutID
+	}
+	paid := order.Paid || order.Status == "paid" || order.Status == "partially_refunded" || order.Status == "refunded"
+	out, err := ledger.ApplyPayment(ctx, tx, ledger.Payment{
+		Session:           session,
+		ExternalOrderID:   order.ID,
+		ExternalStatus:    order.Status,
+		Paid:              paid,
+		Currency:          order.Currency,
+		RefundedAmount:    order.RefundedTotal(),
+		Description:       "Polar order " + order.ID,
+		RefundDescription: "Refund of Polar order " + order.ID,
+		At:                time.Now(),
+	})
+	if err != nil {
+		return applied{}, err
+	}
+	res := applied{result: ResultOK, sessionID: out.Session.ID, note: out.Booking}
+	if paid {
+		res.bookings = append(res.bookings, out.Booking)
+	}
+	if out.Reversed > 0 {
+		res.bookings = append(res.bookings, BookingReversed)
+	}
+	return res, nil
+}
+
+func applyCheckout(ctx context.Context, tx pgx.Tx, checkout polar.Checkout) (applied, error) {
+	ref, ok := checkout.Metadata.Storefront()
+	if !ok {
+		return applied{result: ResultNoop, note: "not a storefront checkout"}, nil
+	}
+	if checkout.Status != "expired" && checkout.Status != "failed" {
+		return applied{result: ResultNoop, note: "checkout status not acted on"}, nil
+	}
+	expired, err := ledger.ExpireSession(ctx, tx, ledger.SessionRef{
+		SessionID: ref.CheckoutSessionID, WorkspaceID: ref.WorkspaceID, ExternalCheckoutID: checkout.ID,
+	})
+	if errors.Is(err, ledger.ErrSessionNotFound) {
+		// A checkout that never became a session has nothing to expire.
+		return applied{result: ResultNoop, note: "no session for this checkout"}, nil
+	}
+	if err != nil {
+		return applied{}, err
+	}
+	if !expired {
+		return applied{result: ResultNoop, note: "session no longer reserved"}, nil
+	}
+	return applied{result: ResultOK, note: "session expired"}, nil
+}
+
+func applyRefund(ctx context.Context, tx pgx.Tx, refund polar.Refund) (applied, error) {
+	if refund.Status != "succeeded" {
+		return applied{result: ResultNoop, note: "refund not succeeded"}, nil
+	}
+	out, err := ledger.ApplyRefund(ctx, tx, ledger.Refund{
+		ExternalOrderID:  refund.OrderID,
+		ExternalRefundID: refund.ID,
+		Amount:           refund.Amount + refund.TaxAmount,
+		Currency:         refund.Currency,
+		Description:      "Refund of Polar order " + refund.OrderID,
+		At:               time.Now(),
+	})
+	if errors.Is(err, ledger.ErrSessionNotFound) {
+		// Refunds carry no storefront metadata; the order's own events carry
+		// the refunded total too, so nothing is lost by not waiting here.
+		return applied{result: ResultNoop, note: "no storefront sale for this order"}, nil
+	}
+	if err != nil {
+		return applied{}, err
+	}
+	res := applied{result: ResultOK, sessionID: out.Session.ID}
+	if out.Reversed > 0 {
+		res.bookings = append(res.bookings, BookingReversed)
+	}
+	return res, nil
 }

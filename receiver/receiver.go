@@ -13,21 +13,12 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
 )
-
-// JobInserter inserts River jobs inside a caller's transaction;
-// *river.Client[pgx.Tx] is one.
-type JobInserter interface {
-	InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error)
-}
 
 // Options tune a receiver. The zero value of each field takes its default.
 type Options struct {
@@ -46,14 +37,14 @@ type Options struct {
 // Receiver is the webhook endpoint.
 type Receiver struct {
 	pool     *pgxpool.Pool
-	jobs     JobInserter
+	jobs     jobs.Inserter
 	verifier *polar.Verifier
 	metrics  *Metrics
 	opts     Options
 }
 
 // New returns the webhook endpoint. It stores into pool and enqueues with jobs.
-func New(pool *pgxpool.Pool, jobs JobInserter, verifier *polar.Verifier, metrics *Metrics, opts Options) *Receiver {
+func New(pool *pgxpool.Pool, inserter jobs.Inserter, verifier *polar.Verifier, metrics *Metrics, opts Options) *Receiver {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 1 << 20
 	}
@@ -63,7 +54,7 @@ func New(pool *pgxpool.Pool, jobs JobInserter, verifier *polar.Verifier, metrics
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Receiver{pool: pool, jobs: jobs, verifier: verifier, metrics: metrics, opts: opts}
+	return &Receiver{pool: pool, jobs: inserter, verifier: verifier, metrics: metrics, opts: opts}
 }
 
 // result is what one request came to, for the answer, the metrics and the log.
@@ -220,13 +211,7 @@ func (rc *Receiver) storeTx(ctx context.Context, event *inbox.Event) (bool, erro
 		return false, err
 	}
 	if event.Status == inbox.StatusPending {
-		job, err := rc.jobs.InsertTx(ctx, tx, jobs.EventArgs{
-			InboxID: event.ID, WebhookID: event.WebhookID, EventType: event.EventType,
-		}, nil)
-		if err != nil {
-			return false, fmt.Errorf("insert job for %q: %w", event.WebhookID, err)
-		}
-		if err := inbox.SetJob(ctx, tx, event.ID, job.Job.ID); err != nil {
+		if _, err := jobs.EnqueueTx(ctx, tx, rc.jobs, event); err != nil {
 			return false, err
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
 )
@@ -68,7 +69,7 @@ func newHarness(t *testing.T, s setup) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var inserter receiver.JobInserter = client
+	var inserter jobs.Inserter = client
 	if s.inserter != nil {
 		inserter = failingInserter{client, s.inserter}
 	}

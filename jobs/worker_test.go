@@ -1,0 +1,430 @@
+package jobs_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/jobs"
+)
+
+func TestPaidOrderCompletesSessionAndBooksOnce(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+
+	sys.send(t, "msg_paid", event(t, "order.updated.paid.json", s, "ord_1", nil))
+	if st := sys.waitJobs(t, "msg_paid"); st["msg_paid"] != "completed" {
+		t.Fatalf("job state = %q, want completed", st["msg_paid"])
+	}
+
+	got := session(t, pool, s)
+	if got.status != "completed" || got.completedAt == nil || got.polarStatus != "paid" ||
+		got.polarOrder == nil || *got.polarOrder != "ord_1" || got.txID == nil {
+		t.Fatalf("session = %+v, want completed, paid, order ord_1, linked booking", got)
+	}
+	b := bookings(t, pool, s)
+	if len(b) != 1 {
+		t.Fatalf("bookings = %+v, want exactly one", b)
+	}
+	if b[0].amount != 4950 || b[0].currency != "USD" || b[0].wallet != s.wallet ||
+		b[0].category == nil || *b[0].category != s.category || b[0].description != "Polar order ord_1" {
+		t.Fatalf("booking = %+v, want 4950 USD into %s, category %s, naming the order", b[0], s.wallet, s.category)
+	}
+	var inboxStatus string
+	if err := pool.QueryRow(context.Background(), `SELECT status FROM webhook_inbox WHERE webhook_id = 'msg_paid'`).Scan(&inboxStatus); err != nil {
+		t.Fatal(err)
+	}
+	if inboxStatus != "processed" {
+		t.Errorf("inbox status = %q, want processed", inboxStatus)
+	}
+	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "booked"}); v != 1 {
+		t.Errorf("booked counter = %v, want 1", v)
+	}
+	if v := sys.metric(t, "relay_events_processed_total", map[string]string{"event_type": "order.updated", "result": "ok"}); v != 1 {
+		t.Errorf("processed counter = %v, want 1", v)
+	}
+	if v := sys.metric(t, "relay_event_lag_seconds", map[string]string{"event_type": "order.updated"}); v != 1 {
+		t.Errorf("lag observations = %v, want 1", v)
+	}
+}
+
+// storm sends, all at once: n copies of one order.updated delivery plus
+// order.created, order.updated and order.paid (each also n times) for the
+// same order, and returns their webhook ids.
+func storm(t *testing.T, sys *system, s shop, n int) []string {
+	t.Helper()
+	deliveries := map[string][]byte{
+		"msg_created": event(t, "order.created.pending.json", s, "ord_storm", nil),
+		"msg_updated": event(t, "order.updated.paid.json", s, "ord_storm", nil),
+		"msg_paid":    event(t, "order.paid.json", s, "ord_storm", nil),
+	}
+	var (
+		wg    sync.WaitGroup
+		start = make(chan struct{})
+		ids   []string
+	)
+	for id, body := range deliveries {
+		ids = append(ids, id)
+		for range n {
+			wg.Go(func() {
+				<-start
+				if code := sys.post(t, id, body); code != http.StatusOK {
+					t.Errorf("delivery %s: status %d, want 200", id, code)
+				}
+			})
+		}
+	}
+	close(start)
+	wg.Wait()
+	return ids
+}
+
+func TestConcurrentDuplicatesAndAllOrderEventsBookOnce(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+
+	ids := storm(t, sys, s, 50)
+	for id, state := range sys.waitJobs(t, ids...) {
+		if state != "completed" {
+			t.Errorf("job of %s: %s, want completed", id, state)
+		}
+	}
+	var jobs int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM river_job`).Scan(&jobs); err != nil {
+		t.Fatal(err)
+	}
+	if jobs != 3 {
+		t.Errorf("%d jobs for 3 distinct deliveries sent 50 times each, want 3", jobs)
+	}
+	if b := bookings(t, pool, s); len(b) != 1 || b[0].amount != 4950 {
+		t.Fatalf("bookings = %+v, want exactly one of 4950", b)
+	}
+	if got := session(t, pool, s); got.status != "completed" || got.polarStatus != "paid" {
+		t.Errorf("session = %+v, want completed and paid (a pending event must not move it back)", got)
+	}
+}
+
+func TestTwoRiverClientsBookOnce(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{clients: 2})
+	var shops []shop
+	var ids []string
+	for i := range 5 {
+		s := seedShop(t, pool, shopOpts{})
+		shops = append(shops, s)
+		for _, f := range []string{"order.created.pending.json", "order.updated.paid.json", "order.paid.json"} {
+			id := fmt.Sprintf("msg_%d_%s", i, f)
+			body := event(t, f, s, fmt.Sprintf("ord_two_%d", i), nil)
+			ids = append(ids, id)
+			var wg sync.WaitGroup
+			for range 10 {
+				wg.Go(func() { sys.post(t, id, body) })
+			}
+			wg.Wait()
+		}
+	}
+	for id, state := range sys.waitJobs(t, ids...) {
+		if state != "completed" {
+			t.Errorf("job of %s: %s, want completed", id, state)
+		}
+	}
+	for i, s := range shops {
+		if b := bookings(t, pool, s); len(b) != 1 || b[0].amount != 4950 {
+			t.Errorf("shop %d: bookings = %+v, want exactly one of 4950", i, b)
+		}
+	}
+	var workers int
+	if err := pool.QueryRow(context.Background(), `
+		SELECT count(DISTINCT attempted_by[1]) FROM river_job`).Scan(&workers); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("jobs worked by %d distinct clients", workers)
+}
+
+func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{noWallet: true})
+
+	sys.send(t, "msg_nowallet", event(t, "order.updated.paid.json", s, "ord_nw", nil))
+	sys.waitJobs(t, "msg_nowallet")
+	if got := session(t, pool, s); got.status != "completed" || got.txID != nil {
+		t.Fatalf("session = %+v, want completed without a booking", got)
+	}
+	if b := bookings(t, pool, s); len(b) != 0 {
+		t.Fatalf("bookings = %+v, want none", b)
+	}
+	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "skipped_no_wallet"}); v != 1 {
+		t.Errorf("skipped_no_wallet counter = %v, want 1", v)
+	}
+
+	// The admin sets the default wallet, then replays the stored event.
+	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.ws, s.wallet); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // a second replay books nothing more
+		if _, err := jobs.Replay(context.Background(), pool, sys.clients[0], "msg_nowallet"); err != nil {
+			t.Fatal(err)
+		}
+		sys.waitJobs(t, "msg_nowallet")
+	}
+	if b := bookings(t, pool, s); len(b) != 1 || b[0].amount != 4950 || b[0].wallet != s.wallet {
+		t.Fatalf("bookings after replay = %+v, want one of 4950 into the wallet", b)
+	}
+	if got := session(t, pool, s); got.txID == nil {
+		t.Error("session not linked to its booking after replay")
+	}
+}
+
+func TestWalletProblemsSkipBooking(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	ctx := context.Background()
+
+	otherCurrency := seedShop(t, pool, shopOpts{walletCurrency: "EUR"})
+	sys.send(t, "msg_eur", event(t, "order.updated.paid.json", otherCurrency, "ord_eur", nil))
+
+	otherWorkspace := seedShop(t, pool, shopOpts{})
+	foreign := seedShop(t, pool, shopOpts{})
+	if _, err := pool.Exec(ctx, `UPDATE workspace_configs SET value = $2 WHERE ws_id = $1`, otherWorkspace.ws, foreign.wallet); err != nil {
+		t.Fatal(err)
+	}
+	sys.send(t, "msg_foreign", event(t, "order.updated.paid.json", otherWorkspace, "ord_foreign", nil))
+
+	paidInOther := seedShop(t, pool, shopOpts{})
+	sys.send(t, "msg_gbp", event(t, "order.updated.paid.json", paidInOther, "ord_gbp", func(d map[string]any) { d["currency"] = "gbp" }))
+
+	sys.waitJobs(t, "msg_eur", "msg_foreign", "msg_gbp")
+	for name, s := range map[string]shop{"wallet in EUR": otherCurrency, "wallet of another workspace": otherWorkspace, "paid in GBP": paidInOther} {
+		if got := session(t, pool, s); got.status != "completed" || got.txID != nil {
+			t.Errorf("%s: session = %+v, want completed, unbooked", name, got)
+		}
+	}
+	var total int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM wallet_transactions`).Scan(&total); err != nil {
+		t.Fatal(err)
+	}
+	if total != 0 {
+		t.Errorf("%d bookings, want none", total)
+	}
+	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "skipped_currency"}); v != 2 {
+		t.Errorf("skipped_currency = %v, want 2", v)
+	}
+	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "skipped_wallet_workspace"}); v != 1 {
+		t.Errorf("skipped_wallet_workspace = %v, want 1", v)
+	}
+}
+
+func TestMixedCategoriesBookWithoutCategory(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{mixedCategory: true})
+	sys.send(t, "msg_mixed", event(t, "order.paid.json", s, "ord_mixed", nil))
+	sys.waitJobs(t, "msg_mixed")
+	if b := bookings(t, pool, s); len(b) != 1 || b[0].category != nil {
+		t.Fatalf("bookings = %+v, want one without a category", b)
+	}
+}
+
+func TestRefundsReverseOnce(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+
+	sys.send(t, "msg_paid", event(t, "order.updated.paid.json", s, "ord_r", nil))
+	sys.waitJobs(t, "msg_paid")
+	sys.send(t, "msg_partial", event(t, "order.updated.partially_refunded.json", s, "ord_r", nil))
+	sys.waitJobs(t, "msg_partial")
+	if b := bookings(t, pool, s); len(b) != 2 || b[1].amount != -1650 || b[1].reverses == nil {
+		t.Fatalf("after a partial refund of 1500+150: bookings = %+v, want the sale and a reversal of -1650", b)
+	}
+
+	// The full refund arrives three ways, some twice; and the stale partial again.
+	sys.send(t, "msg_full", event(t, "order.updated.refunded.json", s, "ord_r", nil))
+	sys.send(t, "msg_refunded", event(t, "order.refunded.json", s, "ord_r", nil))
+	sys.send(t, "msg_refund_obj", event(t, "refund.updated.json", s, "ord_r", nil))
+	sys.send(t, "msg_refund_created", event(t, "refund.created.json", s, "ord_r", nil))
+	sys.send(t, "msg_full", event(t, "order.updated.refunded.json", s, "ord_r", nil))
+	sys.send(t, "msg_partial_late", event(t, "order.updated.partially_refunded.json", s, "ord_r", nil))
+	sys.waitJobs(t, "msg_full", "msg_refunded", "msg_refund_obj", "msg_refund_created", "msg_partial_late")
+
+	b := bookings(t, pool, s)
+	var sum, reversals int64
+	for _, row := range b {
+		sum += row.amount
+		if row.amount < 0 {
+			reversals += row.amount
+		}
+	}
+	if len(b) != 3 || reversals != -4950 || sum != 0 {
+		t.Fatalf("bookings = %+v: %d rows, reversals %d, sum %d; want sale + two reversals summing to -4950", b, len(b), reversals, sum)
+	}
+	if got := session(t, pool, s); got.status != "completed" || got.polarStatus != "refunded" {
+		t.Errorf("session = %+v, want completed and refunded (a late partial must not move it back)", got)
+	}
+	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "reversed"}); v != 2 {
+		t.Errorf("reversed counter = %v, want 2", v)
+	}
+}
+
+func TestRefundBeforeItsPartialReversesOnce(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+	// Reordered: the refund object and the full refund come before the sale's
+	// paid event, the partial refund last.
+	sys.send(t, "msg_refund_obj", event(t, "refund.updated.json", s, "ord_o", nil))
+	sys.send(t, "msg_full", event(t, "order.updated.refunded.json", s, "ord_o", nil))
+	sys.waitJobs(t, "msg_refund_obj", "msg_full")
+	sys.send(t, "msg_paid", event(t, "order.updated.paid.json", s, "ord_o", nil))
+	sys.send(t, "msg_partial", event(t, "order.updated.partially_refunded.json", s, "ord_o", nil))
+	sys.waitJobs(t, "msg_paid", "msg_partial")
+	var sum int64
+	b := bookings(t, pool, s)
+	for _, row := range b {
+		sum += row.amount
+	}
+	if len(b) != 2 || sum != 0 {
+		t.Fatalf("bookings = %+v, want the sale and one reversal of all of it", b)
+	}
+}
+
+func TestExpiredCheckoutExpiresSession(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+	done := seedShop(t, pool, shopOpts{})
+
+	sys.send(t, "msg_succeeded", event(t, "checkout.updated.succeeded.json", s, "", nil))
+	sys.waitJobs(t, "msg_succeeded")
+	if got := session(t, pool, s); got.status != "reserved" {
+		t.Fatalf("after a succeeded checkout: %q, want still reserved", got.status)
+	}
+	sys.send(t, "msg_expired", event(t, "checkout.expired.json", s, "", nil))
+	sys.send(t, "msg_failed", event(t, "checkout.updated.succeeded.json", s, "", func(d map[string]any) { d["status"] = "failed" }))
+	sys.waitJobs(t, "msg_expired", "msg_failed")
+	if got := session(t, pool, s); got.status != "expired" {
+		t.Fatalf("after checkout.expired: %q, want expired", got.status)
+	}
+
+	// A completed session is never expired by a late checkout event.
+	sys.send(t, "msg_done_paid", event(t, "order.paid.json", done, "ord_done", nil))
+	sys.waitJobs(t, "msg_done_paid")
+	sys.send(t, "msg_done_expired", event(t, "checkout.expired.json", done, "", nil))
+	sys.waitJobs(t, "msg_done_expired")
+	if got := session(t, pool, done); got.status != "completed" {
+		t.Fatalf("completed session became %q after a late expiry", got.status)
+	}
+}
+
+func TestUnknownSessionRetriesThenDiscards(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{maxAttempts: 3})
+	s := seedShop(t, pool, shopOpts{})
+	if _, err := pool.Exec(context.Background(), `DELETE FROM inventory_checkout_sessions WHERE id = $1`, s.session); err != nil {
+		t.Fatal(err)
+	}
+	sys.send(t, "msg_lost", event(t, "order.updated.paid.json", s, "ord_lost", nil))
+	if st := sys.waitJobs(t, "msg_lost"); st["msg_lost"] != "discarded" {
+		t.Fatalf("job state = %q, want discarded", st["msg_lost"])
+	}
+	var attempts, errs int
+	if err := pool.QueryRow(context.Background(), `SELECT attempt, coalesce(array_length(errors, 1), 0) FROM river_job WHERE args->>'webhook_id' = 'msg_lost'`).Scan(&attempts, &errs); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 3 || errs != 3 {
+		t.Errorf("attempts = %d, errors = %d, want 3 of each", attempts, errs)
+	}
+	if v := sys.metric(t, "relay_events_processed_total", map[string]string{"event_type": "order.updated", "result": "retry"}); v != 2 {
+		t.Errorf("retry counter = %v, want 2", v)
+	}
+	if v := sys.metric(t, "relay_events_processed_total", map[string]string{"event_type": "order.updated", "result": "discarded"}); v != 1 {
+		t.Errorf("discarded counter = %v, want 1", v)
+	}
+}
+
+func TestOtherWorkspaceInMetadataIsRefused(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+	other := seedShop(t, pool, shopOpts{})
+	sys.send(t, "msg_cross", event(t, "order.updated.paid.json", s, "ord_cross", func(d map[string]any) {
+		d["metadata"].(map[string]any)["wsId"] = other.ws
+	}))
+	if st := sys.waitJobs(t, "msg_cross"); st["msg_cross"] != "cancelled" {
+		t.Fatalf("job state = %q, want cancelled", st["msg_cross"])
+	}
+	if got := session(t, pool, s); got.status != "reserved" || got.txID != nil {
+		t.Fatalf("session = %+v, want untouched", got)
+	}
+	if b := bookings(t, pool, s); len(b) != 0 {
+		t.Fatalf("bookings = %+v, want none", b)
+	}
+}
+
+func TestNonStorefrontEventsAreNoops(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+	sys.send(t, "msg_sub", event(t, "order.updated.paid.json", s, "ord_sub", func(d map[string]any) {
+		d["metadata"] = map[string]any{}
+		d["checkout_id"] = nil
+	}))
+	if st := sys.waitJobs(t, "msg_sub"); st["msg_sub"] != "completed" {
+		t.Fatalf("job state = %q, want completed", st["msg_sub"])
+	}
+	if got := session(t, pool, s); got.status != "reserved" {
+		t.Fatalf("session = %+v, want untouched", got)
+	}
+	if v := sys.metric(t, "relay_events_processed_total", map[string]string{"event_type": "order.updated", "result": "noop"}); v != 1 {
+		t.Errorf("noop counter = %v, want 1", v)
+	}
+}
+
+// TestBookingAndJobCompletionShareOneTransaction makes the job's completion
+// fail after the booking was written in the same transaction: nothing of the
+// booking may survive, and the retry books exactly once.
+func TestBookingAndJobCompletionShareOneTransaction(t *testing.T) {
+	pool := testdb.NewPool(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `
+		-- A sequence, unlike a table, does not roll back: the crash happens once.
+		CREATE SEQUENCE completion_attempts;
+		CREATE FUNCTION fail_completion() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.state = 'completed' AND nextval('completion_attempts') = 1 THEN
+				RAISE EXCEPTION 'simulated crash between booking and job completion';
+			END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER fail_completion BEFORE UPDATE ON river_job
+			FOR EACH ROW EXECUTE FUNCTION fail_completion();`); err != nil {
+		t.Fatal(err)
+	}
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+	sys.send(t, "msg_crash", event(t, "order.updated.paid.json", s, "ord_crash", nil))
+	if st := sys.waitJobs(t, "msg_crash"); st["msg_crash"] != "completed" {
+		t.Fatalf("job state = %q, want completed on the retry", st["msg_crash"])
+	}
+	var attempts int
+	var lastErr string
+	if err := pool.QueryRow(ctx, `SELECT attempt, errors[1]->>'error' FROM river_job WHERE args->>'webhook_id' = 'msg_crash'`).Scan(&attempts, &lastErr); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 2 || !strings.Contains(lastErr, "simulated crash") {
+		t.Fatalf("attempts = %d (first error %q), want 2: the first must have failed at completion", attempts, lastErr)
+	}
+	if b := bookings(t, pool, s); len(b) != 1 {
+		t.Fatalf("bookings = %+v, want exactly one: the failed attempt's booking must have rolled back", b)
+	}
+	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "booked"}); v != 1 {
+		t.Errorf("booked counter = %v, want 1 (the rolled-back attempt is not counted)", v)
+	}
+}

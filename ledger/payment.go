@@ -1,0 +1,271 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Payment is the payment provider's latest word on the order that pays a
+// checkout session. Words may arrive late, twice or out of order: applying
+// an older one after a newer one changes nothing that matters.
+type Payment struct {
+	Session         SessionRef
+	ExternalOrderID string
+	ExternalStatus  string
+	// Paid is true once the order is paid, also after refunds.
+	Paid bool
+	// Currency of the payment; a sale is booked only in the session's currency.
+	Currency string
+	// RefundedAmount is the cumulative refunded total, tax included.
+	RefundedAmount int64
+	// Description of the sale's booking, and of reversals.
+	Description       string
+	RefundDescription string
+	// At is when the payment happened, for completed_at and taken_at.
+	At time.Time
+}
+
+// Refund is one succeeded refund of the order that paid a session.
+type Refund struct {
+	ExternalOrderID  string
+	ExternalRefundID string
+	Amount           int64 // tax included
+	Currency         string
+	Description      string
+	At               time.Time
+}
+
+// Outcome says what a call changed.
+type Outcome struct {
+	Session *Session
+	// Completed is true when the session became completed in this call.
+	Completed bool
+	// Booking is one of the booking results (Booked, AlreadyBooked, ...).
+	Booking string
+	// Reversed is the amount reversed in this call, as a positive number.
+	Reversed int64
+}
+
+// ApplyPayment records the order on its session; when the order is paid it
+// completes the session and books the sale once into the workspace's default
+// wallet, then books reversals up to the refunded total.
+func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
+	if p.RefundedAmount < 0 {
+		return Outcome{}, fmt.Errorf("%w: negative refunded amount", ErrInvalidInput)
+	}
+	if p.At.IsZero() {
+		p.At = time.Now()
+	}
+	s, err := lockSession(ctx, db, p.Session)
+	if err != nil {
+		return Outcome{}, err
+	}
+	out := Outcome{Session: s, Booking: NotPaid}
+
+	// The provider's status only moves forward: once paid, an unpaid word is
+	// stale, and a smaller refunded total is older than the one recorded.
+	statusIsNewer := (p.Paid || s.Status != StatusCompleted) && p.RefundedAmount >= s.RefundedAmount
+	completeNow := p.Paid && s.Status != StatusCompleted
+	if _, err := db.Exec(ctx, `
+		UPDATE inventory_checkout_sessions SET
+			polar_order_id  = coalesce(polar_order_id, nullif($2, '')),
+			polar_status    = CASE WHEN $3 THEN nullif($4, '') ELSE polar_status END,
+			status          = CASE WHEN $5 THEN 'completed' ELSE status END,
+			completed_at    = CASE WHEN $5 THEN coalesce(completed_at, $6) ELSE completed_at END,
+			refunded_amount = greatest(refunded_amount, $7),
+			updated_at      = now()
+		WHERE id = $1`,
+		s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount,
+	); err != nil {
+		return Outcome{}, fmt.Errorf("update checkout session %s: %w", s.ID, err)
+	}
+	if completeNow {
+		s.Status, out.Completed = StatusCompleted, true
+	}
+	s.RefundedAmount = max(s.RefundedAmount, p.RefundedAmount)
+	if s.ExternalOrderID == nil && p.ExternalOrderID != "" {
+		s.ExternalOrderID = &p.ExternalOrderID
+	}
+
+	if !p.Paid {
+		return out, nil
+	}
+	if s.FinanceTransactionID != nil {
+		out.Booking = AlreadyBooked
+	} else {
+		if out.Booking, err = bookSale(ctx, db, s, p); err != nil {
+			return Outcome{}, err
+		}
+	}
+	if s.FinanceTransactionID != nil {
+		if out.Reversed, err = reconcileRefunds(ctx, db, s, p.RefundDescription, p.At); err != nil {
+			return Outcome{}, err
+		}
+	}
+	return out, nil
+}
+
+// ApplyRefund records one succeeded refund of the order that paid a session
+// and books reversals up to the refunded total. A refund seen before changes
+// nothing.
+func ApplyRefund(ctx context.Context, db DB, r Refund) (Outcome, error) {
+	if r.Amount < 0 {
+		return Outcome{}, fmt.Errorf("%w: negative refund amount", ErrInvalidInput)
+	}
+	if r.ExternalOrderID == "" || r.ExternalRefundID == "" {
+		return Outcome{}, fmt.Errorf("%w: refund without order or refund id", ErrInvalidInput)
+	}
+	if r.At.IsZero() {
+		r.At = time.Now()
+	}
+	s, err := scanSession(db.QueryRow(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
+		WHERE polar_order_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE`, r.ExternalOrderID))
+	if err != nil {
+		if errors.Is(err, ErrSessionNotFound) {
+			return Outcome{}, err
+		}
+		return Outcome{}, fmt.Errorf("find checkout session by order: %w", err)
+	}
+	if !strings.EqualFold(r.Currency, s.Currency) {
+		return Outcome{}, fmt.Errorf("%w: refund currency differs from the sale's", ErrInvalidInput)
+	}
+	if _, err := db.Exec(ctx, `
+		INSERT INTO checkout_session_refunds (checkout_session_id, external_refund_id, amount, currency)
+		VALUES ($1, $2, $3, $4) ON CONFLICT (external_refund_id) DO NOTHING`,
+		s.ID, r.ExternalRefundID, r.Amount, strings.ToUpper(r.Currency)); err != nil {
+		return Outcome{}, fmt.Errorf("record refund for session %s: %w", s.ID, err)
+	}
+	out := Outcome{Session: s, Booking: AlreadyBooked}
+	if s.FinanceTransactionID == nil {
+		out.Booking = NotPaid // reversed once the sale is booked
+		return out, nil
+	}
+	if out.Reversed, err = reconcileRefunds(ctx, db, s, r.Description, r.At); err != nil {
+		return Outcome{}, err
+	}
+	return out, nil
+}
+
+// ExpireSession marks a still-reserved session expired and reports whether
+// it did; a session in any other status is left alone.
+func ExpireSession(ctx context.Context, db DB, ref SessionRef) (bool, error) {
+	s, err := lockSession(ctx, db, ref)
+	if err != nil {
+		return false, err
+	}
+	if s.Status != StatusReserved {
+		return false, nil
+	}
+	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET status = 'expired', updated_at = now()
+		WHERE id = $1`, s.ID); err != nil {
+		return false, fmt.Errorf("expire checkout session %s: %w", s.ID, err)
+	}
+	return true, nil
+}
+
+// bookSale books the session's total into the workspace's default wallet, or
+// says why it cannot. The session must be locked.
+func bookSale(ctx context.Context, db DB, s *Session, p Payment) (string, error) {
+	if p.Currency != "" && !strings.EqualFold(p.Currency, s.Currency) {
+		return SkippedCurrency, nil
+	}
+	var walletID string
+	err := db.QueryRow(ctx, `SELECT coalesce(value, '') FROM workspace_configs
+		WHERE ws_id = $1 AND id = 'default_wallet_id'`, s.WorkspaceID).Scan(&walletID)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !isUUID(strings.TrimSpace(walletID))) {
+		return SkippedNoWallet, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
+	}
+	var walletWS, walletCurrency string
+	err = db.QueryRow(ctx, `SELECT ws_id::text, currency FROM workspace_wallets WHERE id = $1`,
+		strings.TrimSpace(walletID)).Scan(&walletWS, &walletCurrency)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return SkippedNoWallet, nil
+	case err != nil:
+		return "", fmt.Errorf("read wallet %s: %w", walletID, err)
+	case !strings.EqualFold(walletWS, s.WorkspaceID):
+		return SkippedWalletWorkspace, nil
+	case !strings.EqualFold(walletCurrency, s.Currency):
+		return SkippedCurrency, nil
+	}
+
+	// The lines' products' finance category, when they all share one of the
+	// workspace's categories; otherwise the booking has none.
+	var categoryID *string
+	if err := db.QueryRow(ctx, `
+		SELECT CASE WHEN count(*) > 0 AND count(c.id) = count(*) AND count(DISTINCT c.id) = 1
+		            THEN min(c.id::text) END
+		FROM inventory_checkout_lines l
+		LEFT JOIN workspace_products p ON p.id = l.product_id AND p.ws_id = $2
+		LEFT JOIN transaction_categories c ON c.id = p.finance_category_id AND c.ws_id = $2
+		WHERE l.checkout_session_id = $1`, s.ID, s.WorkspaceID).Scan(&categoryID); err != nil {
+		return "", fmt.Errorf("find finance category of session %s: %w", s.ID, err)
+	}
+
+	var txID string
+	err = db.QueryRow(ctx, `
+		INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
+		VALUES ($1, $2, $3, $4, $5, $6, 'sale', $7)
+		ON CONFLICT (source_kind, source_ref) DO NOTHING
+		RETURNING id::text`,
+		walletID, categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description, p.At, s.ID).Scan(&txID)
+	result := Booked
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Booked before, though the session lost its link: relink, book nothing.
+		result = AlreadyBooked
+		err = db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&txID)
+	}
+	if err != nil {
+		return "", fmt.Errorf("book sale of session %s: %w", s.ID, err)
+	}
+	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2, updated_at = now()
+		WHERE id = $1`, s.ID, txID); err != nil {
+		return "", fmt.Errorf("link session %s to its booking: %w", s.ID, err)
+	}
+	s.FinanceTransactionID = &txID
+	return result, nil
+}
+
+// reconcileRefunds books one reversal that brings the sale's reversed total
+// up to the refunded total (the larger of the provider's cumulative figure
+// and the sum of individual refunds, never more than the sale). Each level is
+// booked at most once; a stale or repeated word finds nothing left to book.
+func reconcileRefunds(ctx context.Context, db DB, s *Session, description string, at time.Time) (int64, error) {
+	saleID := *s.FinanceTransactionID
+	var sale, reversed, refunds int64
+	var walletID, currency string
+	var categoryID *string
+	if err := db.QueryRow(ctx, `
+		SELECT t.amount, t.wallet_id::text, t.category_id::text, t.currency,
+		       coalesce((SELECT -sum(r.amount) FROM wallet_transactions r WHERE r.reverses_id = t.id), 0),
+		       coalesce((SELECT sum(f.amount) FROM checkout_session_refunds f WHERE f.checkout_session_id = $2), 0)
+		FROM wallet_transactions t WHERE t.id = $1`, saleID, s.ID).
+		Scan(&sale, &walletID, &categoryID, &currency, &reversed, &refunds); err != nil {
+		return 0, fmt.Errorf("read booking %s of session %s: %w", saleID, s.ID, err)
+	}
+	target := min(max(s.RefundedAmount, refunds), sale)
+	if target <= reversed {
+		return 0, nil
+	}
+	amount := target - reversed
+	tag, err := db.Exec(ctx, `
+		INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref, reverses_id)
+		VALUES ($1, $2, $3, $4, $5, $6, 'reversal', $7, $8)
+		ON CONFLICT (source_kind, source_ref) DO NOTHING`,
+		walletID, categoryID, -amount, currency, description, at, fmt.Sprintf("%s:%d", saleID, target), saleID)
+	if err != nil {
+		return 0, fmt.Errorf("book reversal of session %s: %w", s.ID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return 0, nil
+	}
+	return amount, nil
+}
