@@ -25,6 +25,7 @@ type config struct {
 	MaxAttempts     int
 	DBMaxConns      int32
 	ShutdownTimeout time.Duration
+	RetryBase       time.Duration
 	AllowedCIDRs    []netip.Prefix
 	TrustedProxies  []netip.Prefix
 	LogLevel        slog.Level
@@ -78,10 +79,11 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.DBMaxConns = int32(intVar(e, "RELAY_DB_MAX_CONNS", 0, &errs))
 	c.AckTimeout = durationVar(e, "RELAY_ACK_TIMEOUT", 5*time.Second, &errs)
 	c.ShutdownTimeout = durationVar(e, "RELAY_SHUTDOWN_TIMEOUT", 30*time.Second, &errs)
+	c.RetryBase = durationVar(e, "RELAY_RETRY_BASE", time.Second, &errs)
 	c.AllowedCIDRs = prefixesVar(e, "RELAY_ALLOWED_CIDRS", &errs)
 	c.TrustedProxies = prefixesVar(e, "RELAY_TRUSTED_PROXIES", &errs)
-	if c.MaxBodyBytes <= 0 || c.Workers <= 0 || c.MaxAttempts <= 0 || c.AckTimeout <= 0 {
-		errs = append(errs, errors.New("RELAY_MAX_BODY_BYTES, RELAY_WORKERS, RELAY_MAX_ATTEMPTS and RELAY_ACK_TIMEOUT must be positive"))
+	if c.MaxBodyBytes <= 0 || c.Workers <= 0 || c.MaxAttempts <= 0 || c.AckTimeout <= 0 || c.RetryBase <= 0 {
+		errs = append(errs, errors.New("RELAY_MAX_BODY_BYTES, RELAY_WORKERS, RELAY_MAX_ATTEMPTS, RELAY_ACK_TIMEOUT and RELAY_RETRY_BASE must be positive"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/migrations"
+	"github.com/relayhq/relay/opsmetrics"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
 )
@@ -51,6 +52,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(opsmetrics.NewCollector(pool, logger))
 	receiverMetrics, err := receiver.NewMetrics(reg)
 	if err != nil {
 		return fmt.Errorf("register receiver metrics: %w", err)
@@ -61,7 +63,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 
 	workers := river.NewWorkers()
-	if err := river.AddWorkerSafely(workers, jobs.NewEventWorker(pool, jobMetrics, logger)); err != nil {
+	if err := river.AddWorkerSafely(workers, jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: cfg.RetryBase})); err != nil {
 		return fmt.Errorf("register workers: %w", err)
 	}
 	riverClient, err := river.NewClient(riverpgxv5.New(pool), &river.Config{

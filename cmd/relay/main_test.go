@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relayhq/relay/internal/testdb"
+)
+
+// syncBuffer collects a goroutine's output for the test to read.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func envFunc(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestServeSendAndShutDown(t *testing.T) {
+	dbURL := testdb.New(t)
+	env := map[string]string{
+		"DATABASE_URL":         dbURL,
+		"POLAR_WEBHOOK_SECRET": "polar_whs_old, whsec_rotatedSecretThatIsNotBase64AtAll0123456",
+		"RELAY_HTTP_ADDR":      freeAddr(t),
+		"RELAY_ADMIN_ADDR":     freeAddr(t),
+		"LOG_FORMAT":           "text",
+	}
+	ctx := context.Background()
+
+	// Migrating twice is a no-op the second time.
+	for i := range 2 {
+		var out bytes.Buffer
+		if err := run(ctx, []string{"migrate"}, envFunc(env), &out); err != nil {
+			t.Fatalf("migrate #%d: %v", i+1, err)
+		}
+	}
+
+	serveCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	logs := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- run(serveCtx, []string{"serve"}, envFunc(env), logs) }()
+
+	admin := "http://" + env["RELAY_ADMIN_ADDR"]
+	waitFor(t, done, admin+"/readyz")
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, _ := get(t, admin+path); code != http.StatusOK {
+			t.Errorf("GET %s = %d, want 200", path, code)
+		}
+	}
+
+	hook := "http://" + env["RELAY_HTTP_ADDR"] + "/webhooks/polar"
+	var out bytes.Buffer
+	err := run(ctx, []string{"send", "--url", hook, "--secret", "whsec_rotatedSecretThatIsNotBase64AtAll0123456",
+		"--id", "msg_cli", "../../testdata/events/order.updated.paid.json"}, envFunc(nil), &out)
+	if err != nil || !strings.HasPrefix(out.String(), "200 OK") {
+		t.Fatalf("send: %v; printed %q", err, out.String())
+	}
+	out.Reset()
+	err = run(ctx, []string{"send", "--url", hook, "--secret", "polar_whs_wrong", "../../testdata/events/order.paid.json"}, envFunc(nil), &out)
+	if err == nil || !strings.HasPrefix(out.String(), "401 Unauthorized") {
+		t.Fatalf("send with a wrong secret: %v; printed %q, want a 401 and an error", err, out.String())
+	}
+	out.Reset()
+	err = run(ctx, []string{"send", "--url", hook, "--type", "customer.created", "../../testdata/events/customer.created.json"},
+		envFunc(map[string]string{"POLAR_WEBHOOK_SECRET": "polar_whs_old"}), &out)
+	if err != nil {
+		t.Fatalf("send with the secret from the environment: %v (%s)", err, out.String())
+	}
+
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var rows int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM webhook_inbox`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2 {
+		t.Errorf("inbox rows = %d, want 2", rows)
+	}
+	// The worker pool runs in the same process: it works the job. The demo
+	// payload names a checkout session this database lacks, so the worker
+	// schedules a retry, as it does while a storefront's write lags.
+	worked := `relay_events_processed_total{event_type="order.updated",result="retry"} 1`
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, m := get(t, admin+"/metrics"); strings.Contains(m, worked) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("msg_cli's job not worked after 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	code, metrics := get(t, admin+"/metrics")
+	for _, want := range []string{
+		`relay_webhooks_received_total{event_type="order.updated",outcome="accepted"} 1`,
+		`relay_webhooks_received_total{event_type="unverified",outcome="unauthorized"} 1`,
+		`relay_webhooks_received_total{event_type="customer.created",outcome="ignored"} 1`,
+		`relay_webhook_ack_duration_seconds_bucket{outcome="accepted"`,
+		`go_goroutines`, `process_resident_memory_bytes`,
+	} {
+		if code != http.StatusOK || !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	stop() // what SIGTERM does in main
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v after shutdown, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop within 30s")
+	}
+	for _, secretPart := range []string{"polar_whs_old", "rotatedSecret", "Sam Shopper", "shopper@example.com"} {
+		if strings.Contains(logs.String(), secretPart) {
+			t.Errorf("logs contain %q", secretPart)
+		}
+	}
+	if !strings.Contains(logs.String(), "msg=stopped") {
+		t.Errorf("logs do not say the server stopped:\n%s", logs.String())
+	}
+}
+
+func waitFor(t *testing.T, done <-chan error, url string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			t.Fatalf("serve exited early: %v", err)
+		default:
+		}
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready after 20s", url)
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestServeRefusesToStartHalfConfigured(t *testing.T) {
+	dbURL := testdb.New(t)
+	unmigrated := testdb.URL(t) // the server's maintenance database: no relay tables
+	cases := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"no secret", map[string]string{"DATABASE_URL": dbURL}, "no webhook secret"},
+		{"no database", map[string]string{"POLAR_WEBHOOK_SECRET": "s"}, "DATABASE_URL is not set"},
+		{"unreachable database", map[string]string{"POLAR_WEBHOOK_SECRET": "s",
+			"DATABASE_URL": "postgres://postgres@127.0.0.1:1/x?connect_timeout=2"}, "database unreachable"},
+		{"unmigrated database", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": unmigrated}, "relay migrate"},
+		{"bad duration", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": dbURL, "RELAY_ACK_TIMEOUT": "5"}, "RELAY_ACK_TIMEOUT"},
+		{"bad CIDR", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": dbURL, "RELAY_ALLOWED_CIDRS": "polar"}, "RELAY_ALLOWED_CIDRS"},
+		{"missing secret file", map[string]string{"POLAR_WEBHOOK_SECRET_FILE": "/nonexistent", "DATABASE_URL": dbURL}, "POLAR_WEBHOOK_SECRET_FILE"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			tc.env["RELAY_HTTP_ADDR"] = freeAddr(t)
+			tc.env["RELAY_ADMIN_ADDR"] = freeAddr(t)
+			err := run(ctx, []string{"serve"}, envFunc(tc.env), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("serve: %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSecretFileAndUsage(t *testing.T) {
+	path := t.TempDir() + "/secret"
+	if err := writeFile(path, "polar_whs_a\npolar_whs_b\n"); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x", "POLAR_WEBHOOK_SECRET_FILE": path}), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(cfg.Secrets) != "[polar_whs_a polar_whs_b]" {
+		t.Errorf("secrets = %q", cfg.Secrets)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"frobnicate"}, envFunc(nil), &out); err == nil || !strings.Contains(out.String(), "usage: relay") {
+		t.Errorf("unknown command: %v, printed %q", err, out.String())
+	}
+}

@@ -1,0 +1,237 @@
+// Package opsmetrics exports what an operator watches besides the request
+// and worker metrics: River's job queue, the webhook inbox and the database
+// connection pool. The values are read from the database on every scrape.
+package opsmetrics
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/relayhq/relay/jobs"
+)
+
+// scrapeTimeout bounds the database queries of one scrape. A scrape never
+// fails: a query that errs or runs out of time leaves its series out and
+// counts in relay_scrape_db_errors_total.
+const scrapeTimeout = 2 * time.Second
+
+// Names of the queries, as values of relay_scrape_db_errors_total's label.
+const (
+	queryJobs            = "jobs"
+	queryOldestAvailable = "oldest_available"
+	queryInbox           = "inbox"
+)
+
+const (
+	// Counts every job by state and kind. River's cleaner deletes completed,
+	// cancelled and discarded jobs after a while, so the table stays small.
+	jobsQuery = `SELECT state::text, kind, count(*) FROM river_job GROUP BY 1, 2`
+	// Uses River's (state, queue, priority, scheduled_at, id) index.
+	oldestAvailableQuery = `SELECT coalesce(extract(epoch FROM now() - min(scheduled_at)), 0)::float8
+		FROM river_job WHERE state = 'available' AND scheduled_at <= now()`
+	// An index-only scan of webhook_inbox_status_received_idx.
+	inboxQuery = `SELECT status, count(*) FROM webhook_inbox GROUP BY status`
+)
+
+// Collector is a prometheus.Collector of relay's operational state.
+type Collector struct {
+	pool   *pgxpool.Pool
+	logger *slog.Logger
+	kind   string
+
+	// jobStates are River's job states always exported for kind, so that an
+	// alert on one of them has a series to read even at 0.
+	jobStates []string
+	// inboxStatuses are webhook_inbox's statuses (its CHECK constraint).
+	inboxStatuses []string
+	queryNames    []string
+	errors        map[string]*atomic.Uint64 // by query name; never written after NewCollector
+
+	jobs            *prometheus.Desc
+	oldestAvailable *prometheus.Desc
+	inbox           *prometheus.Desc
+	scrapeErrors    *prometheus.Desc
+
+	poolAcquired        *prometheus.Desc
+	poolIdle            *prometheus.Desc
+	poolTotal           *prometheus.Desc
+	poolMax             *prometheus.Desc
+	poolAcquire         *prometheus.Desc
+	poolEmptyAcquire    *prometheus.Desc
+	poolAcquireWait     *prometheus.Desc
+	poolCanceledAcquire *prometheus.Desc
+}
+
+// NewCollector returns a collector that reads River's jobs and the webhook
+// inbox from pool, and pool's own statistics, on every scrape. Query errors
+// are logged to logger at warn level.
+func NewCollector(pool *pgxpool.Pool, logger *slog.Logger) prometheus.Collector {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Collector{
+		pool:   pool,
+		logger: logger,
+		kind:   jobs.EventArgs{}.Kind(),
+
+		jobStates:     []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"},
+		inboxStatuses: []string{"pending", "processed", "ignored", "invalid"},
+		queryNames:    []string{queryJobs, queryOldestAvailable, queryInbox},
+		errors:        make(map[string]*atomic.Uint64),
+
+		jobs: prometheus.NewDesc("relay_jobs",
+			"River jobs by state and kind.", []string{"state", "kind"}, nil),
+		oldestAvailable: prometheus.NewDesc("relay_job_oldest_available_age_seconds",
+			"Age of the oldest job that is due to run and waits for a worker (0 when none waits).", nil, nil),
+		inbox: prometheus.NewDesc("relay_inbox_events",
+			"Stored webhooks by inbox status.", []string{"status"}, nil),
+		scrapeErrors: prometheus.NewDesc("relay_scrape_db_errors_total",
+			"Database queries of a metrics scrape that failed, by query.", []string{"query"}, nil),
+
+		poolAcquired: prometheus.NewDesc("relay_db_pool_acquired_connections",
+			"Database connections currently in use.", nil, nil),
+		poolIdle: prometheus.NewDesc("relay_db_pool_idle_connections",
+			"Idle database connections in the pool.", nil, nil),
+		poolTotal: prometheus.NewDesc("relay_db_pool_total_connections",
+			"Database connections in the pool: acquired, idle and being opened.", nil, nil),
+		poolMax: prometheus.NewDesc("relay_db_pool_max_connections",
+			"Largest number of connections the pool opens.", nil, nil),
+		poolAcquire: prometheus.NewDesc("relay_db_pool_acquire_total",
+			"Successful connection acquisitions from the pool.", nil, nil),
+		poolEmptyAcquire: prometheus.NewDesc("relay_db_pool_empty_acquire_total",
+			"Successful acquisitions that had to wait for a connection because none was idle.", nil, nil),
+		poolAcquireWait: prometheus.NewDesc("relay_db_pool_acquire_wait_seconds_total",
+			"Total time spent acquiring connections from the pool.", nil, nil),
+		poolCanceledAcquire: prometheus.NewDesc("relay_db_pool_canceled_acquire_total",
+			"Acquisitions given up because their context ended.", nil, nil),
+	}
+	for _, q := range c.queryNames {
+		c.errors[q] = new(atomic.Uint64)
+	}
+	return c
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		c.jobs, c.oldestAvailable, c.inbox, c.scrapeErrors,
+		c.poolAcquired, c.poolIdle, c.poolTotal, c.poolMax,
+		c.poolAcquire, c.poolEmptyAcquire, c.poolAcquireWait, c.poolCanceledAcquire,
+	} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.collectPool(ch)
+
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	c.run(ctx, queryJobs, func() error { return c.collectJobs(ctx, ch) })
+	c.run(ctx, queryOldestAvailable, func() error { return c.collectOldestAvailable(ctx, ch) })
+	c.run(ctx, queryInbox, func() error { return c.collectInbox(ctx, ch) })
+
+	for _, q := range c.queryNames {
+		ch <- prometheus.MustNewConstMetric(c.scrapeErrors, prometheus.CounterValue, float64(c.errors[q].Load()), q)
+	}
+}
+
+// run runs one query's collection, counting and logging its failure.
+func (c *Collector) run(ctx context.Context, name string, collect func() error) {
+	if err := collect(); err != nil {
+		c.errors[name].Add(1)
+		c.logger.LogAttrs(ctx, slog.LevelWarn, "metrics scrape: database query failed",
+			slog.String("query", name), slog.Any("error", err))
+	}
+}
+
+func (c *Collector) collectPool(ch chan<- prometheus.Metric) {
+	s := c.pool.Stat()
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	counter := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v)
+	}
+	gauge(c.poolAcquired, float64(s.AcquiredConns()))
+	gauge(c.poolIdle, float64(s.IdleConns()))
+	gauge(c.poolTotal, float64(s.TotalConns()))
+	gauge(c.poolMax, float64(s.MaxConns()))
+	counter(c.poolAcquire, float64(s.AcquireCount()))
+	counter(c.poolEmptyAcquire, float64(s.EmptyAcquireCount()))
+	counter(c.poolAcquireWait, s.AcquireDuration().Seconds())
+	counter(c.poolCanceledAcquire, float64(s.CanceledAcquireCount()))
+}
+
+type jobKey struct{ state, kind string }
+
+// collectJobs reads all counts before sending any, so that a failed query
+// sends nothing rather than part of the states.
+func (c *Collector) collectJobs(ctx context.Context, ch chan<- prometheus.Metric) error {
+	counts := make(map[jobKey]int64, len(c.jobStates))
+	for _, s := range c.jobStates {
+		counts[jobKey{s, c.kind}] = 0
+	}
+	rows, err := c.pool.Query(ctx, jobsQuery)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k jobKey
+		var n int64
+		if err := rows.Scan(&k.state, &k.kind, &n); err != nil {
+			return err
+		}
+		counts[k] = n
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for k, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.jobs, prometheus.GaugeValue, float64(n), k.state, k.kind)
+	}
+	return nil
+}
+
+func (c *Collector) collectOldestAvailable(ctx context.Context, ch chan<- prometheus.Metric) error {
+	var age float64
+	if err := c.pool.QueryRow(ctx, oldestAvailableQuery).Scan(&age); err != nil {
+		return err
+	}
+	ch <- prometheus.MustNewConstMetric(c.oldestAvailable, prometheus.GaugeValue, max(age, 0))
+	return nil
+}
+
+func (c *Collector) collectInbox(ctx context.Context, ch chan<- prometheus.Metric) error {
+	counts := make(map[string]int64, len(c.inboxStatuses))
+	for _, s := range c.inboxStatuses {
+		counts[s] = 0
+	}
+	rows, err := c.pool.Query(ctx, inboxQuery)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var status string
+		var n int64
+		if err := rows.Scan(&status, &n); err != nil {
+			return err
+		}
+		counts[status] = n
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for s, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.inbox, prometheus.GaugeValue, float64(n), s)
+	}
+	return nil
+}
