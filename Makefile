@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: build run test vet check-ops
+.PHONY: build run test vet check-ops fuzz
 
 build:
 	$(GO) build -o bin/relay ./cmd/relay
@@ -21,3 +21,10 @@ vet:
 # test in deploy/e2e runs its prometheus server too).
 check-ops:
 	./scripts/promtool.sh
+
+FUZZTIME ?= 30s
+
+# Fuzzes signature verification and event parsing for FUZZTIME each.
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=$(FUZZTIME) ./polar/
+	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./polar/
