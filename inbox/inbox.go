@@ -44,31 +44,64 @@ type DB interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// Insert stores e unless a row with the same webhook id exists. It reports
-// whether it inserted; on false nothing was written. A concurrent insert of
-// the same id waits for the other transaction and then reports false, or
-// inserts if that transaction rolled back.
-func Insert(ctx context.Context, db DB, e *Event) (bool, error) {
-	err := db.QueryRow(ctx, `
+// Insert stores events, each unless a row with its webhook id exists, and
+// reports per event whether it inserted it; the ids and received times of the
+// inserted ones are set. Of several events with one webhook id, the first is
+// inserted. An insert racing a concurrent transaction's insert of the same id
+// waits for it, then reports false, or inserts if that transaction rolled back.
+func Insert(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
+	n := len(events)
+	ids, types, statuses := make([]string, n), make([]string, n), make([]string, n)
+	hookTimes, eventTimes := make([]time.Time, n), make([]*time.Time, n)
+	bodies, notes := make([][]byte, n), make([]*string, n)
+	for i, e := range events {
+		ids[i], types[i], statuses[i] = e.WebhookID, e.EventType, e.Status
+		hookTimes[i], eventTimes[i], bodies[i], notes[i] = e.WebhookTimestamp, e.EventTimestamp, e.Body, e.Error
+	}
+	rows, err := db.Query(ctx, `
 		INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bytea[], $7::text[])
 		ON CONFLICT (webhook_id) DO NOTHING
-		RETURNING id, received_at`,
-		e.WebhookID, e.EventType, e.Status, e.WebhookTimestamp, e.EventTimestamp, e.Body, e.Error,
-	).Scan(&e.ID, &e.ReceivedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
+		RETURNING id, webhook_id, received_at`,
+		ids, types, statuses, hookTimes, eventTimes, bodies, notes)
 	if err != nil {
-		return false, fmt.Errorf("insert inbox row %q: %w", e.WebhookID, err)
+		return nil, fmt.Errorf("insert %d inbox rows: %w", n, err)
 	}
-	return true, nil
+	defer rows.Close()
+	type insertedRow struct {
+		id         int64
+		receivedAt time.Time
+	}
+	inserted := make(map[string]insertedRow, n)
+	for rows.Next() {
+		var (
+			r  insertedRow
+			id string
+		)
+		if err := rows.Scan(&r.id, &id, &r.receivedAt); err != nil {
+			return nil, fmt.Errorf("insert inbox rows: %w", err)
+		}
+		inserted[id] = r
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("insert %d inbox rows: %w", n, err)
+	}
+	out := make([]bool, n)
+	for i, e := range events {
+		if r, ok := inserted[e.WebhookID]; ok {
+			e.ID, e.ReceivedAt, out[i] = r.id, r.receivedAt, true
+			delete(inserted, e.WebhookID) // later events with this id are duplicates
+		}
+	}
+	return out, nil
 }
 
-// SetJob records the id of the job that will process the row.
-func SetJob(ctx context.Context, db DB, id, jobID int64) error {
-	if _, err := db.Exec(ctx, `UPDATE webhook_inbox SET job_id = $2 WHERE id = $1`, id, jobID); err != nil {
-		return fmt.Errorf("link inbox row %d to job %d: %w", id, jobID, err)
+// SetJobs records, per row, the id of the job that will process it.
+func SetJobs(ctx context.Context, db DB, rowIDs, jobIDs []int64) error {
+	if _, err := db.Exec(ctx, `
+		UPDATE webhook_inbox i SET job_id = v.job_id
+		FROM unnest($1::bigint[], $2::bigint[]) AS v(id, job_id) WHERE i.id = v.id`, rowIDs, jobIDs); err != nil {
+		return fmt.Errorf("link %d inbox rows to their jobs: %w", len(rowIDs), err)
 	}
 	return nil
 }

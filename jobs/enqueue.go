@@ -17,21 +17,30 @@ import (
 // *river.Client[pgx.Tx] is one, and so is an insert-only client.
 type Inserter interface {
 	InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error)
+	InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error)
 }
 
-// EnqueueTx inserts the job that will process a stored event and links the
-// inbox row to it, in the caller's transaction.
-func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, event *inbox.Event) (int64, error) {
-	res, err := inserter.InsertTx(ctx, tx, EventArgs{
-		InboxID: event.ID, WebhookID: event.WebhookID, EventType: event.EventType,
-	}, nil)
+// EnqueueTx inserts the jobs that will process stored events and links each
+// inbox row to its job, in the caller's transaction.
+func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inbox.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	params := make([]river.InsertManyParams, len(events))
+	for i, e := range events {
+		params[i].Args = EventArgs{InboxID: e.ID, WebhookID: e.WebhookID, EventType: e.EventType}
+	}
+	res, err := inserter.InsertManyTx(ctx, tx, params)
 	if err != nil {
-		return 0, fmt.Errorf("insert job for %q: %w", event.WebhookID, err)
+		return fmt.Errorf("insert %d jobs: %w", len(events), err)
 	}
-	if err := inbox.SetJob(ctx, tx, event.ID, res.Job.ID); err != nil {
-		return 0, err
+	rowIDs, jobIDs := make([]int64, len(events)), make([]int64, len(events))
+	for i, e := range events {
+		rowIDs[i], jobIDs[i] = e.ID, res[i].Job.ID
+		id := res[i].Job.ID
+		e.JobID = &id
 	}
-	return res.Job.ID, nil
+	return inbox.SetJobs(ctx, tx, rowIDs, jobIDs)
 }
 
 // Replay enqueues a new job for a stored event, as an admin does after
@@ -50,8 +59,11 @@ func Replay(ctx context.Context, pool *pgxpool.Pool, inserter Inserter, webhookI
 		if err := inbox.SetStatus(ctx, tx, event.ID, inbox.StatusPending); err != nil {
 			return err
 		}
-		jobID, err = EnqueueTx(ctx, tx, inserter, event)
-		return err
+		if err := EnqueueTx(ctx, tx, inserter, event); err != nil {
+			return err
+		}
+		jobID = *event.JobID
+		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("replay webhook %q: %w", webhookID, err)

@@ -4,6 +4,7 @@
 package receiver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +12,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -32,6 +35,12 @@ type Options struct {
 	TrustedProxies []netip.Prefix
 	// Logger gets one line per request. Default slog.Default().
 	Logger *slog.Logger
+	// GroupCommit coalesces concurrent requests into shared transactions of
+	// up to MaxBatch events, run by Committers goroutines. Off: one
+	// transaction per request.
+	GroupCommit bool
+	MaxBatch    int // default 128
+	Committers  int // default 4
 }
 
 // Receiver is the webhook endpoint.
@@ -41,6 +50,7 @@ type Receiver struct {
 	verifier *polar.Verifier
 	metrics  *Metrics
 	opts     Options
+	group    *groupCommitter
 }
 
 // New returns the webhook endpoint. It stores into pool and enqueues with jobs.
@@ -54,7 +64,11 @@ func New(pool *pgxpool.Pool, inserter jobs.Inserter, verifier *polar.Verifier, m
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Receiver{pool: pool, jobs: inserter, verifier: verifier, metrics: metrics, opts: opts}
+	rc := &Receiver{pool: pool, jobs: inserter, verifier: verifier, metrics: metrics, opts: opts}
+	if opts.GroupCommit {
+		rc.group = newGroupCommitter(pool, inserter, cmp.Or(opts.Committers, 4), cmp.Or(opts.MaxBatch, 128), opts.Logger)
+	}
+	return rc
 }
 
 // result is what one request came to, for the answer, the metrics and the log.
@@ -135,6 +149,9 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request) result {
 	if err != nil {
 		return fail(http.StatusUnauthorized, OutcomeUnauthorized, err.Error(), nil)
 	}
+	if len(delivery.ID) > 255 || !utf8.ValidString(delivery.ID) || strings.ContainsRune(delivery.ID, 0) {
+		return fail(http.StatusBadRequest, OutcomeBadRequest, "malformed webhook-id", nil)
+	}
 
 	// From here on the sender is Polar: a body it signed is stored whatever it
 	// says, since a retry of the same bytes cannot fix it.
@@ -144,7 +161,7 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request) result {
 	case perr != nil:
 		res.eventType, res.outcome = labelOther, OutcomeInvalid
 		event.Status = inbox.StatusInvalid
-		note := "unreadable event: " + perr.Error()
+		note := cleanText("unreadable event: "+perr.Error(), 500)
 		event.Error = &note
 		res.err = perr
 	case polar.Handled(env.Type):
@@ -155,7 +172,7 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request) result {
 		event.Status = inbox.StatusIgnored
 	}
 	if perr == nil {
-		event.EventType = truncate(env.Type, 200)
+		event.EventType = cleanText(env.Type, 200)
 		if !env.Timestamp.IsZero() {
 			ts := env.Timestamp
 			event.EventTimestamp = &ts
@@ -175,50 +192,51 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request) result {
 }
 
 // store commits the inbox row and, for a pending event, its job in one
-// transaction. It returns within AckTimeout: a store that takes longer is
-// abandoned (its transaction rolls back or, if it commits late, Polar's retry
-// finds a duplicate), so the caller is never left hanging.
+// transaction, shared with concurrent requests when group commit is on. It
+// returns within AckTimeout: a store that takes longer is abandoned (its
+// transaction rolls back or, if it commits late, Polar's retry finds a
+// duplicate), so the caller is never left hanging.
 func (rc *Receiver) store(ctx context.Context, event *inbox.Event) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, rc.opts.AckTimeout)
 	defer cancel()
-
-	type outcome struct {
-		inserted bool
-		err      error
+	if rc.group != nil {
+		r := rc.group.submit(ctx, event)
+		return r.inserted, r.err
 	}
-	done := make(chan outcome, 1)
+	done := make(chan storeResult, 1)
 	go func() {
-		inserted, err := rc.storeTx(ctx, event)
-		done <- outcome{inserted, err}
+		inserted, err := commitEvents(ctx, rc.pool, rc.jobs, []*inbox.Event{event})
+		if err != nil {
+			done <- storeResult{err: err}
+			return
+		}
+		done <- storeResult{inserted: inserted[0]}
 	}()
 	select {
-	case o := <-done:
-		return o.inserted, o.err
+	case r := <-done:
+		return r.inserted, r.err
 	case <-ctx.Done():
 		return false, fmt.Errorf("store webhook: %w", ctx.Err())
 	}
 }
 
-func (rc *Receiver) storeTx(ctx context.Context, event *inbox.Event) (bool, error) {
-	tx, err := rc.pool.Begin(ctx)
-	if err != nil {
-		return false, fmt.Errorf("begin store transaction: %w", err)
+// Close stops the group committers after answering the requests they hold.
+// Call it after the HTTP server has shut down.
+func (rc *Receiver) Close() {
+	if rc.group != nil {
+		rc.group.close()
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after commit
+}
 
-	inserted, err := inbox.Insert(ctx, tx, event)
-	if err != nil || !inserted {
-		return false, err
+// cleanText makes s storable as PostgreSQL text: valid UTF-8, no NUL, at
+// most n bytes, cut at a character boundary.
+func cleanText(s string, n int) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+	for len(s) > n {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
 	}
-	if event.Status == inbox.StatusPending {
-		if _, err := jobs.EnqueueTx(ctx, tx, rc.jobs, event); err != nil {
-			return false, err
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return false, fmt.Errorf("commit webhook %q: %w", event.WebhookID, err)
-	}
-	return true, nil
+	return s
 }
 
 func truncate(s string, n int) string {

@@ -40,10 +40,11 @@ type harness struct {
 }
 
 type setup struct {
-	opts     receiver.Options
-	secrets  []string
-	inserter func(river.JobArgs) error // fails the job insert after River made it
-	pool     *pgxpool.Pool
+	opts       receiver.Options
+	perRequest bool // one transaction per request instead of group commit
+	secrets    []string
+	inserter   func(river.JobArgs) error // fails the job insert after River made it
+	pool       *pgxpool.Pool
 }
 
 func newHarness(t *testing.T, s setup) *harness {
@@ -77,14 +78,31 @@ func newHarness(t *testing.T, s setup) *harness {
 	if testing.Verbose() {
 		s.opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	srv := httptest.NewServer(receiver.New(pool, inserter, verifier, metrics, s.opts))
+	s.opts.GroupCommit = !s.perRequest
+	rc := receiver.New(pool, inserter, verifier, metrics, s.opts)
+	t.Cleanup(rc.Close)
+	srv := httptest.NewServer(rc)
 	t.Cleanup(srv.Close)
 	return &harness{pool: pool, srv: srv, reg: reg, secrets: s.secrets}
+}
+
+// bothModes runs a test with group commit and with a transaction per request.
+func bothModes(t *testing.T, test func(t *testing.T, perRequest bool)) {
+	t.Run("group commit", func(t *testing.T) { test(t, false) })
+	t.Run("per request", func(t *testing.T) { test(t, true) })
 }
 
 type failingInserter struct {
 	*river.Client[pgx.Tx]
 	after func(river.JobArgs) error
+}
+
+func (f failingInserter) InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error) {
+	res, err := f.Client.InsertManyTx(ctx, tx, params)
+	if err != nil {
+		return nil, err
+	}
+	return res, f.after(params[0].Args)
 }
 
 func (f failingInserter) InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error) {
@@ -265,33 +283,35 @@ func TestDuplicateDeliveryIsAcknowledgedOnce(t *testing.T) {
 }
 
 func TestConcurrentDuplicatesStoreOnce(t *testing.T) {
-	h := newHarness(t, setup{})
-	body := fixture(t, "order.updated.paid.json")
-	const n = 50
-	codes := make([]int, n)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			codes[i], _ = h.post(t, "msg_storm", body, nil)
-		})
-	}
-	close(start)
-	wg.Wait()
-	for i, c := range codes {
-		if c != http.StatusOK {
-			t.Errorf("request %d: status = %d, want 200", i, c)
+	bothModes(t, func(t *testing.T, perRequest bool) {
+		h := newHarness(t, setup{perRequest: perRequest})
+		body := fixture(t, "order.updated.paid.json")
+		const n = 50
+		codes := make([]int, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				codes[i], _ = h.post(t, "msg_storm", body, nil)
+			})
 		}
-	}
-	if got := h.stored(t, "msg_storm"); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
-		t.Fatalf("stored = %+v, want one row and one job", got)
-	}
-	accepted := h.count(t, "order.updated", receiver.OutcomeAccepted)
-	dups := h.count(t, "order.updated", receiver.OutcomeDuplicate)
-	if accepted != 1 || dups != n-1 {
-		t.Errorf("accepted=%v duplicates=%v, want 1 and %d", accepted, dups, n-1)
-	}
+		close(start)
+		wg.Wait()
+		for i, c := range codes {
+			if c != http.StatusOK {
+				t.Errorf("request %d: status = %d, want 200", i, c)
+			}
+		}
+		if got := h.stored(t, "msg_storm"); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
+			t.Fatalf("stored = %+v, want one row and one job", got)
+		}
+		accepted := h.count(t, "order.updated", receiver.OutcomeAccepted)
+		dups := h.count(t, "order.updated", receiver.OutcomeDuplicate)
+		if accepted != 1 || dups != n-1 {
+			t.Errorf("accepted=%v duplicates=%v, want 1 and %d", accepted, dups, n-1)
+		}
+	})
 }
 
 func TestRejectedRequestsStoreNothing(t *testing.T) {
@@ -399,75 +419,81 @@ func TestPolarSecretConventionAndRotation(t *testing.T) {
 }
 
 func TestInboxRowAndJobCommitOrRollBackTogether(t *testing.T) {
-	boom := errors.New("job store broke after the insert")
-	h := newHarness(t, setup{inserter: func(river.JobArgs) error { return boom }})
-	code, reason := h.post(t, "msg_atomic", fixture(t, "order.paid.json"), nil)
-	if code != http.StatusServiceUnavailable || reason != "temporarily unavailable" {
-		t.Fatalf("answer = %d %q, want 503", code, reason)
-	}
-	if rows, jobs := h.totals(t); rows != 0 || jobs != 0 {
-		t.Fatalf("after a failed job insert: %d rows, %d jobs; want none of either", rows, jobs)
-	}
+	bothModes(t, func(t *testing.T, perRequest bool) {
+		boom := errors.New("job store broke after the insert")
+		h := newHarness(t, setup{perRequest: perRequest, inserter: func(river.JobArgs) error { return boom }})
+		code, reason := h.post(t, "msg_atomic", fixture(t, "order.paid.json"), nil)
+		if code != http.StatusServiceUnavailable || reason != "temporarily unavailable" {
+			t.Fatalf("answer = %d %q, want 503", code, reason)
+		}
+		if rows, jobs := h.totals(t); rows != 0 || jobs != 0 {
+			t.Fatalf("after a failed job insert: %d rows, %d jobs; want none of either", rows, jobs)
+		}
 
-	// The same delivery, retried by Polar against a healthy store, commits both.
-	ok := newHarness(t, setup{pool: h.pool})
-	if code, _ := ok.post(t, "msg_atomic", fixture(t, "order.paid.json"), nil); code != http.StatusOK {
-		t.Fatalf("retry: status = %d, want 200", code)
-	}
-	if got := ok.stored(t, "msg_atomic"); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
-		t.Fatalf("retry stored = %+v", got)
-	}
+		// The same delivery, retried by Polar against a healthy store, commits both.
+		ok := newHarness(t, setup{perRequest: perRequest, pool: h.pool})
+		if code, _ := ok.post(t, "msg_atomic", fixture(t, "order.paid.json"), nil); code != http.StatusOK {
+			t.Fatalf("retry: status = %d, want 200", code)
+		}
+		if got := ok.stored(t, "msg_atomic"); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
+			t.Fatalf("retry stored = %+v", got)
+		}
+	})
 }
 
 func TestDatabaseDownAnswers503(t *testing.T) {
-	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	h := newHarness(t, setup{pool: pool, opts: receiver.Options{AckTimeout: 2 * time.Second}})
-	start := time.Now()
-	code, reason := h.post(t, "msg_down", fixture(t, "order.paid.json"), nil)
-	if code != http.StatusServiceUnavailable || reason != "temporarily unavailable" {
-		t.Fatalf("answer = %d %q, want 503", code, reason)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("503 took %v, want within the ack timeout", d)
-	}
+	bothModes(t, func(t *testing.T, perRequest bool) {
+		pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		h := newHarness(t, setup{perRequest: perRequest, pool: pool, opts: receiver.Options{AckTimeout: 2 * time.Second}})
+		start := time.Now()
+		code, reason := h.post(t, "msg_down", fixture(t, "order.paid.json"), nil)
+		if code != http.StatusServiceUnavailable || reason != "temporarily unavailable" {
+			t.Fatalf("answer = %d %q, want 503", code, reason)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("503 took %v, want within the ack timeout", d)
+		}
+	})
 }
 
 func TestSlowDatabaseAnswers503WithinAckTimeout(t *testing.T) {
-	const ackTimeout = 400 * time.Millisecond
-	h := newHarness(t, setup{opts: receiver.Options{AckTimeout: ackTimeout}})
-	ctx := context.Background()
+	bothModes(t, func(t *testing.T, perRequest bool) {
+		const ackTimeout = 400 * time.Millisecond
+		h := newHarness(t, setup{perRequest: perRequest, opts: receiver.Options{AckTimeout: ackTimeout}})
+		ctx := context.Background()
 
-	locker, err := h.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := locker.Exec(ctx, "LOCK TABLE webhook_inbox IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	code, _ := h.post(t, "msg_slow", fixture(t, "order.paid.json"), nil)
-	elapsed := time.Since(start)
-	if err := locker.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if code != http.StatusServiceUnavailable {
-		t.Fatalf("status = %d, want 503", code)
-	}
-	if elapsed < ackTimeout || elapsed > ackTimeout+time.Second {
-		t.Errorf("answered after %v, want just after the %v ack timeout", elapsed, ackTimeout)
-	}
-	// The abandoned transaction must not commit once the lock is gone.
-	deadline := time.Now().Add(5 * time.Second)
-	for h.pool.Stat().AcquiredConns() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if rows, jobs := h.totals(t); rows != 0 || jobs != 0 {
-		t.Fatalf("after a timed-out store: %d rows, %d jobs; want none", rows, jobs)
-	}
+		locker, err := h.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := locker.Exec(ctx, "LOCK TABLE webhook_inbox IN ACCESS EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		code, _ := h.post(t, "msg_slow", fixture(t, "order.paid.json"), nil)
+		elapsed := time.Since(start)
+		if err := locker.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if code != http.StatusServiceUnavailable {
+			t.Fatalf("status = %d, want 503", code)
+		}
+		if elapsed < ackTimeout || elapsed > ackTimeout+time.Second {
+			t.Errorf("answered after %v, want just after the %v ack timeout", elapsed, ackTimeout)
+		}
+		// The abandoned transaction must not commit once the lock is gone.
+		deadline := time.Now().Add(5 * time.Second)
+		for h.pool.Stat().AcquiredConns() > 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if rows, jobs := h.totals(t); rows != 0 || jobs != 0 {
+			t.Fatalf("after a timed-out store: %d rows, %d jobs; want none", rows, jobs)
+		}
+	})
 }
 
 func TestAllowedCIDRs(t *testing.T) {
@@ -500,5 +526,88 @@ func TestAllowedCIDRs(t *testing.T) {
 	}})
 	if code, _ := untrusted.post(t, "msg_cidr_5", body, xff("74.220.50.7")); code != http.StatusForbidden {
 		t.Errorf("X-Forwarded-For from an untrusted peer was believed: %d, want 403", code)
+	}
+}
+
+func TestGroupCommitIsolatesABadRow(t *testing.T) {
+	h := newHarness(t, setup{opts: receiver.Options{Committers: 1, MaxBatch: 64}})
+	ctx := context.Background()
+	if _, err := h.pool.Exec(ctx, `
+		CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'poisoned row'; END $$;
+		CREATE TRIGGER poison BEFORE INSERT ON webhook_inbox
+			FOR EACH ROW WHEN (NEW.webhook_id = 'msg_poison') EXECUTE FUNCTION poison();`); err != nil {
+		t.Fatal(err)
+	}
+	body := fixture(t, "order.paid.json")
+	const n = 40
+	codes := make(map[string]int)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		id := fmt.Sprintf("msg_batch_%d", i)
+		if i == n/2 {
+			id = "msg_poison"
+		}
+		wg.Go(func() {
+			<-start
+			code, _ := h.post(t, id, body, nil)
+			mu.Lock()
+			codes[id] = code
+			mu.Unlock()
+		})
+	}
+	close(start)
+	wg.Wait()
+	for id, code := range codes {
+		want := http.StatusOK
+		if id == "msg_poison" {
+			want = http.StatusServiceUnavailable
+		}
+		if code != want {
+			t.Errorf("%s: status %d, want %d", id, code, want)
+		}
+	}
+	if rows, jobs := h.totals(t); rows != n-1 || jobs != n-1 {
+		t.Errorf("stored %d rows and %d jobs, want %d of each", rows, jobs, n-1)
+	}
+}
+
+func TestGroupCommitSharesTransactions(t *testing.T) {
+	h := newHarness(t, setup{opts: receiver.Options{Committers: 1, MaxBatch: 128}})
+	body := fixture(t, "order.paid.json")
+	const n = 60
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			if code, _ := h.post(t, fmt.Sprintf("msg_shared_%d", i), body, nil); code != http.StatusOK {
+				t.Errorf("status %d, want 200", code)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	// Rows committed together share their transaction's xmin.
+	var rows, txs int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*), count(DISTINCT xmin::text) FROM webhook_inbox`).Scan(&rows, &txs); err != nil {
+		t.Fatal(err)
+	}
+	if rows != n || txs >= n {
+		t.Errorf("%d rows in %d transactions, want %d rows in fewer transactions", rows, txs, n)
+	}
+	t.Logf("%d rows committed in %d transactions", rows, txs)
+}
+
+func TestMalformedWebhookIDIsRejected(t *testing.T) {
+	h := newHarness(t, setup{})
+	long := strings.Repeat("x", 300)
+	if code, reason := h.post(t, long, fixture(t, "order.paid.json"), nil); code != http.StatusBadRequest || reason != "malformed webhook-id" {
+		t.Fatalf("answer = %d %q, want 400", code, reason)
+	}
+	if rows, _ := h.totals(t); rows != 0 {
+		t.Fatalf("stored %d rows, want none", rows)
 	}
 }

@@ -1,0 +1,186 @@
+package receiver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/jobs"
+)
+
+// storeResult is what committing one request's event came to.
+type storeResult struct {
+	inserted bool // false: a duplicate, nothing written
+	err      error
+}
+
+// pendingStore is one request waiting for its event to be committed.
+type pendingStore struct {
+	ctx   context.Context // the request's, bounded by the ack timeout
+	event *inbox.Event
+	done  chan storeResult // buffered: the committer never blocks on it
+}
+
+// commitEvents stores events and, for the pending ones, their jobs, in one
+// transaction, and returns a result per event. Either all of it commits or
+// none of it does.
+func commitEvents(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event) ([]bool, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin store transaction: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after commit
+
+	inserted, err := inbox.Insert(ctx, tx, events...)
+	if err != nil {
+		return nil, err
+	}
+	var enqueue []*inbox.Event
+	for i, e := range events {
+		if inserted[i] && e.Status == inbox.StatusPending {
+			enqueue = append(enqueue, e)
+		}
+	}
+	if err := jobs.EnqueueTx(ctx, tx, inserter, enqueue...); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit %d webhooks: %w", len(events), err)
+	}
+	return inserted, nil
+}
+
+// groupCommitter coalesces the stores of concurrent requests into shared
+// transactions: one commit, one WAL flush, for many acknowledgements. Each
+// request is answered only after the transaction holding its event commits;
+// a batch that fails is retried one event at a time, so one bad row fails
+// only its own request, and nobody is answered 200 for a failed commit.
+type groupCommitter struct {
+	pool     *pgxpool.Pool
+	inserter jobs.Inserter
+	maxBatch int
+	logger   *slog.Logger
+	queue    chan *pendingStore
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+func newGroupCommitter(pool *pgxpool.Pool, inserter jobs.Inserter, committers, maxBatch int, logger *slog.Logger) *groupCommitter {
+	g := &groupCommitter{
+		pool: pool, inserter: inserter, maxBatch: maxBatch, logger: logger,
+		queue: make(chan *pendingStore, committers*maxBatch),
+		stop:  make(chan struct{}),
+	}
+	for range committers {
+		g.wg.Go(g.run)
+	}
+	return g
+}
+
+// submit hands a request's event to the committers and waits for its result
+// or the request's deadline, whichever comes first.
+func (g *groupCommitter) submit(ctx context.Context, event *inbox.Event) storeResult {
+	p := &pendingStore{ctx: ctx, event: event, done: make(chan storeResult, 1)}
+	select {
+	case g.queue <- p:
+	case <-ctx.Done():
+		return storeResult{err: fmt.Errorf("store webhook: queue full: %w", ctx.Err())}
+	case <-g.stop:
+		return storeResult{err: fmt.Errorf("store webhook: receiver closed")}
+	}
+	select {
+	case r := <-p.done:
+		return r
+	case <-ctx.Done():
+		return storeResult{err: fmt.Errorf("store webhook: %w", ctx.Err())}
+	}
+}
+
+// close stops the committers once the queued requests are answered.
+func (g *groupCommitter) close() {
+	close(g.stop)
+	g.wg.Wait()
+}
+
+func (g *groupCommitter) run() {
+	for {
+		var first *pendingStore
+		select {
+		case first = <-g.queue:
+		case <-g.stop:
+			// Answer whatever is still queued before leaving.
+			for {
+				select {
+				case p := <-g.queue:
+					g.commit([]*pendingStore{p})
+				default:
+					return
+				}
+			}
+		}
+		batch := []*pendingStore{first}
+	fill:
+		for len(batch) < g.maxBatch {
+			select {
+			case p := <-g.queue:
+				batch = append(batch, p)
+			default:
+				break fill
+			}
+		}
+		g.commit(batch)
+	}
+}
+
+// commit commits a batch, skipping requests that have already given up, and
+// answers each request in it.
+func (g *groupCommitter) commit(batch []*pendingStore) {
+	live := batch[:0]
+	var deadline time.Time
+	for _, p := range batch {
+		if p.ctx.Err() != nil {
+			continue // already answered 503; Polar will retry it
+		}
+		live = append(live, p)
+		if d, ok := p.ctx.Deadline(); ok && d.After(deadline) {
+			deadline = d
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	events := make([]*inbox.Event, len(live))
+	for i, p := range live {
+		events[i] = p.event
+	}
+	inserted, err := commitEvents(ctx, g.pool, g.inserter, events)
+	if err == nil {
+		for i, p := range live {
+			p.done <- storeResult{inserted: inserted[i]}
+		}
+		return
+	}
+	if len(live) == 1 {
+		live[0].done <- storeResult{err: err}
+		return
+	}
+	// Isolate the failure: one bad row must not fail its batch-mates.
+	g.logger.Warn("group commit failed, retrying its events one by one", "events", len(live), "error", err)
+	for _, p := range live {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		one, err := commitEvents(ctx, g.pool, g.inserter, []*inbox.Event{p.event})
+		cancel()
+		if err != nil {
+			p.done <- storeResult{err: err}
+			continue
+		}
+		p.done <- storeResult{inserted: one[0]}
+	}
+}
