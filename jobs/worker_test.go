@@ -428,3 +428,37 @@ func TestBookingAndJobCompletionShareOneTransaction(t *testing.T) {
 		t.Errorf("booked counter = %v, want 1 (the rolled-back attempt is not counted)", v)
 	}
 }
+
+func TestImpossibleAmountsAreRefused(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := seedShop(t, pool, shopOpts{})
+	raw := func(fixture string, replace map[string]string) []byte {
+		b := string(event(t, fixture, s, "ord_bad", nil))
+		for from, to := range replace {
+			if !strings.Contains(b, from) {
+				t.Fatalf("fixture lacks %q", from)
+			}
+			b = strings.Replace(b, from, to, 1)
+		}
+		return []byte(b)
+	}
+	sys.send(t, "msg_overflow", raw("order.updated.paid.json", map[string]string{`"total_amount":4950`: `"total_amount":100000000000000000000000000000`}))
+	sys.send(t, "msg_negative", raw("order.updated.paid.json", map[string]string{`"refunded_amount":0`: `"refunded_amount":-500`}))
+	sys.send(t, "msg_sum_overflow", raw("order.updated.paid.json", map[string]string{
+		`"refunded_amount":0`: `"refunded_amount":9223372036854775807`, `"refunded_tax_amount":0`: `"refunded_tax_amount":1`}))
+	sys.send(t, "msg_bad_uuid", event(t, "order.updated.paid.json", s, "ord_bad", func(d map[string]any) {
+		d["metadata"].(map[string]any)["checkoutId"] = "'; DROP TABLE x; --"
+	}))
+	for id, state := range sys.waitJobs(t, "msg_overflow", "msg_negative", "msg_sum_overflow", "msg_bad_uuid") {
+		if state != "cancelled" {
+			t.Errorf("%s: job %s, want cancelled", id, state)
+		}
+	}
+	if got := session(t, pool, s); got.status != "reserved" {
+		t.Errorf("session = %+v, want untouched", got)
+	}
+	if v := sys.metric(t, "relay_events_processed_total", map[string]string{"event_type": "order.updated", "result": "refused"}); v != 4 {
+		t.Errorf("refused counter = %v, want 4", v)
+	}
+}

@@ -611,3 +611,63 @@ func TestMalformedWebhookIDIsRejected(t *testing.T) {
 		t.Fatalf("stored %d rows, want none", rows)
 	}
 }
+
+// TestBadInputClasses covers the bad-input classes of docs/reliability.md
+// that the table tests above do not.
+func TestBadInputClasses(t *testing.T) {
+	h := newHarness(t, setup{})
+	paid := fixture(t, "order.paid.json")
+	deep := []byte(`{"type":"order.paid","data":` + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}`)
+	cases := []struct {
+		name, id string
+		body     []byte
+		edit     func(*http.Request)
+		status   int
+		stored   string // inbox status, "" for nothing stored
+	}{
+		{"malformed signature header", "msg_bad_sig", paid, func(r *http.Request) { r.Header.Set(polar.HeaderSignature, "garbage") }, 401, ""},
+		{"signature for a truncated body", "msg_truncated", paid[:len(paid)/2], func(r *http.Request) {
+			r.Header.Set(polar.HeaderSignature, polar.Sign(secret, "msg_truncated", time.Now(), paid))
+		}, 401, ""},
+		{"deeply nested JSON", "msg_deep", deep, nil, 200, "invalid"},
+		{"duplicate keys: the last wins", "msg_dupkeys", []byte(`{"type":"customer.created","type":"order.paid","data":{}}`), nil, 200, "pending"},
+		{"wrong content type", "msg_ctype", paid, func(r *http.Request) { r.Header.Set("Content-Type", "text/plain") }, 200, "pending"},
+		{"NUL in the event type", "msg_nul", []byte(`{"type":"order.paid\u0000x","data":{}}`), nil, 200, "ignored"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			edit := tc.edit
+			code, reason := h.post(t, tc.id, tc.body, edit)
+			if code != tc.status {
+				t.Fatalf("answer = %d %q, want %d", code, reason, tc.status)
+			}
+			got := h.stored(t, tc.id)
+			if tc.stored == "" && got.rows != 0 || tc.stored != "" && (got.rows != 1 || got.status != tc.stored) {
+				t.Fatalf("stored = %+v, want %q", got, tc.stored)
+			}
+		})
+	}
+
+	// A captured valid request replayed later: within tolerance it is a
+	// duplicate (nothing new); past it, refused.
+	ts := time.Now().Add(-4 * time.Minute)
+	replay := func(r *http.Request) {
+		r.Header.Set(polar.HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
+		r.Header.Set(polar.HeaderSignature, polar.Sign(secret, "msg_replayed", ts, paid))
+	}
+	for range 2 {
+		if code, _ := h.post(t, "msg_replayed", paid, replay); code != http.StatusOK {
+			t.Fatalf("replay within tolerance: %d, want 200", code)
+		}
+	}
+	if got := h.stored(t, "msg_replayed"); got.rows != 1 || got.jobs != 1 {
+		t.Fatalf("replayed request stored %+v, want one row and one job", got)
+	}
+	ts = time.Now().Add(-6 * time.Minute)
+	if code, _ := h.post(t, "msg_replayed_late", paid, func(r *http.Request) {
+		r.Header.Set(polar.HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
+		r.Header.Set(polar.HeaderSignature, polar.Sign(secret, "msg_replayed_late", ts, paid))
+	}); code != http.StatusUnauthorized {
+		t.Fatalf("replay past tolerance: %d, want 401", code)
+	}
+}
