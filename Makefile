@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: build run test vet check-ops fuzz
+.PHONY: build run test vet check-ops bench fuzz
 
 build:
 	$(GO) build -o bin/relay ./cmd/relay
@@ -28,3 +28,8 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzVerify$$' -fuzztime=$(FUZZTIME) ./polar/
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./polar/
+
+# Measures relay against the pgbench ceiling of its own transaction on a
+# throwaway PostgreSQL with default durability; writes bench/RESULTS.md.
+bench:
+	GO=$(GO) ./scripts/bench.sh

@@ -1,0 +1,250 @@
+// Command bench measures relay against the ceiling of its own database
+// transaction: pgbench running the receiver's transaction, then relay under
+// closed- and open-loop webhook load, then end-to-end order processing.
+// scripts/bench.sh (make bench) prepares a throwaway PostgreSQL cluster with
+// default durability, builds relay, migrates and runs this; it only reports,
+// it never fails because a target is missed.
+package main
+
+import (
+	"cmp"
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+type options struct {
+	relayBin    string
+	pgbenchBin  string
+	dbURL       string
+	pgData      string
+	tmpDir      string
+	out         string
+	fixture     string
+	revision    string
+	concurrency int
+	pgbThreads  int
+	ceilingDur  time.Duration
+	closedDur   time.Duration
+	openDur     time.Duration
+	warmup      time.Duration
+	procRate    int
+	procDur     time.Duration
+	procWorkers int
+	sessions    int
+	workspaces  int
+	drainMax    time.Duration
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.relayBin, "relay", "", "relay binary (required)")
+	flag.StringVar(&o.pgbenchBin, "pgbench", "pgbench", "pgbench binary")
+	flag.StringVar(&o.dbURL, "db", os.Getenv("DATABASE_URL"), "database URL of a migrated, otherwise empty database")
+	flag.StringVar(&o.pgData, "pgdata", "", "the cluster's data directory, to find its processes (optional)")
+	flag.StringVar(&o.tmpDir, "tmp", os.TempDir(), "scratch directory for logs and scripts")
+	flag.StringVar(&o.out, "out", "bench/RESULTS.md", "results file to write")
+	flag.StringVar(&o.revision, "revision", "", "relay's source revision, for the results")
+	flag.StringVar(&o.fixture, "fixture", "testdata/events/order.updated.paid.json", "order event used as the template")
+	flag.IntVar(&o.concurrency, "c", 32, "concurrent senders and pgbench clients")
+	flag.IntVar(&o.pgbThreads, "j", 2, "pgbench threads")
+	flag.DurationVar(&o.ceilingDur, "ceiling-duration", 15*time.Second, "pgbench run length")
+	flag.DurationVar(&o.closedDur, "closed-duration", 15*time.Second, "closed-loop run length")
+	flag.DurationVar(&o.openDur, "open-duration", 10*time.Second, "length of each open-loop rate")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured closed-loop warm-up after relay starts")
+	flag.IntVar(&o.procRate, "process-rate", 1000, "order events per second sent in the processing run")
+	flag.DurationVar(&o.procDur, "process-duration", 10*time.Second, "sending time of the processing run")
+	flag.IntVar(&o.procWorkers, "process-workers", 50, "RELAY_WORKERS in the processing run")
+	flag.IntVar(&o.sessions, "sessions", 20000, "checkout sessions seeded for the processing run")
+	flag.IntVar(&o.workspaces, "workspaces", 100, "storefront workspaces the sessions belong to")
+	flag.DurationVar(&o.drainMax, "drain-max", 60*time.Second, "how long processing may lag behind sending before giving up")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+	log.SetPrefix("bench: ")
+	if o.relayBin == "" || o.dbURL == "" {
+		log.Fatal("-relay and -db (or DATABASE_URL) are required")
+	}
+	if o.sessions < o.procRate*int(o.procDur/time.Second) {
+		o.sessions = o.procRate * int(o.procDur/time.Second)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	pool, err := pgxpool.New(ctx, o.dbURL)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer pool.Close()
+	if err := pool.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	// WAL flush timing is diagnostic only; it changes nothing about durability.
+	if _, err := pool.Exec(ctx, `ALTER SYSTEM SET track_wal_io_timing = on`); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
+		return err
+	}
+
+	rep := &report{Started: time.Now(), Concurrency: o.concurrency, Revision: cmp.Or(o.revision, "an unknown revision")}
+	if rep.Machine, err = machineInfo(ctx, pool, o.tmpDir); err != nil {
+		return err
+	}
+	tmpl, err := loadTemplate(o.fixture)
+	if err != nil {
+		return err
+	}
+	rep.BodyBytes = tmpl.size()
+	cpu := newCPUMeter(o.pgData)
+
+	// 1. The ceiling: the receiver's transaction, alone, in pgbench.
+	script := filepath.Join(o.tmpDir, "webhook_tx.sql")
+	if err := os.WriteFile(script, webhookTxSQL, 0o644); err != nil {
+		return err
+	}
+	inboxOnly := filepath.Join(o.tmpDir, "inbox_only_tx.sql")
+	if err := os.WriteFile(inboxOnly, inboxOnlyTxSQL, 0o644); err != nil {
+		return err
+	}
+	body := tmpl.sample()
+	for i, run := range []struct {
+		name, script string
+		c            int
+		d            time.Duration
+	}{
+		{fmt.Sprintf("pgbench ceiling: receiver tx, c=%d", o.concurrency), script, o.concurrency, o.ceilingDur},
+		{fmt.Sprintf("pgbench: receiver tx, c=%d (≈ relay's default pool)", relayDefaultPoolAckConns), script, relayDefaultPoolAckConns, o.openDur},
+		{fmt.Sprintf("pgbench diagnostic: inbox insert only, no River job, c=%d", o.concurrency), inboxOnly, o.concurrency, o.openDur},
+	} {
+		if err := resetTables(ctx, pool); err != nil {
+			return err
+		}
+		log.Printf("%s, for %s", run.name, run.d)
+		row, err := runPgbench(ctx, o, pool, cpu, run.script, body, run.c, run.d)
+		if err != nil {
+			return err
+		}
+		row.Name = run.name
+		rep.add(row)
+		if i == 0 {
+			rep.Ceiling = row.Rate
+		}
+	}
+
+	// 2. Acks: relay with its queue paused, so only the receiver works.
+	if err := resetTables(ctx, pool); err != nil {
+		return err
+	}
+	if err := pauseQueue(ctx, pool, true); err != nil {
+		return err
+	}
+	gen := newGenerator(tmpl)
+	ack := func(label string, env map[string]string, openLoop bool) (float64, error) {
+		r, err := startRelay(ctx, o, label, env)
+		if err != nil {
+			return 0, err
+		}
+		defer r.stop()
+		gen.reset(r.webhookURL)
+		if _, err := gen.closed(ctx, o.concurrency, o.warmup, "warmup"); err != nil {
+			return 0, err
+		}
+		row, err := measure(ctx, pool, cpu, r, fmt.Sprintf("relay closed loop, c=%d, %s", o.concurrency, label), func() (*loadResult, error) {
+			return gen.closed(ctx, o.concurrency, o.closedDur, "closed")
+		})
+		if err != nil {
+			return 0, err
+		}
+		row.Ratio = true
+		rep.add(row)
+		maxRate := row.Rate
+		if openLoop {
+			for _, pct := range []int{25, 50, 75} {
+				rate := maxRate * float64(pct) / 100
+				row, err := measure(ctx, pool, cpu, r, fmt.Sprintf("relay open loop %d%% of max (%.0f/s offered)", pct, rate), func() (*loadResult, error) {
+					return gen.open(ctx, rate, o.openDur, fmt.Sprintf("open%d", pct))
+				})
+				if err != nil {
+					return 0, err
+				}
+				row.Ratio = true
+				row.Offered = rate
+				if pct == 50 {
+					rep.P99At50 = row.P99
+					rep.P99At50Set = true
+				}
+				rep.add(row)
+			}
+		}
+		rep.rss(label, r.peakRSS())
+		return maxRate, nil
+	}
+	relayMax, err := ack("default pool", map[string]string{"RELAY_WORKERS": "1"}, true)
+	if err != nil {
+		return err
+	}
+	rep.RelayMax = relayMax
+	bigPool := o.concurrency + 10
+	if _, err := ack(fmt.Sprintf("RELAY_DB_MAX_CONNS=%d", bigPool), map[string]string{
+		"RELAY_WORKERS": "1", "RELAY_DB_MAX_CONNS": fmt.Sprint(bigPool),
+	}, false); err != nil {
+		return err
+	}
+
+	// 3. Processing: paid orders for seeded sessions, workers on.
+	if err := resetTables(ctx, pool); err != nil {
+		return err
+	}
+	if err := pauseQueue(ctx, pool, false); err != nil {
+		return err
+	}
+	log.Printf("seeding %d checkout sessions in %d workspaces", o.sessions, o.workspaces)
+	sessions, err := seed(ctx, pool, o.sessions, o.workspaces)
+	if err != nil {
+		return err
+	}
+	if err := checkpoint(ctx, pool); err != nil {
+		return err
+	}
+	label := fmt.Sprintf("RELAY_WORKERS=%d", o.procWorkers)
+	r, err := startRelay(ctx, o, label, map[string]string{"RELAY_WORKERS": fmt.Sprint(o.procWorkers)})
+	if err != nil {
+		return err
+	}
+	proc, err := processRun(ctx, o, pool, cpu, r, gen, sessions)
+	rss := r.peakRSS()
+	r.stop()
+	if err != nil {
+		return err
+	}
+	rep.Process = proc
+	rep.rss(label, rss)
+
+	rep.Finished = time.Now()
+	md := rep.markdown()
+	if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
+		return err
+	}
+	fmt.Println()
+	fmt.Println(rep.table())
+	fmt.Println(rep.targets())
+	if w := rep.interference(); w != "" {
+		fmt.Println("Warning: " + w)
+	}
+	log.Printf("wrote %s in %s", o.out, time.Since(rep.Started).Round(time.Second))
+	return nil
+}

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+type rssEntry struct {
+	Label string
+	Bytes int64
+}
+
+type report struct {
+	Started, Finished time.Time
+	Machine           machine
+	Concurrency       int
+	Revision          string
+	BodyBytes         int
+	Rows              []row
+	Ceiling           float64 // pgbench tps at Concurrency
+	RelayMax          float64 // relay closed loop, default pool
+	P99At50           time.Duration
+	P99At50Set        bool
+	Process           *processResult
+	RSS               []rssEntry
+}
+
+func (r *report) add(x row) { r.Rows = append(r.Rows, x) }
+
+func (r *report) rss(label string, bytes int64) {
+	r.RSS = append(r.RSS, rssEntry{label, bytes})
+}
+
+func (r *report) peakRSS() int64 {
+	var m int64
+	for _, e := range r.RSS {
+		m = max(m, e.Bytes)
+	}
+	return m
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func msf(d time.Duration) string {
+	return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond))
+}
+
+func (r *report) ratio(rate float64) string {
+	if r.Ceiling <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", rate/r.Ceiling)
+}
+
+// table is the main results table, in Markdown (also readable as text).
+func (r *report) table() string {
+	var b strings.Builder
+	b.WriteString("| Measurement | Throughput /s | relay/ceiling | p50 ms | p95 ms | p99 ms | max ms | Errors |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|\n")
+	line := func(x row) {
+		ratio := ""
+		if x.Ratio {
+			ratio = r.ratio(x.Rate)
+		}
+		errs := fmt.Sprint(x.Errors)
+		if x.ErrorDetail != "" {
+			errs += " (" + x.ErrorDetail + ")"
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s | %s | %s |\n",
+			x.Name, x.Rate, ratio, msf(x.P50), msf(x.P95), msf(x.P99), msf(x.Max), errs)
+	}
+	for _, x := range r.Rows {
+		line(x)
+	}
+	if p := r.Process; p != nil {
+		line(p.Ack)
+		fmt.Fprintf(&b, "| processed end to end (RELAY_WORKERS=%d): %d/%d booked in %.1f s; lag received→processed | %.0f | %s | %s | %s | %s | %s | %s |\n",
+			p.Workers, p.Processed, p.Sent, p.Duration, p.Rate, r.ratio(p.Rate),
+			msf(p.Lag[0]), msf(p.Lag[1]), msf(p.Lag[2]), msf(p.Lag[3]), p.JobStates)
+	}
+	if p := r.Process; p != nil {
+		fmt.Fprintf(&b, "| … of which waiting in River's queue (job created → attempted) | | | %s | | %s | | |\n", msf(p.QueueWait[0]), msf(p.QueueWait[1]))
+		fmt.Fprintf(&b, "| … and being worked (attempted → completed) | | | %s | | %s | | |\n", msf(p.Work[0]), msf(p.Work[1]))
+	}
+	for _, e := range r.RSS {
+		fmt.Fprintf(&b, "| peak RSS of relay (VmHWM), %s | %s | | | | | | |\n", e.Label, mib(e.Bytes))
+	}
+	return b.String()
+}
+
+func met(ok bool) string {
+	if ok {
+		return "**met**"
+	}
+	return "**not met**"
+}
+
+func (r *report) targets() string {
+	var b strings.Builder
+	b.WriteString("## Targets\n\n| Target | Measured | Verdict |\n|---|---|---|\n")
+	ratio := 0.0
+	if r.Ceiling > 0 {
+		ratio = r.RelayMax / r.Ceiling
+	}
+	verdict := met(ratio >= 1)
+	if ratio >= 2 {
+		verdict += " (stretch 2× met too)"
+	} else if ratio >= 1 {
+		verdict += " (stretch 2× not met)"
+	}
+	fmt.Fprintf(&b, "| durable acks/s ≥ 1.0× pgbench ceiling (stretch 2×) | %.0f acks/s vs %.0f tps = %.2f× | %s |\n",
+		r.RelayMax, r.Ceiling, ratio, verdict)
+	if r.P99At50Set {
+		fmt.Fprintf(&b, "| p99 ack latency ≤ 25 ms at 50%% of max | %s ms | %s |\n", msf(r.P99At50), met(r.P99At50 <= 25*time.Millisecond))
+	}
+	if p := r.Process; p != nil {
+		ok := p.Rate >= 1000 && p.Lag[2] < 2*time.Second && p.Drained
+		fmt.Fprintf(&b, "| ≥ 1,000 order events/s processed end to end, lag p99 < 2 s | %.0f/s (%d of %d booked), lag p99 %s ms | %s |\n",
+			p.Rate, p.Processed, p.Sent, msf(p.Lag[2]), met(ok))
+	}
+	peak := r.peakRSS()
+	verdict = met(peak <= 150e6)
+	if peak > 150e6 && peak <= 150<<20 {
+		verdict += " (met if MB means MiB)"
+	}
+	fmt.Fprintf(&b, "| peak RSS ≤ 150 MB | %s = %.1f MB (highest of the relay runs) | %s |\n", mib(peak), float64(peak)/1e6, verdict)
+	return b.String()
+}
+
+func (r *report) costs() string {
+	var b strings.Builder
+	b.WriteString("| Measurement | CPU in cores (of " + fmt.Sprint(r.Machine.CPUs) + ") | WAL bytes/tx | tx per WAL flush | avg WAL flush ms | WAL flushes/s |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|\n")
+	line := func(name string, c cpuSplit, w walStats, count int, secs float64) {
+		perTx, perFlush, flushMS, flushRate := "–", "–", "–", "–"
+		if count > 0 {
+			perTx = fmt.Sprintf("%.0f", float64(w.bytes)/float64(count))
+		}
+		if w.syncs > 0 {
+			perFlush = fmt.Sprintf("%.1f", float64(count)/float64(w.syncs))
+			flushMS = fmt.Sprintf("%.3f", w.syncMS/float64(w.syncs))
+			if secs > 0 {
+				flushRate = fmt.Sprintf("%.0f", float64(w.syncs)/secs)
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", name, c, perTx, perFlush, flushMS, flushRate)
+	}
+	for _, x := range r.Rows {
+		secs := 0.0
+		if x.Rate > 0 {
+			secs = float64(x.Count) / x.Rate
+		}
+		line(x.Name, x.CPU, x.WAL, x.Count, secs)
+	}
+	if p := r.Process; p != nil {
+		line(fmt.Sprintf("processing run (sending + draining, %.1f s; per tx = per event)", p.ProcessWindow),
+			p.ProcessCPU, p.ProcessWALs, p.Sent, p.ProcessWindow)
+	}
+	return b.String()
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	m := r.Machine
+	b.WriteString("# relay benchmark results\n\n")
+	b.WriteString("Generated by `make bench` (scripts/bench.sh, bench/); rerun to refresh. Numbers are from one run on the machine below and only as good as its quietness.\n\n")
+	fmt.Fprintf(&b, "- Date: %s (took %s); relay at %s\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second), r.Revision)
+	fmt.Fprintf(&b, "- Machine: %d CPUs (nproc), %s, %s RAM, Linux %s, %s; load average at start %s\n",
+		m.CPUs, m.CPUModel, m.MemTotal, m.Kernel, m.GoVersion, m.LoadAvg)
+	fmt.Fprintf(&b, "- Disk: 8 KiB write + fdatasync in the cluster's directory: %.0f µs\n", m.FsyncUS)
+	fmt.Fprintf(&b, "- %s, a throwaway cluster on 127.0.0.1 with default durability:", m.PGVersion)
+	for i, s := range m.PGSettings {
+		sep := ","
+		if i == 0 {
+			sep = ""
+		}
+		fmt.Fprintf(&b, "%s %s=%s", sep, s[0], s[1])
+	}
+	b.WriteString("\n")
+	fmt.Fprintf(&b, "- Load: %d concurrent clients (pgbench -c, closed-loop senders); event body %d bytes (compact order.updated, paid), each with its own webhook-id and order id, signed with polar.SignedHeaders\n\n",
+		r.Concurrency, r.BodyBytes)
+
+	if w := r.interference(); w != "" {
+		b.WriteString("> **Warning:** " + w + "\n\n")
+	}
+	b.WriteString("## Results\n\n")
+	b.WriteString(r.table())
+	b.WriteString("\n")
+	b.WriteString(r.targets())
+	b.WriteString("\n## Where the time goes\n\n")
+	b.WriteString("CPU is measured from /proc over each run: relay's process, all PostgreSQL processes, the Go load generator (this harness), pgbench, and the rest of the machine. WAL figures are pg_stat_wal deltas; a WAL flush is one fdatasync, so \"tx per WAL flush\" is the group commit PostgreSQL already does on its own.\n\n")
+	b.WriteString(r.costs())
+	b.WriteString("\n## Method\n\n")
+	b.WriteString(`- **Ceiling**: pgbench (` + "`-n -M prepared -j 2`" + `) runs bench/webhook_tx.sql, the receiver's transaction statement for statement as relay sends it (captured with log_statement=all): BEGIN; INSERT INTO webhook_inbox … ON CONFLICT (webhook_id) DO NOTHING RETURNING; River's JobInsertFastMany; River's PGNotifyMany for ~1% of transactions (River sends it at most every 100 ms per queue); UPDATE webhook_inbox SET job_id; COMMIT. Same body bytes as the HTTP runs, unique webhook_id per transaction. It is also run at c=10, about the connections relay's receiver gets from its default pool (max(4, RELAY_WORKERS+10) = 11, one held by River's LISTEN). A diagnostic run of bench/inbox_only_tx.sql (the inbox insert alone, no River job, notify or job_id update) shows what River's part of the transaction costs.
+- **Acks**: ` + "`relay serve`" + ` with LOG_LEVEL=warn, RELAY_WORKERS=1 and River's default queue paused beforehand (a producer reads the pause at start), so the receiver alone works; a 2 s unmeasured warm-up precedes each relay start's closed loop. Closed loop: N senders on keep-alive connections, each sending its next event when the last is answered. Open loop: constant rates of 25/50/75% of the closed-loop max, latency measured from each event's scheduled send time (no coordinated omission). Throughput counts 200s only; errors are non-200 answers plus transport errors. The closed loop is repeated with RELAY_DB_MAX_CONNS raised to see what the pool size costs.
+- **Processing**: sessions are seeded like jobs/system_test.go's seedShop (workspaces with a default wallet, a category, a product, reserved sessions of two lines with polar_checkout_id), spread over several workspaces; the queue is unpaused and relay restarted with the workers shown; paid order events are sent open loop and the database is polled every 200 ms for sessions completed with a booking. Rate = booked / (first send → last booking seen). Lag = processed_at − received_at in webhook_inbox (both database clock; processed_at is the worker transaction's start).
+- **Memory**: VmHWM of the relay process at the end of each relay run.
+- Every run starts after TRUNCATE webhook_inbox, river_job, VACUUM ANALYZE and CHECKPOINT. track_wal_io_timing is switched on (diagnostic only). The load generator shares the machine with relay and PostgreSQL: its CPU is in the table above.
+`)
+	return b.String()
+}
+
+// interference flags runs during which other work on the machine took a
+// noticeable share of the CPU: their numbers understate what relay can do.
+func (r *report) interference() string {
+	worst, name := 0.0, ""
+	for _, x := range r.Rows {
+		if x.CPU.Other > worst {
+			worst, name = x.CPU.Other, x.Name
+		}
+	}
+	if p := r.Process; p != nil && p.ProcessCPU.Other > worst {
+		worst, name = p.ProcessCPU.Other, "processing run"
+	}
+	if worst < 0.25 {
+		return ""
+	}
+	return fmt.Sprintf("other processes on the machine used up to %.2f of its %d CPUs during the runs (worst: %s); see \"other\" under Where the time goes. Those numbers understate relay and the ceiling alike; rerun on a quiet machine for clean figures.", worst, r.Machine.CPUs, name)
+}
