@@ -102,7 +102,9 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 			return Outcome{}, err
 		}
 	}
-	if s.FinanceTransactionID != nil {
+	// Refunds recorded while the sale was unbooked are reversed once it is
+	// booked; after that, only a larger refunded total has anything to book.
+	if s.FinanceTransactionID != nil && (out.Booking == Booked || p.RefundedAmount > 0) {
 		if out.Reversed, err = reconcileRefunds(ctx, db, s, p.RefundDescription, p.At); err != nil {
 			return Outcome{}, err
 		}
@@ -174,40 +176,35 @@ func bookSale(ctx context.Context, db DB, s *Session, p Payment) (string, error)
 	if p.Currency != "" && !strings.EqualFold(p.Currency, s.Currency) {
 		return SkippedCurrency, nil
 	}
-	var walletID string
-	err := db.QueryRow(ctx, `SELECT coalesce(value, '') FROM workspace_configs
-		WHERE ws_id = $1 AND id = 'default_wallet_id'`, s.WorkspaceID).Scan(&walletID)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !isUUID(strings.TrimSpace(walletID))) {
-		return SkippedNoWallet, nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
-	}
-	var walletWS, walletCurrency string
-	err = db.QueryRow(ctx, `SELECT ws_id::text, currency FROM workspace_wallets WHERE id = $1`,
-		strings.TrimSpace(walletID)).Scan(&walletWS, &walletCurrency)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return SkippedNoWallet, nil
-	case err != nil:
-		return "", fmt.Errorf("read wallet %s: %w", walletID, err)
-	case !strings.EqualFold(walletWS, s.WorkspaceID):
-		return SkippedWalletWorkspace, nil
-	case !strings.EqualFold(walletCurrency, s.Currency):
-		return SkippedCurrency, nil
-	}
-
-	// The lines' products' finance category, when they all share one of the
+	// One round trip for the wallet setting, the wallet and the category:
+	// the lines' products' finance category, when they all share one of the
 	// workspace's categories; otherwise the booking has none.
-	var categoryID *string
-	if err := db.QueryRow(ctx, `
-		SELECT CASE WHEN count(*) > 0 AND count(c.id) = count(*) AND count(DISTINCT c.id) = 1
-		            THEN min(c.id::text) END
-		FROM inventory_checkout_lines l
-		LEFT JOIN workspace_products p ON p.id = l.product_id AND p.ws_id = $2
-		LEFT JOIN transaction_categories c ON c.id = p.finance_category_id AND c.ws_id = $2
-		WHERE l.checkout_session_id = $1`, s.ID, s.WorkspaceID).Scan(&categoryID); err != nil {
-		return "", fmt.Errorf("find finance category of session %s: %w", s.ID, err)
+	var (
+		walletID, walletWS, walletCurrency *string
+		categoryID                         *string
+	)
+	err := db.QueryRow(ctx, `
+		SELECT cfg.value, w.ws_id::text, w.currency,
+		       (SELECT CASE WHEN count(*) > 0 AND count(c.id) = count(*) AND count(DISTINCT c.id) = 1
+		                    THEN min(c.id::text) END
+		        FROM inventory_checkout_lines l
+		        LEFT JOIN workspace_products p ON p.id = l.product_id AND p.ws_id = $2
+		        LEFT JOIN transaction_categories c ON c.id = p.finance_category_id AND c.ws_id = $2
+		        WHERE l.checkout_session_id = $1)
+		FROM (SELECT 1) one
+		LEFT JOIN workspace_configs cfg ON cfg.ws_id = $2 AND cfg.id = 'default_wallet_id'
+		LEFT JOIN workspace_wallets w ON w.id = CASE WHEN btrim(cfg.value) ~ '^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$'
+		                                       THEN btrim(cfg.value)::uuid END`, s.ID, s.WorkspaceID).
+		Scan(&walletID, &walletWS, &walletCurrency, &categoryID)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
+	case walletWS == nil: // no setting, or it names no wallet
+		return SkippedNoWallet, nil
+	case !strings.EqualFold(*walletWS, s.WorkspaceID):
+		return SkippedWalletWorkspace, nil
+	case !strings.EqualFold(*walletCurrency, s.Currency):
+		return SkippedCurrency, nil
 	}
 
 	var txID string
@@ -216,7 +213,7 @@ func bookSale(ctx context.Context, db DB, s *Session, p Payment) (string, error)
 		VALUES ($1, $2, $3, $4, $5, $6, 'sale', $7)
 		ON CONFLICT (source_kind, source_ref) DO NOTHING
 		RETURNING id::text`,
-		walletID, categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description, p.At, s.ID).Scan(&txID)
+		strings.TrimSpace(*walletID), categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description, p.At, s.ID).Scan(&txID)
 	result := Booked
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Booked before, though the session lost its link: relink, book nothing.
