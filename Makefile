@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: build run test vet check-ops bench fuzz
+.PHONY: build run test vet check-ops bench fuzz soak
 
 build:
 	$(GO) build -o bin/relay ./cmd/relay
@@ -9,9 +9,20 @@ build:
 run:
 	./scripts/run.sh
 
-# Runs every test against a throwaway PostgreSQL cluster.
+FAULT_FIGURES ?= $(or $(TMPDIR),/tmp)/relay-fault-figures.txt
+
+# Runs every test against a throwaway PostgreSQL cluster (the fault suite
+# in faults/ starts its own), then prints what the fault suite proved.
 test: vet check-ops
-	./scripts/with-test-postgres.sh $(GO) test -race -count=1 -timeout 15m ./...
+	rm -f $(FAULT_FIGURES)
+	RELAY_FAULT_REPORT=$(FAULT_FIGURES) ./scripts/with-test-postgres.sh $(GO) test -race -count=1 -timeout 15m ./...
+	@echo "fault suite:" && cat $(FAULT_FIGURES)
+
+# The fault suite with RELAY_FAULT_SCALE times the load.
+SOAK_SCALE ?= 10
+soak:
+	RELAY_FAULT_SCALE=$(SOAK_SCALE) RELAY_FAULT_REPORT=$(FAULT_FIGURES) $(GO) test -count=1 -timeout 60m ./faults/
+	@cat $(FAULT_FIGURES)
 
 vet:
 	$(GO) vet ./...

@@ -30,6 +30,11 @@ type config struct {
 	TrustedProxies  []netip.Prefix
 	LogLevel        slog.Level
 	LogFormat       string
+	// Admin routes beyond /metrics and the probes exist only with one of these.
+	AdminToken     string
+	AdminUser      string
+	AdminPassword  string
+	InboxRetention time.Duration
 }
 
 // env reads one variable with a default.
@@ -80,6 +85,19 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.AckTimeout = durationVar(e, "RELAY_ACK_TIMEOUT", 5*time.Second, &errs)
 	c.ShutdownTimeout = durationVar(e, "RELAY_SHUTDOWN_TIMEOUT", 30*time.Second, &errs)
 	c.RetryBase = durationVar(e, "RELAY_RETRY_BASE", time.Second, &errs)
+	c.InboxRetention = durationVar(e, "RELAY_INBOX_RETENTION", 720*time.Hour, &errs)
+	c.AdminToken = e.str("RELAY_ADMIN_TOKEN", "")
+	c.AdminUser = e.str("RELAY_ADMIN_USER", "")
+	c.AdminPassword = e.str("RELAY_ADMIN_PASSWORD", "")
+	if (c.AdminUser == "") != (c.AdminPassword == "") {
+		errs = append(errs, errors.New("set both RELAY_ADMIN_USER and RELAY_ADMIN_PASSWORD, or neither"))
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		errs = append(errs, errors.New("RELAY_ADMIN_TOKEN must be at least 16 characters"))
+	}
+	if c.InboxRetention <= 0 {
+		errs = append(errs, errors.New("RELAY_INBOX_RETENTION must be positive"))
+	}
 	c.AllowedCIDRs = prefixesVar(e, "RELAY_ALLOWED_CIDRS", &errs)
 	c.TrustedProxies = prefixesVar(e, "RELAY_TRUSTED_PROXIES", &errs)
 	if c.MaxBodyBytes <= 0 || c.Workers <= 0 || c.MaxAttempts <= 0 || c.AckTimeout <= 0 || c.RetryBase <= 0 {

@@ -17,6 +17,8 @@ commands:
   serve     run the webhook receiver and the worker pool
   migrate   apply relay's and River's database migrations
   send      sign a payload as Polar does and POST it
+  jobs      list, retry or cancel River jobs (relay jobs --help)
+  inbox     list, show or replay stored webhooks (relay inbox --help)
 `
 
 func main() {
@@ -42,6 +44,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return migrate(ctx, rest, getenv, stdout)
 	case "send":
 		return send(ctx, rest, getenv, stdout)
+	case "jobs":
+		return jobsCmd(ctx, rest, getenv, stdout)
+	case "inbox":
+		return inboxCmd(ctx, rest, getenv, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

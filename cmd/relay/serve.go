@@ -23,6 +23,7 @@ import (
 	"github.com/relayhq/relay/opsmetrics"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
+	"github.com/relayhq/relay/retention"
 )
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
@@ -66,11 +67,18 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := river.AddWorkerSafely(workers, jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: cfg.RetryBase})); err != nil {
 		return fmt.Errorf("register workers: %w", err)
 	}
+	if err := river.AddWorkerSafely(workers, retention.NewWorker(pool, retention.Options{Keep: cfg.InboxRetention, Logger: logger})); err != nil {
+		return fmt.Errorf("register retention worker: %w", err)
+	}
 	riverClient, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
 		Logger:      logger.With("component", "river"),
 		MaxAttempts: cfg.MaxAttempts,
 		Queues:      map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
 		Workers:     workers,
+		// River's own job cleanup keeps its defaults (completed and
+		// cancelled 24 h, discarded 7 days); the inbox, which replays need,
+		// is kept longer by the retention sweep.
+		PeriodicJobs: []*river.PeriodicJob{retention.PeriodicJob()},
 	})
 	if err != nil {
 		return fmt.Errorf("create river client: %w", err)
@@ -90,6 +98,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		fmt.Fprintln(w, "ok")
 	}))
 	admin.Handle("GET /readyz", readyHandler(pool))
+	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, logger); err != nil {
+		return err
+	}
 
 	servers := []*namedServer{
 		{name: "webhooks", addr: cfg.HTTPAddr, srv: newServer(webhooks, cfg, logger)},

@@ -1,0 +1,334 @@
+// Package admin is relay's operator surface: listing, retrying and
+// cancelling River jobs, inspecting and replaying stored webhooks, and the
+// authenticated HTTP API and River UI on the admin listener. The CLI in
+// cmd/relay calls the same operations.
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/polar"
+)
+
+// MaxLimit bounds one listing; River refuses pages over 10,000.
+const MaxLimit = 1000
+
+// Errors the API maps to HTTP statuses.
+var (
+	ErrBadRequest    = errors.New("bad request")
+	ErrNotFound      = errors.New("not found")
+	ErrNotReplayable = errors.New("relay does not act on this event type")
+)
+
+// Ops are the admin operations. They need only the database and a River
+// client; an insert-only client (no Workers, never started) is enough.
+type Ops struct {
+	Pool   *pgxpool.Pool
+	Client *river.Client[pgx.Tx]
+}
+
+// Job is a River job as operators see it.
+type Job struct {
+	ID          int64      `json:"id"`
+	Kind        string     `json:"kind"`
+	State       string     `json:"state"`
+	Queue       string     `json:"queue"`
+	Attempt     int        `json:"attempt"`
+	MaxAttempts int        `json:"max_attempts"`
+	WebhookID   string     `json:"webhook_id,omitempty"`
+	EventType   string     `json:"event_type,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	ScheduledAt time.Time  `json:"scheduled_at"`
+	AttemptedAt *time.Time `json:"attempted_at,omitempty"`
+	FinalizedAt *time.Time `json:"finalized_at,omitempty"`
+}
+
+func jobFromRow(r *rivertype.JobRow) Job {
+	j := Job{
+		ID: r.ID, Kind: r.Kind, State: string(r.State), Queue: r.Queue,
+		Attempt: r.Attempt, MaxAttempts: r.MaxAttempts,
+		CreatedAt: r.CreatedAt, ScheduledAt: r.ScheduledAt,
+		AttemptedAt: r.AttemptedAt, FinalizedAt: r.FinalizedAt,
+	}
+	if len(r.Errors) > 0 {
+		j.LastError = r.Errors[len(r.Errors)-1].Error
+	}
+	var args jobs.EventArgs
+	if r.Kind == (jobs.EventArgs{}).Kind() && json.Unmarshal(r.EncodedArgs, &args) == nil {
+		j.WebhookID, j.EventType = args.WebhookID, args.EventType
+	}
+	return j
+}
+
+// JobFilter selects jobs. Zero values mean no filter; Limit defaults to 50.
+type JobFilter struct {
+	States []rivertype.JobState
+	Kinds  []string
+	Limit  int
+}
+
+// ParseStates reads a comma-separated list of River job states.
+func ParseStates(s string) ([]rivertype.JobState, error) {
+	var out []rivertype.JobState
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		st := rivertype.JobState(part)
+		if !slices.Contains(rivertype.JobStates(), st) {
+			return nil, fmt.Errorf("%w: unknown job state %q (want one of %v)", ErrBadRequest, part, rivertype.JobStates())
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// CheckLimit returns the default for 0 and refuses what River would panic on.
+func CheckLimit(n int) (int, error) {
+	switch {
+	case n == 0:
+		return 50, nil
+	case n < 0 || n > MaxLimit:
+		return 0, fmt.Errorf("%w: limit %d: want 1 to %d", ErrBadRequest, n, MaxLimit)
+	}
+	return n, nil
+}
+
+func (f JobFilter) params() (*river.JobListParams, error) {
+	limit, err := CheckLimit(f.Limit)
+	if err != nil {
+		return nil, err
+	}
+	p := river.NewJobListParams().First(limit)
+	if len(f.States) > 0 {
+		p = p.States(f.States...)
+	}
+	if len(f.Kinds) > 0 {
+		p = p.Kinds(f.Kinds...)
+	}
+	return p, nil
+}
+
+// ListJobs returns jobs in River's order for the filter (oldest id first).
+func (o *Ops) ListJobs(ctx context.Context, f JobFilter) ([]Job, error) {
+	p, err := f.params()
+	if err != nil {
+		return nil, err
+	}
+	res, err := o.Client.JobList(ctx, p)
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	out := make([]Job, 0, len(res.Jobs))
+	for _, r := range res.Jobs {
+		out = append(out, jobFromRow(r))
+	}
+	return out, nil
+}
+
+// RetryJob makes a job available again; a discarded one gets one more attempt.
+func (o *Ops) RetryJob(ctx context.Context, id int64) (Job, error) {
+	r, err := o.Client.JobRetry(ctx, id)
+	if err != nil {
+		return Job{}, fmt.Errorf("retry job %d: %w", id, notFound(err))
+	}
+	return jobFromRow(r), nil
+}
+
+// CancelJob cancels a job that has not finished; finished jobs stay as they are.
+func (o *Ops) CancelJob(ctx context.Context, id int64) (Job, error) {
+	r, err := o.Client.JobCancel(ctx, id)
+	if err != nil {
+		return Job{}, fmt.Errorf("cancel job %d: %w", id, notFound(err))
+	}
+	return jobFromRow(r), nil
+}
+
+func notFound(err error) error {
+	if errors.Is(err, river.ErrNotFound) {
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	return err
+}
+
+// RetryMatching pages through the jobs in the filter's states (all of them,
+// Limit is the page size) and retries each one finalized, or for unfinished
+// states created, at or after since (zero: any time). It calls done after
+// each retry and stops at the first error. dryRun only reports.
+func (o *Ops) RetryMatching(ctx context.Context, f JobFilter, since time.Time, dryRun bool, done func(Job)) (int, error) {
+	if len(f.States) == 0 {
+		return 0, fmt.Errorf("%w: a bulk retry needs a state", ErrBadRequest)
+	}
+	if slices.Contains(f.States, rivertype.JobStateRunning) {
+		return 0, fmt.Errorf("%w: running jobs cannot be retried", ErrBadRequest)
+	}
+	if f.Limit == 0 {
+		f.Limit = 500
+	}
+	p, err := f.params()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for {
+		res, err := o.Client.JobList(ctx, p)
+		if err != nil {
+			return n, fmt.Errorf("list jobs to retry: %w", err)
+		}
+		for _, r := range res.Jobs {
+			at := r.CreatedAt
+			if r.FinalizedAt != nil {
+				at = *r.FinalizedAt
+			}
+			if at.Before(since) {
+				continue
+			}
+			j := jobFromRow(r)
+			if !dryRun {
+				if j, err = o.RetryJob(ctx, r.ID); err != nil {
+					return n, err
+				}
+			}
+			n++
+			done(j)
+		}
+		if len(res.Jobs) == 0 || res.LastCursor == nil {
+			return n, nil
+		}
+		// The cursor, not the state, moves the page on: retried jobs leave
+		// the state, ones that could not be retried must not come back.
+		p = p.After(res.LastCursor)
+	}
+}
+
+// InboxEvent is a stored webhook without its body.
+type InboxEvent struct {
+	ID               int64      `json:"id"`
+	WebhookID        string     `json:"webhook_id"`
+	EventType        string     `json:"event_type"`
+	Status           string     `json:"status"`
+	WebhookTimestamp time.Time  `json:"webhook_timestamp"`
+	EventTimestamp   *time.Time `json:"event_timestamp,omitempty"`
+	ReceivedAt       time.Time  `json:"received_at"`
+	ProcessedAt      *time.Time `json:"processed_at,omitempty"`
+	JobID            *int64     `json:"job_id,omitempty"`
+	Note             *string    `json:"note,omitempty"`
+	BodyBytes        int        `json:"body_bytes"`
+}
+
+func inboxEvent(e *inbox.Event) InboxEvent {
+	return InboxEvent{
+		ID: e.ID, WebhookID: e.WebhookID, EventType: e.EventType, Status: e.Status,
+		WebhookTimestamp: e.WebhookTimestamp, EventTimestamp: e.EventTimestamp,
+		ReceivedAt: e.ReceivedAt, ProcessedAt: e.ProcessedAt, JobID: e.JobID,
+		Note: e.Error, BodyBytes: len(e.Body),
+	}
+}
+
+// ListInbox returns stored webhooks, newest first.
+func (o *Ops) ListInbox(ctx context.Context, p inbox.ListParams) ([]InboxEvent, error) {
+	limit, err := CheckLimit(p.Limit)
+	if err != nil {
+		return nil, err
+	}
+	p.Limit = limit
+	if p.Status != "" && !slices.Contains([]string{inbox.StatusPending, inbox.StatusProcessed, inbox.StatusIgnored, inbox.StatusInvalid}, p.Status) {
+		return nil, fmt.Errorf("%w: unknown inbox status %q", ErrBadRequest, p.Status)
+	}
+	events, err := inbox.List(ctx, o.Pool, p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]InboxEvent, 0, len(events))
+	for _, e := range events {
+		out = append(out, inboxEvent(e))
+	}
+	return out, nil
+}
+
+// InboxDetail is a stored webhook with its payload.
+type InboxDetail struct {
+	InboxEvent
+	Job *Job `json:"job,omitempty"`
+	// Payload is the body, pretty printed, customer data masked unless asked.
+	Payload json.RawMessage `json:"payload,omitempty"`
+	// PayloadError says why Payload is missing: a body that is not JSON
+	// cannot be masked, so it is not shown masked.
+	PayloadError string `json:"payload_error,omitempty"`
+	Masked       bool   `json:"masked"`
+}
+
+// ShowInbox returns one stored webhook; the payload is masked unless
+// unmasked is set. A body that is not JSON is shown only unmasked.
+func (o *Ops) ShowInbox(ctx context.Context, webhookID string, unmasked bool) (*InboxDetail, error) {
+	e, err := inbox.Get(ctx, o.Pool, webhookID)
+	if errors.Is(err, inbox.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d := &InboxDetail{InboxEvent: inboxEvent(e), Masked: !unmasked}
+	if e.JobID != nil {
+		if r, err := o.Client.JobGet(ctx, *e.JobID); err == nil {
+			j := jobFromRow(r)
+			d.Job = &j
+		} else if !errors.Is(err, river.ErrNotFound) { // River may have cleaned it up
+			return nil, fmt.Errorf("get job %d of %q: %w", *e.JobID, webhookID, err)
+		}
+	}
+	switch {
+	case unmasked && json.Valid(e.Body):
+		var buf bytes.Buffer
+		if err := json.Indent(&buf, e.Body, "", "  "); err != nil {
+			return nil, fmt.Errorf("indent payload of %q: %w", webhookID, err)
+		}
+		d.Payload = buf.Bytes()
+	case unmasked:
+		b, _ := json.Marshal(string(e.Body))
+		d.Payload = b
+	default:
+		if masked, err := MaskPII(e.Body); err != nil {
+			d.PayloadError = "the body is not JSON, so it cannot be masked; it is shown only unmasked"
+		} else {
+			d.Payload = masked
+		}
+	}
+	return d, nil
+}
+
+// Replay enqueues a new job for a stored webhook (jobs.Replay). The ledger
+// ignores what it has already applied, so replaying is always safe.
+func (o *Ops) Replay(ctx context.Context, webhookID string) (int64, error) {
+	// Checked here too so the caller gets a clear error it can map to 409.
+	e, err := inbox.Get(ctx, o.Pool, webhookID)
+	if errors.Is(err, inbox.ErrNotFound) {
+		return 0, fmt.Errorf("replay %q: %w: %w", webhookID, ErrNotFound, err)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("replay %q: %w", webhookID, err)
+	}
+	if !polar.Handled(e.EventType) {
+		return 0, fmt.Errorf("replay %q (%q): %w", webhookID, e.EventType, ErrNotReplayable)
+	}
+	id, err := jobs.Replay(ctx, o.Pool, o.Client, webhookID)
+	if errors.Is(err, inbox.ErrNotFound) {
+		return 0, fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	return id, err
+}

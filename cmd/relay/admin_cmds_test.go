@@ -1,0 +1,373 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relayhq/relay/internal/testdb"
+)
+
+const (
+	testSecret   = "polar_whs_admin_test"
+	testToken    = "admin-token-0123456789abcdef"
+	testUser     = "ops"
+	testPassword = "correct horse battery staple"
+)
+
+// relayProc is relay serve running in-process against its own database.
+type relayProc struct {
+	env   map[string]string
+	pool  *pgxpool.Pool
+	admin string // base URL of the admin listener
+	hook  string // webhook URL
+	logs  *syncBuffer
+}
+
+func startRelay(t *testing.T, extra map[string]string) *relayProc {
+	t.Helper()
+	dbURL := testdb.New(t)
+	env := map[string]string{
+		"DATABASE_URL":         dbURL,
+		"POLAR_WEBHOOK_SECRET": testSecret,
+		"RELAY_HTTP_ADDR":      freeAddr(t),
+		"RELAY_ADMIN_ADDR":     freeAddr(t),
+		"LOG_FORMAT":           "text",
+		// One attempt: a paid order whose session is missing is discarded
+		// at once, ready for an operator to retry.
+		"RELAY_MAX_ATTEMPTS": "1",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+
+	ctx, stop := context.WithCancel(context.Background())
+	p := &relayProc{env: env, pool: pool, logs: &syncBuffer{},
+		admin: "http://" + env["RELAY_ADMIN_ADDR"], hook: "http://" + env["RELAY_HTTP_ADDR"] + "/webhooks/polar"}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve"}, envFunc(env), p.logs) }()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop within 30s")
+		}
+	})
+	waitFor(t, done, p.admin+"/readyz")
+	return p
+}
+
+// cli runs a relay command the way a script would.
+func (p *relayProc) cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(context.Background(), args, envFunc(p.env), &out)
+	return out.String(), err
+}
+
+// discarded delivers a paid order for a shop whose session does not exist
+// yet, waits for its job to be discarded, then writes the session.
+func (p *relayProc) discarded(t *testing.T, webhookID string) (shop, int64) {
+	t.Helper()
+	s := seedShop(t, p.pool)
+	deliver(t, p.hook, testSecret, webhookID, paidOrder(t, s, "ord_"+webhookID))
+	id := waitJob(t, p.pool, webhookID, "discarded")
+	if status, n := s.state(t, p.pool); status != "absent" || n != 0 {
+		t.Fatalf("before the session exists: session %s, %d bookings", status, n)
+	}
+	s.openSession(t, p.pool)
+	return s, id
+}
+
+// processedOnce checks the retried job completed on its second attempt and
+// the order was booked exactly once.
+func (p *relayProc) processedOnce(t *testing.T, s shop, webhookID string, jobID int64) {
+	t.Helper()
+	if got := waitJob(t, p.pool, webhookID, "completed"); got != jobID {
+		t.Fatalf("completed job of %s is %d, want the retried %d", webhookID, got, jobID)
+	}
+	var attempt, jobs int
+	if err := p.pool.QueryRow(context.Background(), `SELECT max(attempt), count(*) FROM river_job WHERE args->>'webhook_id' = $1`, webhookID).Scan(&attempt, &jobs); err != nil {
+		t.Fatal(err)
+	}
+	if attempt != 2 || jobs != 1 {
+		t.Errorf("%s: %d job(s), attempt %d; want one job on its second attempt", webhookID, jobs, attempt)
+	}
+	if status, n := s.state(t, p.pool); status != "completed" || n != 1 {
+		t.Errorf("%s after retry: session %s with %d bookings, want completed with exactly 1", webhookID, status, n)
+	}
+}
+
+func TestAdminRetryReplayAndAuth(t *testing.T) {
+	p := startRelay(t, map[string]string{
+		"RELAY_ADMIN_TOKEN": testToken, "RELAY_ADMIN_USER": testUser, "RELAY_ADMIN_PASSWORD": testPassword,
+	})
+
+	t.Run("every admin route refuses missing or wrong credentials", func(t *testing.T) {
+		routes := []struct{ method, path, body string }{
+			{"GET", "/admin/api/jobs", ""},
+			{"POST", "/admin/api/jobs/1/retry", ""},
+			{"POST", "/admin/api/jobs/1/cancel", ""},
+			{"GET", "/admin/api/inbox", ""},
+			{"GET", "/admin/api/inbox/msg_x", ""},
+			{"POST", "/admin/api/inbox/msg_x/replay", ""},
+			{"GET", "/admin/api/nonexistent", ""},
+			{"GET", "/riverui/", ""},
+			{"GET", "/riverui/jobs", ""},
+			{"GET", "/riverui/api/jobs", ""},
+			{"POST", "/riverui/api/jobs/retry", `{"ids":["1"]}`},
+		}
+		auths := map[string]func(*http.Request){
+			"none":                nil,
+			"wrong token":         bearer(testToken + "x"),
+			"token prefix":        bearer(testToken[:10]),
+			"wrong password":      basic(testUser, testPassword+"x"),
+			"wrong user":          basic("root", testPassword),
+			"token as basic pass": basic(testUser, testToken),
+			"password as token":   bearer(testPassword),
+		}
+		for _, r := range routes {
+			for name, auth := range auths {
+				code, body, challenge := doReq(t, r.method, p.admin+r.path, auth, r.body)
+				if code != http.StatusUnauthorized || !strings.Contains(challenge, "Basic") {
+					t.Errorf("%s %s with %s credentials: %d (WWW-Authenticate %q), want 401 with a challenge; %s", r.method, r.path, name, code, challenge, body)
+				}
+			}
+		}
+		// The right credentials get through, both ways.
+		for name, auth := range map[string]func(*http.Request){"token": bearer(testToken), "basic": basic(testUser, testPassword)} {
+			for _, path := range []string{"/admin/api/jobs", "/riverui/", "/riverui/api/jobs?state=available"} {
+				if code, body, _ := doReq(t, "GET", p.admin+path, auth, ""); code != http.StatusOK {
+					t.Errorf("GET %s with the %s: %d %s", path, name, code, body)
+				}
+			}
+		}
+		for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+			if code, _, _ := doReq(t, "GET", p.admin+path, nil, ""); code != http.StatusOK {
+				t.Errorf("GET %s without credentials: %d, want 200", path, code)
+			}
+		}
+	})
+
+	t.Run("retry with the CLI", func(t *testing.T) {
+		s, id := p.discarded(t, "msg_cli")
+		out, err := p.cli(t, "jobs", "list", "--state", "discarded")
+		if err != nil || !strings.Contains(out, strconv.FormatInt(id, 10)) || !strings.Contains(out, "msg_cli") || !strings.Contains(out, "1/1") {
+			t.Fatalf("jobs list: %v\n%s", err, out)
+		}
+		out, err = p.cli(t, "jobs", "retry", strconv.FormatInt(id, 10))
+		if err != nil || !strings.Contains(out, fmt.Sprintf("retried job %d", id)) {
+			t.Fatalf("jobs retry: %v\n%s", err, out)
+		}
+		p.processedOnce(t, s, "msg_cli", id)
+	})
+
+	t.Run("retry with the admin API", func(t *testing.T) {
+		s, id := p.discarded(t, "msg_api")
+		code, body, _ := doReq(t, "GET", p.admin+"/admin/api/jobs?state=discarded&kind=polar_event&limit=10", bearer(testToken), "")
+		var list struct{ Jobs []struct{ ID int64 } }
+		if err := json.Unmarshal([]byte(body), &list); code != http.StatusOK || err != nil || len(list.Jobs) != 1 || list.Jobs[0].ID != id {
+			t.Fatalf("list discarded: %d %s", code, body)
+		}
+		code, body, _ = doReq(t, "POST", fmt.Sprintf("%s/admin/api/jobs/%d/retry", p.admin, id), bearer(testToken), "")
+		if code != http.StatusOK || !strings.Contains(body, `"state": "available"`) {
+			t.Fatalf("retry: %d %s", code, body)
+		}
+		p.processedOnce(t, s, "msg_api", id)
+	})
+
+	t.Run("retry with River UI's API", func(t *testing.T) {
+		s, id := p.discarded(t, "msg_ui")
+		code, body, _ := doReq(t, "POST", p.admin+"/riverui/api/jobs/retry", basic(testUser, testPassword), fmt.Sprintf(`{"ids":["%d"]}`, id))
+		if code != http.StatusOK {
+			t.Fatalf("River UI retry: %d %s", code, body)
+		}
+		p.processedOnce(t, s, "msg_ui", id)
+	})
+
+	t.Run("bulk retry of discarded jobs", func(t *testing.T) {
+		s1, id1 := p.discarded(t, "msg_bulk1")
+		s2, id2 := p.discarded(t, "msg_bulk2")
+		out, err := p.cli(t, "jobs", "retry", "--state", "discarded", "--since", "1h", "--dry-run")
+		if err != nil || !strings.Contains(out, "would retry 2 job(s)") {
+			t.Fatalf("dry run: %v\n%s", err, out)
+		}
+		out, err = p.cli(t, "jobs", "retry", "--state", "discarded", "--since", "1h")
+		if err != nil || !strings.Contains(out, "retried 2 job(s)") {
+			t.Fatalf("bulk retry: %v\n%s", err, out)
+		}
+		p.processedOnce(t, s1, "msg_bulk1", id1)
+		p.processedOnce(t, s2, "msg_bulk2", id2)
+	})
+
+	t.Run("admin API errors", func(t *testing.T) {
+		for _, c := range []struct {
+			method, path string
+			want         int
+		}{
+			{"POST", "/admin/api/jobs/999999/retry", http.StatusNotFound},
+			{"POST", "/admin/api/jobs/999999/cancel", http.StatusNotFound},
+			{"POST", "/admin/api/jobs/abc/retry", http.StatusBadRequest},
+			{"GET", "/admin/api/jobs?state=dead", http.StatusBadRequest},
+			{"GET", "/admin/api/jobs?limit=0x", http.StatusBadRequest},
+			{"GET", "/admin/api/jobs?limit=100000", http.StatusBadRequest},
+			{"GET", "/admin/api/inbox?status=lost", http.StatusBadRequest},
+			{"GET", "/admin/api/inbox/msg_unknown", http.StatusNotFound},
+			{"POST", "/admin/api/inbox/msg_unknown/replay", http.StatusNotFound},
+			{"GET", "/admin/api/nonexistent", http.StatusNotFound},
+		} {
+			code, body, _ := doReq(t, c.method, p.admin+c.path, bearer(testToken), "")
+			var e struct{ Error string }
+			if code != c.want || json.Unmarshal([]byte(body), &e) != nil || e.Error == "" {
+				t.Errorf("%s %s: %d %s, want %d with a JSON error", c.method, c.path, code, body, c.want)
+			}
+		}
+	})
+
+	t.Run("inbox show masks, replay stays exactly-once", func(t *testing.T) {
+		pii := []string{"Sam Shopper", "shopper@example.com", "1 Harbour St", "Sydney"}
+		out, err := p.cli(t, "inbox", "show", "msg_cli")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range pii {
+			if strings.Contains(out, s) {
+				t.Errorf("inbox show prints %q:\n%s", s, out)
+			}
+		}
+		for _, want := range []string{"msg_cli", "order.updated", "processed", `"***"`, `"total_amount": 4950`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("inbox show lacks %q:\n%s", want, out)
+			}
+		}
+		out, err = p.cli(t, "inbox", "show", "msg_cli", "--unmasked")
+		if err != nil || !strings.Contains(out, "shopper@example.com") || !strings.Contains(out, "UNMASKED") {
+			t.Errorf("inbox show --unmasked: %v\n%s", err, out)
+		}
+		code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_cli", bearer(testToken), "")
+		if code != http.StatusOK || !strings.Contains(body, `"masked": true`) || !strings.Contains(body, "msg_cli") {
+			t.Errorf("API show: %d %s", code, body)
+		}
+		for _, s := range pii {
+			if strings.Contains(body, s) {
+				t.Errorf("API show returns %q", s)
+			}
+		}
+		out, err = p.cli(t, "inbox", "list", "--status", "processed", "--type", "order.updated")
+		if err != nil || !strings.Contains(out, "msg_cli") || !strings.Contains(out, "msg_api") {
+			t.Errorf("inbox list: %v\n%s", err, out)
+		}
+
+		s := seedShop(t, p.pool)
+		s.openSession(t, p.pool)
+		deliver(t, p.hook, testSecret, "msg_replay", paidOrder(t, s, "ord_replay"))
+		first := waitJob(t, p.pool, "msg_replay", "completed")
+		out, err = p.cli(t, "inbox", "replay", "msg_replay")
+		if err != nil || !strings.Contains(out, "replaying msg_replay as job") {
+			t.Fatalf("inbox replay: %v\n%s", err, out)
+		}
+		second := waitJob(t, p.pool, "msg_replay", "completed")
+		code, body, _ = doReq(t, "POST", p.admin+"/admin/api/inbox/msg_replay/replay", bearer(testToken), "")
+		if code != http.StatusAccepted {
+			t.Fatalf("API replay: %d %s", code, body)
+		}
+		third := waitJob(t, p.pool, "msg_replay", "completed")
+		if first == second || second == third {
+			t.Errorf("replays reused jobs: %d, %d, %d", first, second, third)
+		}
+		if status, n := s.state(t, p.pool); status != "completed" || n != 1 {
+			t.Errorf("after two replays: session %s with %d bookings, want completed with exactly 1", status, n)
+		}
+
+		// customer.created is stored but never acted on: nothing to replay.
+		deliver(t, p.hook, testSecret, "msg_customer", []byte(`{"type":"customer.created","timestamp":"2026-11-20T10:00:00Z","data":{"id":"c1","email":"x@example.com"}}`))
+		code, body, _ = doReq(t, "POST", p.admin+"/admin/api/inbox/msg_customer/replay", bearer(testToken), "")
+		if code != http.StatusConflict {
+			t.Errorf("API replay of an ignored type: %d %s, want 409", code, body)
+		}
+		if _, err := p.cli(t, "inbox", "replay", "msg_customer"); err == nil || !strings.Contains(err.Error(), "does not act on") {
+			t.Errorf("CLI replay of an ignored type: %v, want an error", err)
+		}
+	})
+
+	t.Run("cancel", func(t *testing.T) {
+		// A job that cannot start yet: scheduled an hour ahead.
+		var id int64
+		if err := p.pool.QueryRow(context.Background(), `INSERT INTO river_job (kind, args, state, scheduled_at, max_attempts, queue, priority)
+			VALUES ('polar_event', '{"webhook_id":"msg_later"}', 'scheduled', now() + interval '1 hour', 1, 'default', 1) RETURNING id`).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		out, err := p.cli(t, "jobs", "cancel", strconv.FormatInt(id, 10), "999999")
+		if err == nil || !strings.Contains(out, "now cancelled") {
+			t.Fatalf("jobs cancel: %v (want an error for the unknown id)\n%s", err, out)
+		}
+		waitJob(t, p.pool, "msg_later", "cancelled")
+	})
+
+	for _, s := range []string{"Sam Shopper", "shopper@example.com", "x@example.com", testToken, testPassword} {
+		if strings.Contains(p.logs.String(), s) {
+			t.Errorf("logs contain %q", s)
+		}
+	}
+}
+
+func TestAdminRoutesAbsentWithoutCredentials(t *testing.T) {
+	p := startRelay(t, nil)
+	for _, path := range []string{"/admin/api/jobs", "/admin/api/inbox", "/riverui/", "/riverui/api/jobs"} {
+		if code, _, _ := doReq(t, "GET", p.admin+path, bearer(testToken), ""); code != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404 when no admin credentials are configured", path, code)
+		}
+	}
+	if code, _, _ := doReq(t, "POST", p.admin+"/admin/api/jobs/1/retry", nil, ""); code != http.StatusNotFound {
+		t.Errorf("POST retry: %d, want 404", code)
+	}
+	for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+		if code, _, _ := doReq(t, "GET", p.admin+path, nil, ""); code != http.StatusOK {
+			t.Errorf("GET %s: %d, want 200", path, code)
+		}
+	}
+	if !strings.Contains(p.logs.String(), "admin API and River UI are disabled") {
+		t.Errorf("serve did not warn that the admin routes are off:\n%s", p.logs.String())
+	}
+}
+
+func TestAdminConfig(t *testing.T) {
+	for name, env := range map[string]map[string]string{
+		"user without password": {"RELAY_ADMIN_USER": "ops"},
+		"short token":           {"RELAY_ADMIN_TOKEN": "short"},
+		"bad retention":         {"RELAY_INBOX_RETENTION": "30d"},
+	} {
+		env["DATABASE_URL"] = "postgres://x"
+		if _, err := parseConfig(envFunc(env), false); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	cfg, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x"}), false)
+	if err != nil || cfg.InboxRetention != 720*time.Hour {
+		t.Errorf("default retention: %v, %v", cfg, err)
+	}
+	for _, args := range [][]string{{"jobs"}, {"jobs", "retry"}, {"jobs", "retry", "1", "--state", "discarded"}, {"jobs", "cancel"},
+		{"jobs", "list", "--state", "dead"}, {"inbox", "show"}, {"inbox", "replay"}, {"inbox", "frob"}} {
+		var out bytes.Buffer
+		if err := run(context.Background(), args, envFunc(nil), &out); err == nil {
+			t.Errorf("relay %v: no error", args)
+		}
+	}
+}
