@@ -14,28 +14,45 @@ import (
 
 // config is relay's environment, parsed and checked.
 type config struct {
-	DatabaseURL     string
-	Secrets         []string
-	HTTPAddr        string
-	AdminAddr       string
-	WebhookPath     string
-	MaxBodyBytes    int64
-	AckTimeout      time.Duration
-	Workers         int
-	MaxAttempts     int
-	DBMaxConns      int32
-	ShutdownTimeout time.Duration
-	RetryBase       time.Duration
-	AllowedCIDRs    []netip.Prefix
-	TrustedProxies  []netip.Prefix
-	LogLevel        slog.Level
-	LogFormat       string
+	DatabaseURL       string
+	Secrets           []string
+	HTTPAddr          string
+	AdminAddr         string
+	WebhookPath       string
+	MaxBodyBytes      int64
+	AckTimeout        time.Duration
+	Workers           int
+	MaxAttempts       int
+	DBMaxConns        int32
+	ShutdownTimeout   time.Duration
+	RetryBase         time.Duration
+	Role              string
+	GroupCommit       bool
+	MaxBatch          int
+	Committers        int
+	JobTimeout        time.Duration
+	RescueAfter       time.Duration
+	FetchCooldown     time.Duration
+	FetchPollInterval time.Duration
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	AllowedCIDRs      []netip.Prefix
+	TrustedProxies    []netip.Prefix
+	LogLevel          slog.Level
+	LogFormat         string
 	// Admin routes beyond /metrics and the probes exist only with one of these.
 	AdminToken     string
 	AdminUser      string
 	AdminPassword  string
 	InboxRetention time.Duration
 }
+
+// Roles of a replica.
+const (
+	roleAll      = "all"      // receiver and workers
+	roleReceiver = "receiver" // stores webhooks and inserts jobs, works none
+	roleWorker   = "worker"   // works jobs, serves no webhook listener
+)
 
 // env reads one variable with a default.
 type env func(string) string
@@ -70,10 +87,14 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))
 	}
 
+	c.Role = e.str("RELAY_ROLE", roleAll)
+	if c.Role != roleAll && c.Role != roleReceiver && c.Role != roleWorker {
+		errs = append(errs, fmt.Errorf("RELAY_ROLE %q: want all, receiver or worker", c.Role))
+	}
 	secrets, err := readSecrets(e)
 	if err != nil {
 		errs = append(errs, err)
-	} else if len(secrets) == 0 && needSecret {
+	} else if len(secrets) == 0 && needSecret && c.Role != roleWorker { // a worker verifies nothing
 		errs = append(errs, errors.New("no webhook secret: set POLAR_WEBHOOK_SECRET or POLAR_WEBHOOK_SECRET_FILE"))
 	}
 	c.Secrets = secrets
@@ -85,6 +106,28 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.AckTimeout = durationVar(e, "RELAY_ACK_TIMEOUT", 5*time.Second, &errs)
 	c.ShutdownTimeout = durationVar(e, "RELAY_SHUTDOWN_TIMEOUT", 30*time.Second, &errs)
 	c.RetryBase = durationVar(e, "RELAY_RETRY_BASE", time.Second, &errs)
+	switch v := e.str("RELAY_GROUP_COMMIT", "on"); v {
+	case "on", "true", "1":
+		c.GroupCommit = true
+	case "off", "false", "0":
+	default:
+		errs = append(errs, fmt.Errorf("RELAY_GROUP_COMMIT %q: want on or off", v))
+	}
+	c.MaxBatch = intVar(e, "RELAY_GROUP_COMMIT_MAX", 128, &errs)
+	c.Committers = intVar(e, "RELAY_GROUP_COMMITTERS", 4, &errs)
+	c.JobTimeout = durationVar(e, "RELAY_JOB_TIMEOUT", 30*time.Second, &errs)
+	c.RescueAfter = durationVar(e, "RELAY_RESCUE_AFTER", 2*time.Minute, &errs)
+	c.FetchCooldown = durationVar(e, "RELAY_FETCH_COOLDOWN", 20*time.Millisecond, &errs)
+	c.FetchPollInterval = durationVar(e, "RELAY_FETCH_POLL_INTERVAL", time.Second, &errs)
+	c.ReadHeaderTimeout = durationVar(e, "RELAY_READ_HEADER_TIMEOUT", 5*time.Second, &errs)
+	c.ReadTimeout = durationVar(e, "RELAY_READ_TIMEOUT", 15*time.Second, &errs)
+	if c.MaxBatch <= 0 || c.Committers <= 0 || c.JobTimeout <= 0 || c.FetchCooldown <= 0 ||
+		c.FetchPollInterval <= 0 || c.ReadHeaderTimeout <= 0 || c.ReadTimeout <= 0 {
+		errs = append(errs, errors.New("group commit, job, fetch and read settings must be positive"))
+	}
+	if c.RescueAfter < c.JobTimeout {
+		errs = append(errs, errors.New("RELAY_RESCUE_AFTER must not be shorter than RELAY_JOB_TIMEOUT"))
+	}
 	c.InboxRetention = durationVar(e, "RELAY_INBOX_RETENTION", 720*time.Hour, &errs)
 	c.AdminToken = e.str("RELAY_ADMIN_TOKEN", "")
 	c.AdminUser = e.str("RELAY_ADMIN_USER", "")

@@ -14,7 +14,7 @@ import (
 const usage = `usage: relay <command> [flags]
 
 commands:
-  serve     run the webhook receiver and the worker pool
+  serve     run the webhook receiver and the worker pool [--role all|receiver|worker]
   migrate   apply relay's and River's database migrations
   send      sign a payload as Polar does and POST it
   jobs      list, retry or cancel River jobs (relay jobs --help)

@@ -239,3 +239,71 @@ func TestSecretFileAndUsage(t *testing.T) {
 		t.Errorf("unknown command: %v, printed %q", err, out.String())
 	}
 }
+
+// TestSlowClientsAreCutOff holds a connection open with headers, then a
+// body, that never finish: the server must close it after its read timeouts
+// and store nothing.
+func TestSlowClientsAreCutOff(t *testing.T) {
+	dbURL := testdb.New(t)
+	env := map[string]string{
+		"DATABASE_URL":              dbURL,
+		"POLAR_WEBHOOK_SECRET":      "polar_whs_slow",
+		"RELAY_HTTP_ADDR":           freeAddr(t),
+		"RELAY_ADMIN_ADDR":          freeAddr(t),
+		"RELAY_READ_HEADER_TIMEOUT": "300ms",
+		"RELAY_READ_TIMEOUT":        "600ms",
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve"}, envFunc(env), io.Discard) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	waitFor(t, done, "http://"+env["RELAY_ADMIN_ADDR"]+"/readyz")
+
+	cases := map[string]string{
+		"slow headers": "POST /webhooks/polar HTTP/1.1\r\nHost: x\r\nwebhook-id: msg_slow",
+		"slow body":    "POST /webhooks/polar HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"type\":",
+	}
+	for name, partial := range cases {
+		t.Run(name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", env["RELAY_HTTP_ADDR"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			start := time.Now()
+			if _, err := conn.Write([]byte(partial)); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			// The server answers 4xx or just hangs up; either way the
+			// connection ends well before our 5 s deadline.
+			rest, err := io.ReadAll(conn)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("connection still open after 5s (read %q)", rest)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("cut off after %v, want about the read timeout", d)
+			}
+			if len(rest) > 0 && !strings.HasPrefix(string(rest), "HTTP/1.1 4") {
+				t.Errorf("answer %q, want a 4xx or none", rest)
+			}
+		})
+	}
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var rows int
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM webhook_inbox`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 {
+		t.Errorf("stored %d rows from slow clients, want none", rows)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,18 +28,29 @@ import (
 )
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	if len(args) > 0 {
-		return fmt.Errorf("serve takes no arguments, got %q", args)
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	role := fs.String("role", "", "all, receiver or worker (default: RELAY_ROLE, else all)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve takes no arguments, got %q", fs.Args())
+	}
+	if *role != "" {
+		env := getenv
+		getenv = func(key string) string {
+			if key == "RELAY_ROLE" {
+				return *role
+			}
+			return env(key)
+		}
 	}
 	cfg, err := parseConfig(getenv, true)
 	if err != nil {
 		return err
 	}
 	logger := newLogger(cfg, stdout)
-	verifier, err := polar.NewVerifier(cfg.Secrets)
-	if err != nil {
-		return err
-	}
 
 	pool, err := openPool(ctx, cfg)
 	if err != nil {
@@ -63,35 +75,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return fmt.Errorf("register job metrics: %w", err)
 	}
 
-	workers := river.NewWorkers()
-	if err := river.AddWorkerSafely(workers, jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: cfg.RetryBase})); err != nil {
-		return fmt.Errorf("register workers: %w", err)
-	}
-	if err := river.AddWorkerSafely(workers, retention.NewWorker(pool, retention.Options{Keep: cfg.InboxRetention, Logger: logger})); err != nil {
-		return fmt.Errorf("register retention worker: %w", err)
-	}
-	riverClient, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
-		Logger:      logger.With("component", "river"),
-		MaxAttempts: cfg.MaxAttempts,
-		Queues:      map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
-		Workers:     workers,
-		// River's own job cleanup keeps its defaults (completed and
-		// cancelled 24 h, discarded 7 days); the inbox, which replays need,
-		// is kept longer by the retention sweep.
-		PeriodicJobs: []*river.PeriodicJob{retention.PeriodicJob()},
-	})
+	riverClient, err := newRiverClient(cfg, pool, jobMetrics, logger)
 	if err != nil {
-		return fmt.Errorf("create river client: %w", err)
+		return err
 	}
 
-	webhooks := http.NewServeMux()
-	webhooks.Handle(cfg.WebhookPath, receiver.New(pool, riverClient, verifier, receiverMetrics, receiver.Options{
-		MaxBodyBytes:   cfg.MaxBodyBytes,
-		AckTimeout:     cfg.AckTimeout,
-		AllowedCIDRs:   cfg.AllowedCIDRs,
-		TrustedProxies: cfg.TrustedProxies,
-		Logger:         logger,
-	}))
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	admin.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -101,10 +89,29 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, logger); err != nil {
 		return err
 	}
+	servers := []*namedServer{{name: "admin", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
 
-	servers := []*namedServer{
-		{name: "webhooks", addr: cfg.HTTPAddr, srv: newServer(webhooks, cfg, logger)},
-		{name: "admin", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)},
+	// A worker-only replica serves no public listener.
+	var rc *receiver.Receiver
+	if cfg.Role != roleWorker {
+		verifier, err := polar.NewVerifier(cfg.Secrets)
+		if err != nil {
+			return err
+		}
+		rc = receiver.New(pool, riverClient, verifier, receiverMetrics, receiver.Options{
+			MaxBodyBytes:   cfg.MaxBodyBytes,
+			AckTimeout:     cfg.AckTimeout,
+			AllowedCIDRs:   cfg.AllowedCIDRs,
+			TrustedProxies: cfg.TrustedProxies,
+			Logger:         logger,
+			GroupCommit:    cfg.GroupCommit,
+			MaxBatch:       cfg.MaxBatch,
+			Committers:     cfg.Committers,
+		})
+		defer rc.Close() // after the servers have shut down: in-flight requests need it
+		webhooks := http.NewServeMux()
+		webhooks.Handle(cfg.WebhookPath, rc)
+		servers = append(servers, &namedServer{name: "webhooks", addr: cfg.HTTPAddr, srv: newServer(webhooks, cfg, logger)})
 	}
 	for _, s := range servers {
 		if s.ln, err = net.Listen("tcp", s.addr); err != nil {
@@ -113,9 +120,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
-	if err := riverClient.Start(ctx); err != nil {
-		closeListeners(servers)
-		return fmt.Errorf("start workers: %w", err)
+	// A receiver-only replica inserts jobs but works none: its client is
+	// insert-only and is never started.
+	works := cfg.Role != roleReceiver
+	if works {
+		if err := riverClient.Start(ctx); err != nil {
+			closeListeners(servers)
+			return fmt.Errorf("start workers: %w", err)
+		}
 	}
 
 	serveErr := make(chan error, len(servers))
@@ -127,7 +139,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			}
 		}()
 	}
-	logger.Info("relay started", "webhook_path", cfg.WebhookPath, "workers", cfg.Workers, "secrets", len(cfg.Secrets))
+	logger.Info("relay started", "role", cfg.Role, "webhook_path", cfg.WebhookPath, "workers", cfg.Workers,
+		"group_commit", cfg.GroupCommit, "secrets", len(cfg.Secrets))
 
 	var runErr error
 	select {
@@ -136,7 +149,46 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	case runErr = <-serveErr:
 		logger.Error("server failed, shutting down", "error", runErr)
 	}
+	if !works {
+		riverClient = nil
+	}
 	return errors.Join(runErr, shutdown(servers, riverClient, cfg.ShutdownTimeout, logger))
+}
+
+// newRiverClient returns the River client of the configured role: working
+// the queue (all, worker) or insert-only (receiver).
+func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, logger *slog.Logger) (*river.Client[pgx.Tx], error) {
+	riverCfg := &river.Config{
+		Logger:      logger.With("component", "river"),
+		MaxAttempts: cfg.MaxAttempts,
+	}
+	if cfg.Role != roleReceiver {
+		workers := river.NewWorkers()
+		if err := river.AddWorkerSafely(workers, jobs.NewEventWorker(pool, jobMetrics, jobs.Options{
+			Logger: logger, RetryBase: cfg.RetryBase, Timeout: cfg.JobTimeout,
+		})); err != nil {
+			return nil, fmt.Errorf("register workers: %w", err)
+		}
+		if err := river.AddWorkerSafely(workers, retention.NewWorker(pool, retention.Options{Keep: cfg.InboxRetention, Logger: logger})); err != nil {
+			return nil, fmt.Errorf("register retention worker: %w", err)
+		}
+		riverCfg.Workers = workers
+		riverCfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}}
+		riverCfg.FetchCooldown = cfg.FetchCooldown
+		riverCfg.FetchPollInterval = cfg.FetchPollInterval
+		riverCfg.JobTimeout = cfg.JobTimeout
+		// A job left running by a crashed process is worked again after this.
+		riverCfg.RescueStuckJobsAfter = cfg.RescueAfter
+		// River's own job cleanup keeps its defaults (completed and
+		// cancelled 24 h, discarded 7 days); the inbox, which replays need,
+		// is kept longer by the retention sweep.
+		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob()}
+	}
+	client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
+	if err != nil {
+		return nil, fmt.Errorf("create river client: %w", err)
+	}
+	return client, nil
 }
 
 type namedServer struct {
@@ -150,9 +202,9 @@ func newServer(h http.Handler, cfg *config, logger *slog.Logger) *http.Server {
 		Handler: h,
 		// Slow clients must not hold connections: headers and body each get
 		// a bound, and the answer is due within the ack timeout after that.
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      15*time.Second + cfg.AckTimeout,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.ReadTimeout + cfg.AckTimeout,
 		IdleTimeout:       90 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -178,6 +230,10 @@ func shutdown(servers []*namedServer, riverClient *river.Client[pgx.Tx], timeout
 		if err := s.srv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("shut down %s server: %w", s.name, err))
 		}
+	}
+	if riverClient == nil {
+		logger.Info("stopped")
+		return errors.Join(errs...)
 	}
 	if err := riverClient.Stop(ctx); err != nil {
 		logger.Warn("jobs did not finish in time, cancelling them", "error", err)

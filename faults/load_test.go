@@ -1,0 +1,347 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relayhq/relay/polar"
+)
+
+// scale multiplies the load; `make soak` raises it.
+func scale() int {
+	if n, err := strconv.Atoi(os.Getenv("RELAY_FAULT_SCALE")); err == nil && n > 0 {
+		return n
+	}
+	return 1
+}
+
+// delivery is one webhook as Polar would deliver it.
+type delivery struct {
+	id   string
+	body []byte
+	paid bool // the order is paid in this event
+}
+
+// seedSales creates a storefront workspace with a default wallet and n
+// reserved checkout sessions, and returns, per session, its order.created
+// (pending), order.updated (paid) and order.paid deliveries.
+func seedSales(t *testing.T, dbURL, prefix string, n int) [][]delivery {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var ws string
+	if err := conn.QueryRow(ctx, `
+		WITH w AS (INSERT INTO workspaces (name) VALUES ('Fault shop') RETURNING id),
+		wallet AS (INSERT INTO workspace_wallets (ws_id, name, currency) SELECT id, 'Main', 'USD' FROM w RETURNING id, ws_id),
+		cfg AS (INSERT INTO workspace_configs (ws_id, id, value) SELECT ws_id, 'default_wallet_id', id::text FROM wallet RETURNING ws_id)
+		SELECT ws_id::text FROM cfg`).Scan(&ws); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := conn.Query(ctx, `
+		INSERT INTO inventory_checkout_sessions (ws_id, status, total_amount, currency, polar_checkout_id)
+		SELECT $1, 'reserved', 4950, 'usd', $2 || '_chk_' || g FROM generate_series(1, $3) g
+		RETURNING id::text, polar_checkout_id`, ws, prefix, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type session struct{ id, checkout string }
+	var sessions []session
+	for rows.Next() {
+		var s session
+		if err := rows.Scan(&s.id, &s.checkout); err != nil {
+			t.Fatal(err)
+		}
+		sessions = append(sessions, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	var out [][]delivery
+	for i, s := range sessions {
+		var ds []delivery
+		for _, f := range []string{"order.created.pending.json", "order.updated.paid.json", "order.paid.json"} {
+			ds = append(ds, delivery{
+				id:   fmt.Sprintf("%s_%d_%s", prefix, i, f[:len(f)-5]),
+				body: orderBody(t, f, ws, s.id, s.checkout, fmt.Sprintf("%s_ord_%d", prefix, i)),
+				paid: f != "order.created.pending.json",
+			})
+		}
+		out = append(out, ds)
+	}
+	return out
+}
+
+func orderBody(t *testing.T, fixture, ws, session, checkout, order string) []byte {
+	t.Helper()
+	raw, err := os.ReadFile("../testdata/events/" + fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env map[string]any
+	if err := json.Unmarshal(raw, &env); err != nil {
+		t.Fatal(err)
+	}
+	data := env["data"].(map[string]any)
+	data["id"], data["checkout_id"] = order, checkout
+	md := data["metadata"].(map[string]any)
+	md["checkoutId"], md["wsId"] = session, ws
+	b, err := json.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// tally counts what the senders saw.
+type tally struct {
+	requests, ok, unavailable, other, transport atomic.Int64
+	maxLatency                                  atomic.Int64 // nanoseconds, of any answer
+	mu                                          sync.Mutex
+	acked                                       map[string]bool
+}
+
+func (ty *tally) answered(d time.Duration) {
+	for {
+		cur := ty.maxLatency.Load()
+		if int64(d) <= cur || ty.maxLatency.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
+}
+
+// sender delivers like Polar: each attempt freshly signed; on anything but
+// 200 the same webhook-id is retried with backoff. Attempts rotate over the
+// targets, as a load balancer would.
+type sender struct {
+	targets []*process
+	next    atomic.Int64
+	client  *http.Client
+	tally   *tally
+}
+
+func newSender(targets ...*process) *sender {
+	return &sender{
+		targets: targets,
+		client: &http.Client{
+			Timeout:   10 * time.Second, // Polar's patience
+			Transport: &http.Transport{MaxIdleConnsPerHost: 64},
+		},
+		tally: &tally{acked: map[string]bool{}},
+	}
+}
+
+// deliver tries one delivery until it is acknowledged or the attempts run out.
+func (s *sender) deliver(d delivery) {
+	backoff := 50 * time.Millisecond
+	for range 15 {
+		if s.attempt(d) {
+			return
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+func (s *sender) attempt(d delivery) bool {
+	target := s.targets[int(s.next.Add(1))%len(s.targets)]
+	req, err := http.NewRequest(http.MethodPost, target.hookURL, bytes.NewReader(d.body))
+	if err != nil {
+		panic(err)
+	}
+	for k, v := range polar.SignedHeaders(secret, d.id, time.Now(), d.body) {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", "application/json")
+	s.tally.requests.Add(1)
+	start := time.Now()
+	resp, err := s.client.Do(req)
+	if err != nil {
+		s.tally.transport.Add(1)
+		return false
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	s.tally.answered(time.Since(start))
+	switch resp.StatusCode {
+	case http.StatusOK:
+		s.tally.ok.Add(1)
+		s.tally.mu.Lock()
+		s.tally.acked[d.id] = true
+		s.tally.mu.Unlock()
+		return true
+	case http.StatusServiceUnavailable:
+		s.tally.unavailable.Add(1)
+	default:
+		s.tally.other.Add(1)
+	}
+	return false
+}
+
+// run sends every delivery copies times, concurrency at a time, and returns
+// when all are done. Each copy is delivered independently, so copies of one
+// delivery race each other.
+func (s *sender) run(sales [][]delivery, copies, concurrency int) {
+	work := make(chan delivery)
+	var wg sync.WaitGroup
+	for range concurrency {
+		wg.Go(func() {
+			for d := range work {
+				s.deliver(d)
+			}
+		})
+	}
+	for _, sale := range sales {
+		for _, d := range sale {
+			for range copies {
+				work <- d
+			}
+		}
+	}
+	close(work)
+	wg.Wait()
+}
+
+// start runs the load in the background; the returned channel closes when it
+// is done.
+func (s *sender) start(sales [][]delivery, copies, concurrency int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.run(sales, copies, concurrency)
+	}()
+	return done
+}
+
+// waitRequests polls until the senders have made n requests: the moment to
+// inject a fault "in the middle of the load".
+func (s *sender) waitRequests(t *testing.T, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for s.tally.requests.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("load stalled at %d requests", s.tally.requests.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// figures is what a scenario proved.
+type figures struct {
+	requests, ok, unavailable, other, transport int64
+	inbox, processed, bookings, lost, double    int
+	unfinished, missingAcked                    int
+}
+
+// settle waits until every job has finished, then checks the promises: every
+// acknowledged webhook is stored and processed, every paid order is booked
+// exactly once, nothing is left running.
+func settle(t *testing.T, name, dbURL string, s *sender, sales [][]delivery) figures {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+
+	f := figures{
+		requests: s.tally.requests.Load(), ok: s.tally.ok.Load(), unavailable: s.tally.unavailable.Load(),
+		other: s.tally.other.Load(), transport: s.tally.transport.Load(),
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state NOT IN ('completed', 'discarded', 'cancelled')`).Scan(&f.unfinished); err != nil {
+			t.Fatal(err)
+		}
+		if f.unfinished == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	s.tally.mu.Lock()
+	acked := make([]string, 0, len(s.tally.acked))
+	for id := range s.tally.acked {
+		acked = append(acked, id)
+	}
+	s.tally.mu.Unlock()
+
+	var stored int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM webhook_inbox WHERE webhook_id = ANY($1)`, acked).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	f.missingAcked = len(acked) - stored
+	if err := conn.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE status = 'processed') FROM webhook_inbox`).Scan(&f.inbox, &f.processed); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM wallet_transactions WHERE source_kind = 'sale'`).Scan(&f.bookings); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, `
+		SELECT count(*) FROM (SELECT 1 FROM wallet_transactions WHERE source_kind = 'sale'
+		GROUP BY source_ref HAVING count(*) > 1) d`).Scan(&f.double); err != nil {
+		t.Fatal(err)
+	}
+
+	// A paid order is lost when one of its paid events was acknowledged and
+	// its session has no booking.
+	paidOrders := map[string]bool{}
+	for _, sale := range sales {
+		for _, d := range sale {
+			if d.paid && s.tally.acked[d.id] {
+				paidOrders[sale[0].id] = true
+			}
+		}
+	}
+	var booked int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM inventory_checkout_sessions
+		WHERE status = 'completed' AND finance_transaction_id IS NOT NULL`).Scan(&booked); err != nil {
+		t.Fatal(err)
+	}
+	f.lost = len(paidOrders) - booked + f.missingAcked + (f.inbox - f.processed)
+
+	line := fmt.Sprintf("%-24s requests=%d 200s=%d 503s=%d other=%d transport_errors=%d inbox=%d processed=%d bookings=%d paid_orders=%d lost=%d double=%d",
+		name, f.requests, f.ok, f.unavailable, f.other, f.transport, f.inbox, f.processed, f.bookings, len(paidOrders), f.lost, f.double)
+	t.Log(line)
+	if suite.figures != nil {
+		fmt.Fprintln(suite.figures, line)
+	}
+
+	switch {
+	case f.unfinished != 0:
+		t.Errorf("%d jobs still unfinished after 90s", f.unfinished)
+	case f.missingAcked != 0:
+		t.Errorf("%d webhooks answered 200 are not in the inbox", f.missingAcked)
+	case f.inbox != f.processed:
+		t.Errorf("%d of %d stored events are not processed", f.inbox-f.processed, f.inbox)
+	case len(paidOrders) != len(sales):
+		t.Errorf("only %d of %d paid orders were ever acknowledged", len(paidOrders), len(sales))
+	case f.lost != 0 || f.double != 0 || f.bookings != len(sales):
+		t.Errorf("bookings=%d for %d paid orders: lost=%d double=%d", f.bookings, len(sales), f.lost, f.double)
+	}
+	var failedJobs int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state IN ('discarded', 'cancelled')`).Scan(&failedJobs); err != nil {
+		t.Fatal(err)
+	}
+	if failedJobs != 0 {
+		t.Errorf("%d jobs discarded or cancelled", failedJobs)
+	}
+	return f
+}
