@@ -219,6 +219,8 @@ func (p *process) start(t *testing.T) {
 	p.cmd = exec.Command(suite.relay, "serve")
 	p.cmd.Env = p.env
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	// Should this test binary die (a timeout panic), its relays die with it.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", p.name, err)
 	}

@@ -34,6 +34,7 @@ type config struct {
 	RescueAfter       time.Duration
 	FetchCooldown     time.Duration
 	FetchPollInterval time.Duration
+	PollOnly          bool
 	ReadHeaderTimeout time.Duration
 	ReadTimeout       time.Duration
 	AllowedCIDRs      []netip.Prefix
@@ -106,13 +107,8 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.AckTimeout = durationVar(e, "RELAY_ACK_TIMEOUT", 5*time.Second, &errs)
 	c.ShutdownTimeout = durationVar(e, "RELAY_SHUTDOWN_TIMEOUT", 30*time.Second, &errs)
 	c.RetryBase = durationVar(e, "RELAY_RETRY_BASE", time.Second, &errs)
-	switch v := e.str("RELAY_GROUP_COMMIT", "on"); v {
-	case "on", "true", "1":
-		c.GroupCommit = true
-	case "off", "false", "0":
-	default:
-		errs = append(errs, fmt.Errorf("RELAY_GROUP_COMMIT %q: want on or off", v))
-	}
+	c.GroupCommit = boolVar(e, "RELAY_GROUP_COMMIT", true, &errs)
+	c.PollOnly = boolVar(e, "RELAY_POLL_ONLY", false, &errs)
 	c.MaxBatch = intVar(e, "RELAY_GROUP_COMMIT_MAX", 128, &errs)
 	c.Committers = intVar(e, "RELAY_GROUP_COMMITTERS", 4, &errs)
 	c.JobTimeout = durationVar(e, "RELAY_JOB_TIMEOUT", 30*time.Second, &errs)
@@ -182,6 +178,20 @@ func intVar(e env, key string, def int, errs *[]error) int {
 		*errs = append(*errs, fmt.Errorf("%s: %q is not a whole number", key, v))
 	}
 	return n
+}
+
+func boolVar(e env, key string, def bool, errs *[]error) bool {
+	switch v := e.str(key, ""); v {
+	case "":
+		return def
+	case "on", "true", "1":
+		return true
+	case "off", "false", "0":
+		return false
+	default:
+		*errs = append(*errs, fmt.Errorf("%s %q: want on or off", key, v))
+		return def
+	}
 }
 
 func durationVar(e env, key string, def time.Duration, errs *[]error) time.Duration {

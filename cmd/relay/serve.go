@@ -161,6 +161,8 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 	riverCfg := &river.Config{
 		Logger:      logger.With("component", "river"),
 		MaxAttempts: cfg.MaxAttempts,
+		// Behind PgBouncer in transaction mode LISTEN cannot work: poll.
+		PollOnly: cfg.PollOnly,
 	}
 	if cfg.Role != roleReceiver {
 		workers := river.NewWorkers()
