@@ -193,14 +193,15 @@ func run(ctx context.Context, o options) error {
 		rep.rss(label, r.peakRSS())
 		return maxRate, nil
 	}
-	relayMax, err := ack("default pool", map[string]string{"RELAY_WORKERS": "1"}, true)
+	// Group commit is relay's default; the same closed loop with one
+	// transaction per webhook shows what it buys.
+	relayMax, err := ack("group commit (default)", map[string]string{"RELAY_WORKERS": "1"}, true)
 	if err != nil {
 		return err
 	}
 	rep.RelayMax = relayMax
-	bigPool := o.concurrency + 10
-	if _, err := ack(fmt.Sprintf("RELAY_DB_MAX_CONNS=%d", bigPool), map[string]string{
-		"RELAY_WORKERS": "1", "RELAY_DB_MAX_CONNS": fmt.Sprint(bigPool),
+	if _, err := ack("RELAY_GROUP_COMMIT=off", map[string]string{
+		"RELAY_WORKERS": "1", "RELAY_GROUP_COMMIT": "off",
 	}, false); err != nil {
 		return err
 	}

@@ -96,17 +96,16 @@ func Insert(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
 	return out, nil
 }
 
-// SetJobs records, per row, the id of the job that will process it.
-func SetJobs(ctx context.Context, db DB, rowIDs, jobIDs []int64) error {
-	if _, err := db.Exec(ctx, `
-		UPDATE webhook_inbox i SET job_id = v.job_id
-		FROM unnest($1::bigint[], $2::bigint[]) AS v(id, job_id) WHERE i.id = v.id`, rowIDs, jobIDs); err != nil {
-		return fmt.Errorf("link %d inbox rows to their jobs: %w", len(rowIDs), err)
-	}
-	return nil
-}
-
+// columns reads a row. Its job is recorded when the job processes it (or a
+// replay makes a new one); until then it is found by the webhook id in the
+// job's arguments, so that storing a webhook costs no second write.
 const columns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
+	received_at, processed_at, body,
+	coalesce(job_id, (SELECT max(j.id) FROM river_job j WHERE j.args @> jsonb_build_object('webhook_id', webhook_id))),
+	error`
+
+// storedColumns reads a row as stored, without looking for its job.
+const storedColumns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
 	received_at, processed_at, body, job_id, error`
 
 func scan(row pgx.Row) (*Event, error) {
@@ -121,7 +120,17 @@ var ErrNotFound = errors.New("inbox: no such webhook")
 
 // Get returns the row of a webhook id.
 func Get(ctx context.Context, db DB, webhookID string) (*Event, error) {
-	e, err := scan(db.QueryRow(ctx, `SELECT `+columns+` FROM webhook_inbox WHERE webhook_id = $1`, webhookID))
+	return get(ctx, db, columns, webhookID)
+}
+
+// GetStored returns the row of a webhook id as stored: JobID is set only once
+// a job has processed it. It is what a worker needs, at one index lookup.
+func GetStored(ctx context.Context, db DB, webhookID string) (*Event, error) {
+	return get(ctx, db, storedColumns, webhookID)
+}
+
+func get(ctx context.Context, db DB, cols, webhookID string) (*Event, error) {
+	e, err := scan(db.QueryRow(ctx, `SELECT `+cols+` FROM webhook_inbox WHERE webhook_id = $1`, webhookID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("get inbox row %q: %w", webhookID, ErrNotFound)
 	}
@@ -131,16 +140,16 @@ func Get(ctx context.Context, db DB, webhookID string) (*Event, error) {
 	return e, nil
 }
 
-// MarkProcessed records that the row's event was processed; note is an
+// MarkProcessed records that job processed the row's event; note is an
 // optional short outcome ("no session", "not a storefront sale").
-func MarkProcessed(ctx context.Context, db DB, id int64, note string) error {
+func MarkProcessed(ctx context.Context, db DB, id, jobID int64, note string) error {
 	var errText *string
 	if note != "" {
 		errText = &note
 	}
 	if _, err := db.Exec(ctx, `
-		UPDATE webhook_inbox SET status = 'processed', processed_at = now(), error = $2
-		WHERE id = $1`, id, errText); err != nil {
+		UPDATE webhook_inbox SET status = 'processed', processed_at = now(), job_id = $2, error = $3
+		WHERE id = $1`, id, jobID, errText); err != nil {
 		return fmt.Errorf("mark inbox row %d processed: %w", id, err)
 	}
 	return nil
@@ -179,10 +188,10 @@ func List(ctx context.Context, db DB, p ListParams) ([]*Event, error) {
 	return out, nil
 }
 
-// SetStatus changes a row's status, as a replay does.
-func SetStatus(ctx context.Context, db DB, id int64, status string) error {
-	if _, err := db.Exec(ctx, `UPDATE webhook_inbox SET status = $2 WHERE id = $1`, id, status); err != nil {
-		return fmt.Errorf("set inbox row %d to %s: %w", id, status, err)
+// SetPending marks a row to be processed again by job, as a replay does.
+func SetPending(ctx context.Context, db DB, id, jobID int64) error {
+	if _, err := db.Exec(ctx, `UPDATE webhook_inbox SET status = 'pending', job_id = $2 WHERE id = $1`, id, jobID); err != nil {
+		return fmt.Errorf("set inbox row %d pending for job %d: %w", id, jobID, err)
 	}
 	return nil
 }

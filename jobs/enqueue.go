@@ -20,8 +20,8 @@ type Inserter interface {
 	InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error)
 }
 
-// EnqueueTx inserts the jobs that will process stored events and links each
-// inbox row to its job, in the caller's transaction.
+// EnqueueTx inserts the jobs that will process stored events, in the
+// caller's transaction, and sets each event's JobID.
 func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inbox.Event) error {
 	if len(events) == 0 {
 		return nil
@@ -34,13 +34,11 @@ func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inb
 	if err != nil {
 		return fmt.Errorf("insert %d jobs: %w", len(events), err)
 	}
-	rowIDs, jobIDs := make([]int64, len(events)), make([]int64, len(events))
 	for i, e := range events {
-		rowIDs[i], jobIDs[i] = e.ID, res[i].Job.ID
 		id := res[i].Job.ID
 		e.JobID = &id
 	}
-	return inbox.SetJobs(ctx, tx, rowIDs, jobIDs)
+	return nil
 }
 
 // Replay enqueues a new job for a stored event, as an admin does after
@@ -56,14 +54,11 @@ func Replay(ctx context.Context, pool *pgxpool.Pool, inserter Inserter, webhookI
 		if !polar.Handled(event.EventType) {
 			return fmt.Errorf("replay %q: relay does not act on %q events", webhookID, event.EventType)
 		}
-		if err := inbox.SetStatus(ctx, tx, event.ID, inbox.StatusPending); err != nil {
-			return err
-		}
 		if err := EnqueueTx(ctx, tx, inserter, event); err != nil {
 			return err
 		}
 		jobID = *event.JobID
-		return nil
+		return inbox.SetPending(ctx, tx, event.ID, jobID)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("replay webhook %q: %w", webhookID, err)

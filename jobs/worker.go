@@ -90,7 +90,7 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		errResult = ResultError
 	)
 	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-		event, err := inbox.Get(ctx, tx, job.Args.WebhookID)
+		event, err := inbox.GetStored(ctx, tx, job.Args.WebhookID)
 		if err != nil {
 			return err
 		}
@@ -98,7 +98,7 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		if res, err = w.apply(ctx, tx, event); err != nil {
 			return err
 		}
-		if err := inbox.MarkProcessed(ctx, tx, event.ID, res.note); err != nil {
+		if err := inbox.MarkProcessed(ctx, tx, event.ID, job.ID, res.note); err != nil {
 			return err
 		}
 		if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {

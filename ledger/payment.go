@@ -67,20 +67,33 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	}
 	out := Outcome{Session: s, Booking: NotPaid}
 
+	// Book first, so that one UPDATE records everything on the session.
+	refundsRecorded := false
+	switch {
+	case !p.Paid:
+	case s.FinanceTransactionID != nil:
+		out.Booking = AlreadyBooked
+	default:
+		if out.Booking, refundsRecorded, err = bookSale(ctx, db, s, p); err != nil {
+			return Outcome{}, err
+		}
+	}
+
 	// The provider's status only moves forward: once paid, an unpaid word is
 	// stale, and a smaller refunded total is older than the one recorded.
 	statusIsNewer := (p.Paid || s.Status != StatusCompleted) && p.RefundedAmount >= s.RefundedAmount
 	completeNow := p.Paid && s.Status != StatusCompleted
 	if _, err := db.Exec(ctx, `
 		UPDATE inventory_checkout_sessions SET
-			polar_order_id  = coalesce(polar_order_id, nullif($2, '')),
-			polar_status    = CASE WHEN $3 THEN nullif($4, '') ELSE polar_status END,
-			status          = CASE WHEN $5 THEN 'completed' ELSE status END,
-			completed_at    = CASE WHEN $5 THEN coalesce(completed_at, $6) ELSE completed_at END,
-			refunded_amount = greatest(refunded_amount, $7),
-			updated_at      = now()
+			polar_order_id         = coalesce(polar_order_id, nullif($2, '')),
+			polar_status           = CASE WHEN $3 THEN nullif($4, '') ELSE polar_status END,
+			status                 = CASE WHEN $5 THEN 'completed' ELSE status END,
+			completed_at           = CASE WHEN $5 THEN coalesce(completed_at, $6) ELSE completed_at END,
+			refunded_amount        = greatest(refunded_amount, $7),
+			finance_transaction_id = coalesce(finance_transaction_id, $8::uuid),
+			updated_at             = now()
 		WHERE id = $1`,
-		s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount,
+		s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID,
 	); err != nil {
 		return Outcome{}, fmt.Errorf("update checkout session %s: %w", s.ID, err)
 	}
@@ -92,19 +105,9 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 		s.ExternalOrderID = &p.ExternalOrderID
 	}
 
-	if !p.Paid {
-		return out, nil
-	}
-	if s.FinanceTransactionID != nil {
-		out.Booking = AlreadyBooked
-	} else {
-		if out.Booking, err = bookSale(ctx, db, s, p); err != nil {
-			return Outcome{}, err
-		}
-	}
-	// Refunds recorded while the sale was unbooked are reversed once it is
-	// booked; after that, only a larger refunded total has anything to book.
-	if s.FinanceTransactionID != nil && (out.Booking == Booked || p.RefundedAmount > 0) {
+	// Reverse what is refunded: refunds recorded while the sale was unbooked
+	// once it is booked, and after that whatever a larger total adds.
+	if s.FinanceTransactionID != nil && (refundsRecorded || s.RefundedAmount > 0) {
 		if out.Reversed, err = reconcileRefunds(ctx, db, s, p.RefundDescription, p.At); err != nil {
 			return Outcome{}, err
 		}
@@ -171,10 +174,12 @@ func ExpireSession(ctx context.Context, db DB, ref SessionRef) (bool, error) {
 }
 
 // bookSale books the session's total into the workspace's default wallet, or
-// says why it cannot. The session must be locked.
-func bookSale(ctx context.Context, db DB, s *Session, p Payment) (string, error) {
+// says why it cannot, and sets s.FinanceTransactionID; the caller links the
+// session to it. It also reports whether refunds of the session were
+// recorded before. The session must be locked.
+func bookSale(ctx context.Context, db DB, s *Session, p Payment) (result string, refundsRecorded bool, err error) {
 	if p.Currency != "" && !strings.EqualFold(p.Currency, s.Currency) {
-		return SkippedCurrency, nil
+		return SkippedCurrency, false, nil
 	}
 	// One round trip for the wallet setting, the wallet and the category:
 	// the lines' products' finance category, when they all share one of the
@@ -183,28 +188,29 @@ func bookSale(ctx context.Context, db DB, s *Session, p Payment) (string, error)
 		walletID, walletWS, walletCurrency *string
 		categoryID                         *string
 	)
-	err := db.QueryRow(ctx, `
+	err = db.QueryRow(ctx, `
 		SELECT cfg.value, w.ws_id::text, w.currency,
 		       (SELECT CASE WHEN count(*) > 0 AND count(c.id) = count(*) AND count(DISTINCT c.id) = 1
 		                    THEN min(c.id::text) END
 		        FROM inventory_checkout_lines l
 		        LEFT JOIN workspace_products p ON p.id = l.product_id AND p.ws_id = $2
 		        LEFT JOIN transaction_categories c ON c.id = p.finance_category_id AND c.ws_id = $2
-		        WHERE l.checkout_session_id = $1)
+		        WHERE l.checkout_session_id = $1),
+		       EXISTS (SELECT 1 FROM checkout_session_refunds f WHERE f.checkout_session_id = $1)
 		FROM (SELECT 1) one
 		LEFT JOIN workspace_configs cfg ON cfg.ws_id = $2 AND cfg.id = 'default_wallet_id'
 		LEFT JOIN workspace_wallets w ON w.id = CASE WHEN btrim(cfg.value) ~ '^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$'
 		                                       THEN btrim(cfg.value)::uuid END`, s.ID, s.WorkspaceID).
-		Scan(&walletID, &walletWS, &walletCurrency, &categoryID)
+		Scan(&walletID, &walletWS, &walletCurrency, &categoryID, &refundsRecorded)
 	switch {
 	case err != nil:
-		return "", fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
+		return "", false, fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
 	case walletWS == nil: // no setting, or it names no wallet
-		return SkippedNoWallet, nil
+		return SkippedNoWallet, false, nil
 	case !strings.EqualFold(*walletWS, s.WorkspaceID):
-		return SkippedWalletWorkspace, nil
+		return SkippedWalletWorkspace, false, nil
 	case !strings.EqualFold(*walletCurrency, s.Currency):
-		return SkippedCurrency, nil
+		return SkippedCurrency, false, nil
 	}
 
 	var txID string
@@ -214,21 +220,17 @@ func bookSale(ctx context.Context, db DB, s *Session, p Payment) (string, error)
 		ON CONFLICT (source_kind, source_ref) DO NOTHING
 		RETURNING id::text`,
 		strings.TrimSpace(*walletID), categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description, p.At, s.ID).Scan(&txID)
-	result := Booked
+	result = Booked
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Booked before, though the session lost its link: relink, book nothing.
 		result = AlreadyBooked
 		err = db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&txID)
 	}
 	if err != nil {
-		return "", fmt.Errorf("book sale of session %s: %w", s.ID, err)
-	}
-	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2, updated_at = now()
-		WHERE id = $1`, s.ID, txID); err != nil {
-		return "", fmt.Errorf("link session %s to its booking: %w", s.ID, err)
+		return "", false, fmt.Errorf("book sale of session %s: %w", s.ID, err)
 	}
 	s.FinanceTransactionID = &txID
-	return result, nil
+	return result, refundsRecorded, nil
 }
 
 // reconcileRefunds books one reversal that brings the sale's reversed total

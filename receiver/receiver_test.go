@@ -24,6 +24,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
@@ -192,8 +193,9 @@ func TestAcceptedEventStoresRowAndJob(t *testing.T) {
 		jobInbox  int64
 	)
 	err := h.pool.QueryRow(context.Background(), `
-		SELECT i.body, i.event_type, i.webhook_timestamp, i.job_id, j.kind, (j.args->>'inbox_id')::bigint
-		FROM webhook_inbox i JOIN river_job j ON j.id = i.job_id WHERE i.webhook_id = 'msg_paid_1'`).
+		SELECT i.body, i.event_type, i.webhook_timestamp, j.id, j.kind, (j.args->>'inbox_id')::bigint
+		FROM webhook_inbox i JOIN river_job j ON j.args->>'webhook_id' = i.webhook_id
+		WHERE i.webhook_id = 'msg_paid_1'`).
 		Scan(&raw, &eventType, &hookTS, &jobID, &jobKind, &jobInbox)
 	if err != nil {
 		t.Fatal(err)
@@ -203,6 +205,13 @@ func TestAcceptedEventStoresRowAndJob(t *testing.T) {
 	}
 	if eventType != "order.updated" || jobKind != "polar_event" || jobID == nil {
 		t.Errorf("event_type=%q kind=%q job_id=%v", eventType, jobKind, jobID)
+	}
+	stored, err := inbox.Get(context.Background(), h.pool, "msg_paid_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.ID != jobInbox || stored.JobID == nil || jobID == nil || *stored.JobID != *jobID {
+		t.Errorf("inbox row %d names job %v; the job names row %d and is %v", stored.ID, stored.JobID, jobInbox, jobID)
 	}
 	if time.Since(hookTS) > time.Minute {
 		t.Errorf("webhook_timestamp %v is not the header's", hookTS)

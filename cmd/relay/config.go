@@ -101,7 +101,7 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.Secrets = secrets
 
 	c.MaxBodyBytes = int64(intVar(e, "RELAY_MAX_BODY_BYTES", 1<<20, &errs))
-	c.Workers = intVar(e, "RELAY_WORKERS", 20, &errs)
+	c.Workers = intVar(e, "RELAY_WORKERS", 50, &errs)
 	c.MaxAttempts = intVar(e, "RELAY_MAX_ATTEMPTS", 12, &errs)
 	c.DBMaxConns = int32(intVar(e, "RELAY_DB_MAX_CONNS", 0, &errs))
 	c.AckTimeout = durationVar(e, "RELAY_ACK_TIMEOUT", 5*time.Second, &errs)
