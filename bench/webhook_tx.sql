@@ -1,8 +1,10 @@
 -- pgbench script: the transaction relay's receiver commits for one accepted
--- webhook (receiver.storeTx), statement for statement, as River v0.51 and
--- relay's inbox package send it (captured with log_statement=all):
+-- webhook without group commit (receiver.commitEvents with one event),
+-- statement for statement, as River v0.51 and relay's inbox package send it
+-- (captured with log_statement=all):
 --   BEGIN; INSERT INTO webhook_inbox ... RETURNING; River's JobInsertFastMany;
---   (sometimes) River's PGNotifyMany; UPDATE webhook_inbox SET job_id; COMMIT.
+--   (sometimes) River's PGNotifyMany; COMMIT.
+-- (The inbox row's job id is recorded by the worker, not here.)
 -- Run it with -M prepared (pgx caches prepared statements too) and
 -- -D body=<the event JSON>, so the stored body is the one relay stores.
 -- River rate-limits its insert notification to one per queue per
@@ -66,5 +68,4 @@ WITH topic_to_notify AS (
 )
 SELECT pg_notify(topic_to_notify.topic, topic_to_notify.payload) FROM topic_to_notify;
 \endif
-UPDATE webhook_inbox SET job_id = :j_job_id WHERE id = :inbox_id;
 COMMIT;

@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -11,12 +10,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/relayhq/relay/internal/testkit"
 )
 
 // The suite's own PostgreSQL cluster and relay binary, shared by the
@@ -150,27 +150,10 @@ type process struct {
 	env       []string
 	hookURL   string
 	adminURL  string
-	logs      *lockedBuffer
+	logs      *testkit.SyncBuffer
 	exited    chan struct{}
 	exitErr   error
 	restarted int
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 const secret = "polar_whs_fault_suite"
@@ -179,8 +162,7 @@ const secret = "polar_whs_fault_suite"
 // waits until it is ready.
 func startRelay(t *testing.T, name, dbURL string, extra ...string) *process {
 	t.Helper()
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort())
-	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort())
+	httpAddr, adminAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	p := &process{
 		name:     name,
 		hookURL:  "http://" + httpAddr + "/webhooks/polar",
@@ -199,7 +181,7 @@ func startRelay(t *testing.T, name, dbURL string, extra ...string) *process {
 			"LOG_LEVEL=warn",
 			"LOG_FORMAT=text",
 		}, extra...),
-		logs: &lockedBuffer{},
+		logs: &testkit.SyncBuffer{},
 	}
 	p.start(t)
 	t.Cleanup(func() {

@@ -1,11 +1,8 @@
 package faults
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -16,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/relayhq/relay/polar"
+	"github.com/relayhq/relay/internal/testkit"
 )
 
 // scale multiplies the load; `make soak` raises it.
@@ -79,34 +76,13 @@ func seedSales(t *testing.T, dbURL, prefix string, n int) [][]delivery {
 		for _, f := range []string{"order.created.pending.json", "order.updated.paid.json", "order.paid.json"} {
 			ds = append(ds, delivery{
 				id:   fmt.Sprintf("%s_%d_%s", prefix, i, f[:len(f)-5]),
-				body: orderBody(t, f, ws, s.id, s.checkout, fmt.Sprintf("%s_ord_%d", prefix, i)),
+				body: testkit.Event(t, f, testkit.Sale{Workspace: ws, Session: s.id, PolarCheckout: s.checkout, Order: fmt.Sprintf("%s_ord_%d", prefix, i)}, nil),
 				paid: f != "order.created.pending.json",
 			})
 		}
 		out = append(out, ds)
 	}
 	return out
-}
-
-func orderBody(t *testing.T, fixture, ws, session, checkout, order string) []byte {
-	t.Helper()
-	raw, err := os.ReadFile("../testdata/events/" + fixture)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var env map[string]any
-	if err := json.Unmarshal(raw, &env); err != nil {
-		t.Fatal(err)
-	}
-	data := env["data"].(map[string]any)
-	data["id"], data["checkout_id"] = order, checkout
-	md := data["metadata"].(map[string]any)
-	md["checkoutId"], md["wsId"] = session, ws
-	b, err := json.Marshal(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // tally counts what the senders saw.
@@ -161,25 +137,15 @@ func (s *sender) deliver(d delivery) {
 
 func (s *sender) attempt(d delivery) bool {
 	target := s.targets[int(s.next.Add(1))%len(s.targets)]
-	req, err := http.NewRequest(http.MethodPost, target.hookURL, bytes.NewReader(d.body))
-	if err != nil {
-		panic(err)
-	}
-	for k, v := range polar.SignedHeaders(secret, d.id, time.Now(), d.body) {
-		req.Header[k] = v
-	}
-	req.Header.Set("Content-Type", "application/json")
 	s.tally.requests.Add(1)
 	start := time.Now()
-	resp, err := s.client.Do(req)
+	code, err := testkit.Post(s.client, target.hookURL, secret, d.id, d.body)
 	if err != nil {
 		s.tally.transport.Add(1)
 		return false
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	s.tally.answered(time.Since(start))
-	switch resp.StatusCode {
+	switch code {
 	case http.StatusOK:
 		s.tally.ok.Add(1)
 		s.tally.mu.Lock()

@@ -1,16 +1,12 @@
 package jobs_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +16,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
+	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
@@ -106,22 +103,11 @@ func (s *system) send(t *testing.T, webhookID string, body []byte) {
 }
 
 func (s *system) post(t *testing.T, webhookID string, body []byte) int {
-	req, err := http.NewRequest(http.MethodPost, s.url, bytes.NewReader(body))
-	if err != nil {
-		t.Error(err)
-		return 0
-	}
-	for k, v := range polar.SignedHeaders(secret, webhookID, time.Now(), body) {
-		req.Header[k] = v
-	}
-	resp, err := http.DefaultClient.Do(req)
+	code, err := testkit.Post(http.DefaultClient, s.url, secret, webhookID, body)
 	if err != nil {
 		t.Errorf("post %s: %v", webhookID, err)
-		return 0
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
+	return code
 }
 
 // waitJobs polls until every job of the webhook ids is in a final state
@@ -200,87 +186,12 @@ func (s *system) metric(t *testing.T, name string, labels map[string]string) flo
 	return 0
 }
 
-// shop is one storefront workspace with a wallet, a category, products and
-// a reserved checkout session for two of them.
-type shop struct {
-	ws, wallet, category, product, session, polarCheckout string
-}
+type shop = testkit.Shop
 
-type shopOpts struct {
-	noWallet       bool
-	walletCurrency string // default "USD"
-	mixedCategory  bool   // the second line's product has another category
-}
-
-func seedShop(t *testing.T, pool *pgxpool.Pool, o shopOpts) shop {
-	t.Helper()
-	ctx := context.Background()
-	if o.walletCurrency == "" {
-		o.walletCurrency = "USD"
-	}
-	var s shop
-	s.polarCheckout = fmt.Sprintf("chk_%d", time.Now().UnixNano())
-	q := func(sql string, args ...any) string {
-		t.Helper()
-		var id string
-		if err := pool.QueryRow(ctx, sql, args...).Scan(&id); err != nil {
-			t.Fatalf("seed: %s: %v", sql, err)
-		}
-		return id
-	}
-	s.ws = q(`INSERT INTO workspaces (name) VALUES ('Demo shop') RETURNING id::text`)
-	s.wallet = q(`INSERT INTO workspace_wallets (ws_id, name, currency) VALUES ($1, 'Main', $2) RETURNING id::text`, s.ws, o.walletCurrency)
-	if !o.noWallet {
-		q(`INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2) RETURNING id`, s.ws, s.wallet)
-	}
-	s.category = q(`INSERT INTO transaction_categories (ws_id, name) VALUES ($1, 'Sales') RETURNING id::text`, s.ws)
-	s.product = q(`INSERT INTO workspace_products (ws_id, name, finance_category_id) VALUES ($1, 'Ceramic mug', $2) RETURNING id::text`, s.ws, s.category)
-	second := s.product
-	if o.mixedCategory {
-		other := q(`INSERT INTO transaction_categories (ws_id, name) VALUES ($1, 'Other') RETURNING id::text`, s.ws)
-		second = q(`INSERT INTO workspace_products (ws_id, name, finance_category_id) VALUES ($1, 'Tea', $2) RETURNING id::text`, s.ws, other)
-	}
-	s.session = q(`INSERT INTO inventory_checkout_sessions (ws_id, status, total_amount, currency, polar_checkout_id)
-		VALUES ($1, 'reserved', 4950, 'usd', $2) RETURNING id::text`, s.ws, s.polarCheckout)
-	q(`INSERT INTO inventory_checkout_lines (checkout_session_id, product_id, quantity, unit_amount) VALUES ($1, $2, 2, 1500) RETURNING id::text`, s.session, s.product)
-	q(`INSERT INTO inventory_checkout_lines (checkout_session_id, product_id, quantity, unit_amount) VALUES ($1, $2, 1, 1500) RETURNING id::text`, s.session, second)
-	return s
-}
-
-// event loads a Polar fixture and points it at the shop's session and the
-// given order id; edit may change the data further.
+// event is testkit.Event for the shop's session sold as orderID.
 func event(t *testing.T, fixture string, s shop, orderID string, edit func(data map[string]any)) []byte {
 	t.Helper()
-	raw, err := os.ReadFile("../testdata/events/" + fixture)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var env map[string]any
-	if err := json.Unmarshal(raw, &env); err != nil {
-		t.Fatal(err)
-	}
-	data := env["data"].(map[string]any)
-	if md, ok := data["metadata"].(map[string]any); ok && md["kind"] != nil {
-		md["checkoutId"] = s.session
-		md["wsId"] = s.ws
-	}
-	switch {
-	case strings.HasPrefix(fixture, "order."):
-		data["id"] = orderID
-		data["checkout_id"] = s.polarCheckout
-	case strings.HasPrefix(fixture, "checkout."):
-		data["id"] = s.polarCheckout
-	case strings.HasPrefix(fixture, "refund."):
-		data["order_id"] = orderID
-	}
-	if edit != nil {
-		edit(data)
-	}
-	b, err := json.Marshal(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return testkit.Event(t, fixture, s.Sale(orderID), edit)
 }
 
 // booking is one wallet_transactions row.
@@ -296,7 +207,7 @@ func bookings(t *testing.T, pool *pgxpool.Pool, s shop) []booking {
 	rows, err := pool.Query(context.Background(), `
 		SELECT t.wallet_id::text, t.category_id::text, t.amount, t.currency, t.description, t.reverses_id::text
 		FROM wallet_transactions t JOIN workspace_wallets w ON w.id = t.wallet_id
-		WHERE w.ws_id = $1 ORDER BY t.created_at, t.amount DESC`, s.ws)
+		WHERE w.ws_id = $1 ORDER BY t.created_at, t.amount DESC`, s.WS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +234,7 @@ func session(t *testing.T, pool *pgxpool.Pool, s shop) sessionRow {
 	var r sessionRow
 	if err := pool.QueryRow(context.Background(), `
 		SELECT status, coalesce(polar_status, ''), polar_order_id, finance_transaction_id::text, completed_at
-		FROM inventory_checkout_sessions WHERE id = $1`, s.session).
+		FROM inventory_checkout_sessions WHERE id = $1`, s.Session).
 		Scan(&r.status, &r.polarStatus, &r.polarOrder, &r.txID, &r.completedAt); err != nil {
 		t.Fatal(err)
 	}

@@ -9,13 +9,14 @@ import (
 	"testing"
 
 	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/jobs"
 )
 
 func TestPaidOrderCompletesSessionAndBooksOnce(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 
 	sys.send(t, "msg_paid", event(t, "order.updated.paid.json", s, "ord_1", nil))
 	if st := sys.waitJobs(t, "msg_paid"); st["msg_paid"] != "completed" {
@@ -31,9 +32,9 @@ func TestPaidOrderCompletesSessionAndBooksOnce(t *testing.T) {
 	if len(b) != 1 {
 		t.Fatalf("bookings = %+v, want exactly one", b)
 	}
-	if b[0].amount != 4950 || b[0].currency != "USD" || b[0].wallet != s.wallet ||
-		b[0].category == nil || *b[0].category != s.category || b[0].description != "Polar order ord_1" {
-		t.Fatalf("booking = %+v, want 4950 USD into %s, category %s, naming the order", b[0], s.wallet, s.category)
+	if b[0].amount != 4950 || b[0].currency != "USD" || b[0].wallet != s.Wallet ||
+		b[0].category == nil || *b[0].category != s.Category || b[0].description != "Polar order ord_1" {
+		t.Fatalf("booking = %+v, want 4950 USD into %s, category %s, naming the order", b[0], s.Wallet, s.Category)
 	}
 	var inboxStatus string
 	if err := pool.QueryRow(context.Background(), `SELECT status FROM webhook_inbox WHERE webhook_id = 'msg_paid'`).Scan(&inboxStatus); err != nil {
@@ -87,7 +88,7 @@ func storm(t *testing.T, sys *system, s shop, n int) []string {
 func TestConcurrentDuplicatesAndAllOrderEventsBookOnce(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 
 	ids := storm(t, sys, s, 50)
 	for id, state := range sys.waitJobs(t, ids...) {
@@ -116,7 +117,7 @@ func TestTwoRiverClientsBookOnce(t *testing.T) {
 	var shops []shop
 	var ids []string
 	for i := range 5 {
-		s := seedShop(t, pool, shopOpts{})
+		s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 		shops = append(shops, s)
 		for _, f := range []string{"order.created.pending.json", "order.updated.paid.json", "order.paid.json"} {
 			id := fmt.Sprintf("msg_%d_%s", i, f)
@@ -150,7 +151,7 @@ func TestTwoRiverClientsBookOnce(t *testing.T) {
 func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{noWallet: true})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
 
 	sys.send(t, "msg_nowallet", event(t, "order.updated.paid.json", s, "ord_nw", nil))
 	sys.waitJobs(t, "msg_nowallet")
@@ -165,7 +166,7 @@ func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	}
 
 	// The admin sets the default wallet, then replays the stored event.
-	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.ws, s.wallet); err != nil {
+	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 { // a second replay books nothing more
@@ -174,7 +175,7 @@ func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 		}
 		sys.waitJobs(t, "msg_nowallet")
 	}
-	if b := bookings(t, pool, s); len(b) != 1 || b[0].amount != 4950 || b[0].wallet != s.wallet {
+	if b := bookings(t, pool, s); len(b) != 1 || b[0].amount != 4950 || b[0].wallet != s.Wallet {
 		t.Fatalf("bookings after replay = %+v, want one of 4950 into the wallet", b)
 	}
 	if got := session(t, pool, s); got.txID == nil {
@@ -187,17 +188,17 @@ func TestWalletProblemsSkipBooking(t *testing.T) {
 	sys := startSystem(t, pool, systemOpts{})
 	ctx := context.Background()
 
-	otherCurrency := seedShop(t, pool, shopOpts{walletCurrency: "EUR"})
+	otherCurrency := testkit.SeedShop(t, pool, testkit.ShopOptions{WalletCurrency: "EUR"})
 	sys.send(t, "msg_eur", event(t, "order.updated.paid.json", otherCurrency, "ord_eur", nil))
 
-	otherWorkspace := seedShop(t, pool, shopOpts{})
-	foreign := seedShop(t, pool, shopOpts{})
-	if _, err := pool.Exec(ctx, `UPDATE workspace_configs SET value = $2 WHERE ws_id = $1`, otherWorkspace.ws, foreign.wallet); err != nil {
+	otherWorkspace := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	foreign := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	if _, err := pool.Exec(ctx, `UPDATE workspace_configs SET value = $2 WHERE ws_id = $1`, otherWorkspace.WS, foreign.Wallet); err != nil {
 		t.Fatal(err)
 	}
 	sys.send(t, "msg_foreign", event(t, "order.updated.paid.json", otherWorkspace, "ord_foreign", nil))
 
-	paidInOther := seedShop(t, pool, shopOpts{})
+	paidInOther := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	sys.send(t, "msg_gbp", event(t, "order.updated.paid.json", paidInOther, "ord_gbp", func(d map[string]any) { d["currency"] = "gbp" }))
 
 	sys.waitJobs(t, "msg_eur", "msg_foreign", "msg_gbp")
@@ -224,7 +225,7 @@ func TestWalletProblemsSkipBooking(t *testing.T) {
 func TestMixedCategoriesBookWithoutCategory(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{mixedCategory: true})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{MixedCategory: true})
 	sys.send(t, "msg_mixed", event(t, "order.paid.json", s, "ord_mixed", nil))
 	sys.waitJobs(t, "msg_mixed")
 	if b := bookings(t, pool, s); len(b) != 1 || b[0].category != nil {
@@ -235,7 +236,7 @@ func TestMixedCategoriesBookWithoutCategory(t *testing.T) {
 func TestRefundsReverseOnce(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 
 	sys.send(t, "msg_paid", event(t, "order.updated.paid.json", s, "ord_r", nil))
 	sys.waitJobs(t, "msg_paid")
@@ -276,7 +277,7 @@ func TestRefundsReverseOnce(t *testing.T) {
 func TestRefundBeforeItsPartialReversesOnce(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	// Reordered: the refund object and the full refund come before the sale's
 	// paid event, the partial refund last.
 	sys.send(t, "msg_refund_obj", event(t, "refund.updated.json", s, "ord_o", nil))
@@ -298,8 +299,8 @@ func TestRefundBeforeItsPartialReversesOnce(t *testing.T) {
 func TestExpiredCheckoutExpiresSession(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
-	done := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	done := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 
 	sys.send(t, "msg_succeeded", event(t, "checkout.updated.succeeded.json", s, "", nil))
 	sys.waitJobs(t, "msg_succeeded")
@@ -326,8 +327,8 @@ func TestExpiredCheckoutExpiresSession(t *testing.T) {
 func TestUnknownSessionRetriesThenDiscards(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{maxAttempts: 3})
-	s := seedShop(t, pool, shopOpts{})
-	if _, err := pool.Exec(context.Background(), `DELETE FROM inventory_checkout_sessions WHERE id = $1`, s.session); err != nil {
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	if _, err := pool.Exec(context.Background(), `DELETE FROM inventory_checkout_sessions WHERE id = $1`, s.Session); err != nil {
 		t.Fatal(err)
 	}
 	sys.send(t, "msg_lost", event(t, "order.updated.paid.json", s, "ord_lost", nil))
@@ -352,10 +353,10 @@ func TestUnknownSessionRetriesThenDiscards(t *testing.T) {
 func TestOtherWorkspaceInMetadataIsRefused(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
-	other := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	other := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	sys.send(t, "msg_cross", event(t, "order.updated.paid.json", s, "ord_cross", func(d map[string]any) {
-		d["metadata"].(map[string]any)["wsId"] = other.ws
+		d["metadata"].(map[string]any)["wsId"] = other.WS
 	}))
 	if st := sys.waitJobs(t, "msg_cross"); st["msg_cross"] != "cancelled" {
 		t.Fatalf("job state = %q, want cancelled", st["msg_cross"])
@@ -371,7 +372,7 @@ func TestOtherWorkspaceInMetadataIsRefused(t *testing.T) {
 func TestNonStorefrontEventsAreNoops(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	sys.send(t, "msg_sub", event(t, "order.updated.paid.json", s, "ord_sub", func(d map[string]any) {
 		d["metadata"] = map[string]any{}
 		d["checkout_id"] = nil
@@ -408,7 +409,7 @@ func TestBookingAndJobCompletionShareOneTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	sys.send(t, "msg_crash", event(t, "order.updated.paid.json", s, "ord_crash", nil))
 	if st := sys.waitJobs(t, "msg_crash"); st["msg_crash"] != "completed" {
 		t.Fatalf("job state = %q, want completed on the retry", st["msg_crash"])
@@ -432,7 +433,7 @@ func TestBookingAndJobCompletionShareOneTransaction(t *testing.T) {
 func TestImpossibleAmountsAreRefused(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := seedShop(t, pool, shopOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	raw := func(fixture string, replace map[string]string) []byte {
 		b := string(event(t, fixture, s, "ord_bad", nil))
 		for from, to := range replace {

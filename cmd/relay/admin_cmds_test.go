@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/internal/testkit"
 )
 
 const (
@@ -29,7 +30,7 @@ type relayProc struct {
 	pool  *pgxpool.Pool
 	admin string // base URL of the admin listener
 	hook  string // webhook URL
-	logs  *syncBuffer
+	logs  *testkit.SyncBuffer
 }
 
 func startRelay(t *testing.T, extra map[string]string) *relayProc {
@@ -38,8 +39,8 @@ func startRelay(t *testing.T, extra map[string]string) *relayProc {
 	env := map[string]string{
 		"DATABASE_URL":         dbURL,
 		"POLAR_WEBHOOK_SECRET": testSecret,
-		"RELAY_HTTP_ADDR":      freeAddr(t),
-		"RELAY_ADMIN_ADDR":     freeAddr(t),
+		"RELAY_HTTP_ADDR":      testkit.FreeAddr(t),
+		"RELAY_ADMIN_ADDR":     testkit.FreeAddr(t),
 		"LOG_FORMAT":           "text",
 		// One attempt: a paid order whose session is missing is discarded
 		// at once, ready for an operator to retry.
@@ -55,7 +56,7 @@ func startRelay(t *testing.T, extra map[string]string) *relayProc {
 	t.Cleanup(pool.Close)
 
 	ctx, stop := context.WithCancel(context.Background())
-	p := &relayProc{env: env, pool: pool, logs: &syncBuffer{},
+	p := &relayProc{env: env, pool: pool, logs: &testkit.SyncBuffer{},
 		admin: "http://" + env["RELAY_ADMIN_ADDR"], hook: "http://" + env["RELAY_HTTP_ADDR"] + "/webhooks/polar"}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"serve"}, envFunc(env), p.logs) }()
@@ -84,21 +85,21 @@ func (p *relayProc) cli(t *testing.T, args ...string) (string, error) {
 
 // discarded delivers a paid order for a shop whose session does not exist
 // yet, waits for its job to be discarded, then writes the session.
-func (p *relayProc) discarded(t *testing.T, webhookID string) (shop, int64) {
+func (p *relayProc) discarded(t *testing.T, webhookID string) (testkit.Shop, int64) {
 	t.Helper()
-	s := seedShop(t, p.pool)
-	deliver(t, p.hook, testSecret, webhookID, paidOrder(t, s, "ord_"+webhookID))
+	s := testkit.SeedShop(t, p.pool, testkit.ShopOptions{LateSession: true})
+	deliver(t, p.hook, testSecret, webhookID, testkit.Event(t, "order.updated.paid.json", s.Sale("ord_"+webhookID), nil))
 	id := waitJob(t, p.pool, webhookID, "discarded")
-	if status, n := s.state(t, p.pool); status != "absent" || n != 0 {
+	if status, n := shopState(t, p.pool, s); status != "absent" || n != 0 {
 		t.Fatalf("before the session exists: session %s, %d bookings", status, n)
 	}
-	s.openSession(t, p.pool)
+	s.OpenSession(t, p.pool)
 	return s, id
 }
 
 // processedOnce checks the retried job completed on its second attempt and
 // the order was booked exactly once.
-func (p *relayProc) processedOnce(t *testing.T, s shop, webhookID string, jobID int64) {
+func (p *relayProc) processedOnce(t *testing.T, s testkit.Shop, webhookID string, jobID int64) {
 	t.Helper()
 	if got := waitJob(t, p.pool, webhookID, "completed"); got != jobID {
 		t.Fatalf("completed job of %s is %d, want the retried %d", webhookID, got, jobID)
@@ -110,7 +111,7 @@ func (p *relayProc) processedOnce(t *testing.T, s shop, webhookID string, jobID 
 	if attempt != 2 || jobs != 1 {
 		t.Errorf("%s: %d job(s), attempt %d; want one job on its second attempt", webhookID, jobs, attempt)
 	}
-	if status, n := s.state(t, p.pool); status != "completed" || n != 1 {
+	if status, n := shopState(t, p.pool, s); status != "completed" || n != 1 {
 		t.Errorf("%s after retry: session %s with %d bookings, want completed with exactly 1", webhookID, status, n)
 	}
 }
@@ -275,9 +276,8 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 			t.Errorf("inbox list: %v\n%s", err, out)
 		}
 
-		s := seedShop(t, p.pool)
-		s.openSession(t, p.pool)
-		deliver(t, p.hook, testSecret, "msg_replay", paidOrder(t, s, "ord_replay"))
+		s := testkit.SeedShop(t, p.pool, testkit.ShopOptions{})
+		deliver(t, p.hook, testSecret, "msg_replay", testkit.Event(t, "order.updated.paid.json", s.Sale("ord_replay"), nil))
 		first := waitJob(t, p.pool, "msg_replay", "completed")
 		out, err = p.cli(t, "inbox", "replay", "msg_replay")
 		if err != nil || !strings.Contains(out, "replaying msg_replay as job") {
@@ -292,7 +292,7 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 		if first == second || second == third {
 			t.Errorf("replays reused jobs: %d, %d, %d", first, second, third)
 		}
-		if status, n := s.state(t, p.pool); status != "completed" || n != 1 {
+		if status, n := shopState(t, p.pool, s); status != "completed" || n != 1 {
 			t.Errorf("after two replays: session %s with %d bookings, want completed with exactly 1", status, n)
 		}
 

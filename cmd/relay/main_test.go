@@ -8,42 +8,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/internal/testkit"
 )
-
-// syncBuffer collects a goroutine's output for the test to read.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 func envFunc(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
@@ -54,8 +26,8 @@ func TestServeSendAndShutDown(t *testing.T) {
 	env := map[string]string{
 		"DATABASE_URL":         dbURL,
 		"POLAR_WEBHOOK_SECRET": "polar_whs_old, whsec_rotatedSecretThatIsNotBase64AtAll0123456",
-		"RELAY_HTTP_ADDR":      freeAddr(t),
-		"RELAY_ADMIN_ADDR":     freeAddr(t),
+		"RELAY_HTTP_ADDR":      testkit.FreeAddr(t),
+		"RELAY_ADMIN_ADDR":     testkit.FreeAddr(t),
 		"LOG_FORMAT":           "text",
 	}
 	ctx := context.Background()
@@ -70,7 +42,7 @@ func TestServeSendAndShutDown(t *testing.T) {
 
 	serveCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(serveCtx, []string{"serve"}, envFunc(env), logs) }()
 
@@ -212,8 +184,8 @@ func TestServeRefusesToStartHalfConfigured(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			tc.env["RELAY_HTTP_ADDR"] = freeAddr(t)
-			tc.env["RELAY_ADMIN_ADDR"] = freeAddr(t)
+			tc.env["RELAY_HTTP_ADDR"] = testkit.FreeAddr(t)
+			tc.env["RELAY_ADMIN_ADDR"] = testkit.FreeAddr(t)
 			err := run(ctx, []string{"serve"}, envFunc(tc.env), io.Discard)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("serve: %v, want an error mentioning %q", err, tc.want)
@@ -248,8 +220,8 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 	env := map[string]string{
 		"DATABASE_URL":              dbURL,
 		"POLAR_WEBHOOK_SECRET":      "polar_whs_slow",
-		"RELAY_HTTP_ADDR":           freeAddr(t),
-		"RELAY_ADMIN_ADDR":          freeAddr(t),
+		"RELAY_HTTP_ADDR":           testkit.FreeAddr(t),
+		"RELAY_ADMIN_ADDR":          testkit.FreeAddr(t),
 		"RELAY_READ_HEADER_TIMEOUT": "300ms",
 		"RELAY_READ_TIMEOUT":        "600ms",
 	}

@@ -1,0 +1,195 @@
+// Package testkit holds what relay's tests across packages share: Polar
+// payloads pointed at storefront data, a seeded storefront, and small
+// helpers for tests that run servers and processes.
+package testkit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relayhq/relay/polar"
+)
+
+// SyncBuffer collects the output of a goroutine or a process for a test to
+// read while it is still being written.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// RepoRoot is the repository's root directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Fixture returns a Polar payload from testdata/events.
+func Fixture(tb testing.TB, name string) []byte {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join(RepoRoot(), "testdata", "events", name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// Sale names what a storefront sale's Polar events refer to.
+type Sale struct {
+	Workspace, Session, PolarCheckout, Order string
+}
+
+// Event loads a Polar fixture and points it at sale: the storefront metadata,
+// the order's and checkout's ids; edit may change the data further.
+func Event(tb testing.TB, fixture string, sale Sale, edit func(data map[string]any)) []byte {
+	tb.Helper()
+	var env map[string]any
+	if err := json.Unmarshal(Fixture(tb, fixture), &env); err != nil {
+		tb.Fatal(err)
+	}
+	data := env["data"].(map[string]any)
+	if md, ok := data["metadata"].(map[string]any); ok && md["kind"] != nil {
+		md["checkoutId"], md["wsId"] = sale.Session, sale.Workspace
+	}
+	switch {
+	case strings.HasPrefix(fixture, "order."):
+		data["id"], data["checkout_id"] = sale.Order, sale.PolarCheckout
+	case strings.HasPrefix(fixture, "checkout."):
+		data["id"] = sale.PolarCheckout
+	case strings.HasPrefix(fixture, "refund."):
+		data["order_id"] = sale.Order
+	}
+	if edit != nil {
+		edit(data)
+	}
+	b, err := json.Marshal(env)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// Shop is a storefront workspace with a wallet, a finance category, products
+// and a reserved checkout session of two lines totalling 4950 USD.
+type Shop struct {
+	WS, Wallet, Category, Product, Session, PolarCheckout string
+	second                                                string // the second line's product
+}
+
+// ShopOptions vary a Shop.
+type ShopOptions struct {
+	NoWallet       bool   // no default wallet setting
+	WalletCurrency string // default "USD"
+	MixedCategory  bool   // the second line's product has another category
+	LateSession    bool   // the session id is chosen but the session not written: OpenSession does
+}
+
+// SeedShop writes a Shop.
+func SeedShop(tb testing.TB, pool *pgxpool.Pool, o ShopOptions) Shop {
+	tb.Helper()
+	if o.WalletCurrency == "" {
+		o.WalletCurrency = "USD"
+	}
+	q := func(sql string, args ...any) string {
+		tb.Helper()
+		var id string
+		if err := pool.QueryRow(context.Background(), sql, args...).Scan(&id); err != nil {
+			tb.Fatalf("seed: %s: %v", sql, err)
+		}
+		return id
+	}
+	s := Shop{PolarCheckout: fmt.Sprintf("chk_%d", time.Now().UnixNano())}
+	s.WS = q(`INSERT INTO workspaces (name) VALUES ('Demo shop') RETURNING id::text`)
+	s.Wallet = q(`INSERT INTO workspace_wallets (ws_id, name, currency) VALUES ($1, 'Main', $2) RETURNING id::text`, s.WS, o.WalletCurrency)
+	if !o.NoWallet {
+		q(`INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2) RETURNING id`, s.WS, s.Wallet)
+	}
+	s.Category = q(`INSERT INTO transaction_categories (ws_id, name) VALUES ($1, 'Sales') RETURNING id::text`, s.WS)
+	s.Product = q(`INSERT INTO workspace_products (ws_id, name, finance_category_id) VALUES ($1, 'Ceramic mug', $2) RETURNING id::text`, s.WS, s.Category)
+	s.second = s.Product
+	if o.MixedCategory {
+		other := q(`INSERT INTO transaction_categories (ws_id, name) VALUES ($1, 'Other') RETURNING id::text`, s.WS)
+		s.second = q(`INSERT INTO workspace_products (ws_id, name, finance_category_id) VALUES ($1, 'Tea', $2) RETURNING id::text`, s.WS, other)
+	}
+	s.Session = q(`SELECT gen_random_uuid()::text`)
+	if !o.LateSession {
+		s.OpenSession(tb, pool)
+	}
+	return s
+}
+
+// OpenSession writes the shop's reserved checkout session and its lines, as
+// the storefront does before sending the shopper to Polar.
+func (s Shop) OpenSession(tb testing.TB, pool *pgxpool.Pool) {
+	tb.Helper()
+	if _, err := pool.Exec(context.Background(), `
+		WITH session AS (
+			INSERT INTO inventory_checkout_sessions (id, ws_id, status, total_amount, currency, polar_checkout_id)
+			VALUES ($1, $2, 'reserved', 4950, 'usd', $3) RETURNING id)
+		INSERT INTO inventory_checkout_lines (checkout_session_id, product_id, quantity, unit_amount)
+		SELECT id, p.product, p.quantity, 1650 FROM session, (VALUES ($4::uuid, 2), ($5::uuid, 1)) AS p(product, quantity)`,
+		s.Session, s.WS, s.PolarCheckout, s.Product, s.second); err != nil {
+		tb.Fatalf("open checkout session: %v", err)
+	}
+}
+
+// Sale is the shop's session sold through Polar as order.
+func (s Shop) Sale(order string) Sale {
+	return Sale{Workspace: s.WS, Session: s.Session, PolarCheckout: s.PolarCheckout, Order: order}
+}
+
+// Post sends body to url signed with secret as Polar signs a delivery, and
+// returns the answer's status.
+func Post(client *http.Client, url, secret, webhookID string, body []byte) (int, error) {
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	for k, v := range polar.SignedHeaders(secret, webhookID, time.Now(), body) {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body) //nolint:errcheck // drained for reuse only
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
