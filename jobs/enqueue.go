@@ -17,28 +17,29 @@ import (
 // *river.Client[pgx.Tx] is one, and so is an insert-only client.
 type Inserter interface {
 	InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error)
-	InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error)
+	InsertManyFastTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) (int, error)
 }
 
 // EnqueueTx inserts the jobs that will process stored events, in the
-// caller's transaction, and sets each event's JobID.
+// caller's transaction. It uses River's COPY-based insert: the jobs are not
+// unique, so nothing can conflict, and their ids are not needed here (the
+// inbox row learns its job from the job itself).
 func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inbox.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
 	params := make([]river.InsertManyParams, len(events))
 	for i, e := range events {
-		params[i].Args = EventArgs{InboxID: e.ID, WebhookID: e.WebhookID, EventType: e.EventType}
+		params[i].Args = argsFor(e)
 	}
-	res, err := inserter.InsertManyTx(ctx, tx, params)
-	if err != nil {
+	if _, err := inserter.InsertManyFastTx(ctx, tx, params); err != nil {
 		return fmt.Errorf("insert %d jobs: %w", len(events), err)
 	}
-	for i, e := range events {
-		id := res[i].Job.ID
-		e.JobID = &id
-	}
 	return nil
+}
+
+func argsFor(e *inbox.Event) EventArgs {
+	return EventArgs{InboxID: e.ID, WebhookID: e.WebhookID, EventType: e.EventType}
 }
 
 // Replay enqueues a new job for a stored event, as an admin does after
@@ -54,10 +55,11 @@ func Replay(ctx context.Context, pool *pgxpool.Pool, inserter Inserter, webhookI
 		if !polar.Handled(event.EventType) {
 			return fmt.Errorf("replay %q: relay does not act on %q events", webhookID, event.EventType)
 		}
-		if err := EnqueueTx(ctx, tx, inserter, event); err != nil {
-			return err
+		res, err := inserter.InsertTx(ctx, tx, argsFor(event), nil)
+		if err != nil {
+			return fmt.Errorf("insert job: %w", err)
 		}
-		jobID = *event.JobID
+		jobID = res.Job.ID
 		return inbox.SetPending(ctx, tx, event.ID, jobID)
 	})
 	if err != nil {

@@ -463,3 +463,24 @@ func TestImpossibleAmountsAreRefused(t *testing.T) {
 		t.Errorf("refused counter = %v, want 4", v)
 	}
 }
+
+func TestLatePendingAfterPaidChangesNothing(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	sys.send(t, "msg_paid", event(t, "order.paid.json", s, "ord_late", nil))
+	sys.waitJobs(t, "msg_paid")
+	before := session(t, pool, s)
+
+	// Polar's retry of the older order.created arrives last.
+	sys.send(t, "msg_created", event(t, "order.created.pending.json", s, "ord_late", nil))
+	sys.waitJobs(t, "msg_created")
+	after := session(t, pool, s)
+	if after.status != "completed" || after.polarStatus != "paid" || after.txID == nil ||
+		*after.txID != *before.txID || !after.completedAt.Equal(*before.completedAt) {
+		t.Fatalf("after a late pending event: %+v, want it as before: %+v", after, before)
+	}
+	if b := bookings(t, pool, s); len(b) != 1 {
+		t.Fatalf("bookings = %+v, want one", b)
+	}
+}
