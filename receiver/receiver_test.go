@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -678,5 +679,85 @@ func TestBadInputClasses(t *testing.T) {
 		r.Header.Set(polar.HeaderSignature, polar.Sign(secret, "msg_replayed_late", ts, paid))
 	}); code != http.StatusUnauthorized {
 		t.Fatalf("replay past tolerance: %d, want 401", code)
+	}
+}
+
+// TestBadInputLeavesNothingBehind sends a few hundred bad requests of every
+// kind: afterwards no goroutine of theirs may remain and the heap must be
+// back near where it was.
+func TestBadInputLeavesNothingBehind(t *testing.T) {
+	h := newHarness(t, setup{opts: receiver.Options{MaxBodyBytes: 4 << 10}})
+	client := &http.Client{Transport: &http.Transport{}}
+	paid := fixture(t, "order.paid.json")
+	bad := []func(*http.Request){
+		func(r *http.Request) { r.Header.Del(polar.HeaderSignature) },
+		func(r *http.Request) { r.Header.Set(polar.HeaderSignature, "v1,garbage") },
+		func(r *http.Request) { r.Header.Set(polar.HeaderTimestamp, "0") },
+		func(r *http.Request) { r.Method = http.MethodPut },
+		func(r *http.Request) {
+			r.Body = io.NopCloser(bytes.NewReader(bytes.Repeat([]byte("x"), 8<<10)))
+			r.ContentLength = -1
+		},
+	}
+	send := func(i int) {
+		req, _ := http.NewRequest(http.MethodPost, h.srv.URL, bytes.NewReader(paid))
+		for k, v := range polar.SignedHeaders(secret, fmt.Sprintf("msg_leak_%d", i), time.Now(), paid) {
+			req.Header[k] = v
+		}
+		bad[i%len(bad)](req)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Fatalf("request %d: status %d, want an error", i, resp.StatusCode)
+		}
+	}
+	send(0) // warm up what stays: the server's and client's connection goroutines
+	client.CloseIdleConnections()
+	h.srv.CloseClientConnections()
+	settle := func() (int, uint64) {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return runtime.NumGoroutine(), m.HeapAlloc
+	}
+	waitGoroutines := func(limit int) int {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			n, _ := settle()
+			if n <= limit || time.Now().After(deadline) {
+				return n
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// The count settles as the closed connections' goroutines exit.
+	baseGoroutines, _ := settle()
+	for range 100 {
+		time.Sleep(10 * time.Millisecond)
+		n, _ := settle()
+		if n == baseGoroutines {
+			break
+		}
+		baseGoroutines = n
+	}
+	_, baseHeap := settle()
+
+	for i := range 500 {
+		send(i)
+	}
+	client.CloseIdleConnections()
+	h.srv.CloseClientConnections()
+	if n := waitGoroutines(baseGoroutines); n > baseGoroutines {
+		t.Errorf("%d goroutines after 500 bad requests, %d before", n, baseGoroutines)
+	}
+	if _, heap := settle(); heap > baseHeap+8<<20 {
+		t.Errorf("heap grew from %d to %d bytes over 500 bad requests", baseHeap, heap)
+	}
+	if rows, _ := h.totals(t); rows != 0 {
+		t.Errorf("stored %d rows, want none", rows)
 	}
 }
