@@ -4,9 +4,12 @@ package migrations
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"embed"
+	"encoding/hex"
 	"fmt"
+	"io/fs"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -51,6 +54,19 @@ func Up(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("migrate: relay schema: %w", err)
 	}
 	return nil
+}
+
+// Fingerprint identifies this set of relay migrations, so that a database
+// migrated with another set is not mistaken for this one (test templates).
+func Fingerprint() string {
+	h := sha256.New()
+	entries, _ := fs.ReadDir(files, ".") // embedded: cannot fail
+	for _, e := range entries {
+		b, _ := files.ReadFile(e.Name())
+		fmt.Fprintf(h, "%s %d\n", e.Name(), len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // Pending reports whether any of relay's or River's migrations is not applied.

@@ -20,7 +20,9 @@ import (
 	"github.com/relayhq/relay/migrations"
 )
 
-const templateName = "relay_test_template"
+// templateName is per set of migrations: a server reused across changes to
+// them never hands out a stale schema.
+var templateName = "relay_test_template_" + migrations.Fingerprint()
 
 var templateOnce struct {
 	sync.Once
