@@ -106,14 +106,20 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// subFlags returns a subcommand's flag set, printing usage to stdout.
+func subFlags(name, usage string, stdout io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() { fmt.Fprint(stdout, usage); fs.PrintDefaults() }
+	return fs
+}
+
 func jobsCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	sub, rest, err := subcommand(args, jobsUsage, stdout)
 	if sub == "" {
 		return err
 	}
-	fs := flag.NewFlagSet("jobs "+sub, flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	fs.Usage = func() { fmt.Fprint(stdout, jobsUsage); fs.PrintDefaults() }
+	fs := subFlags("jobs "+sub, jobsUsage, stdout)
 	var (
 		state, kind string
 		limit       int
@@ -254,9 +260,7 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 	if sub == "" {
 		return err
 	}
-	fs := flag.NewFlagSet("inbox "+sub, flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	fs.Usage = func() { fmt.Fprint(stdout, inboxUsage); fs.PrintDefaults() }
+	fs := subFlags("inbox "+sub, inboxUsage, stdout)
 	var (
 		status, eventType string
 		limit             int
