@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/jobs"
@@ -56,27 +55,11 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	for range o.clients {
 		workers := river.NewWorkers()
 		river.AddWorker(workers, jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond}))
-		client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
-			Logger:            logger,
-			MaxAttempts:       o.maxAttempts,
-			Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
-			Workers:           workers,
-			FetchPollInterval: 50 * time.Millisecond,
-			FetchCooldown:     5 * time.Millisecond,
-			TestOnly:          true,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := client.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := client.Stop(ctx); err != nil {
-				t.Errorf("stop river client: %v", err)
-			}
+		client := testkit.StartRiver(t, pool, &river.Config{
+			Logger:      logger,
+			MaxAttempts: o.maxAttempts,
+			Queues:      map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
+			Workers:     workers,
 		})
 		s.clients = append(s.clients, client)
 	}

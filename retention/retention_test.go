@@ -10,9 +10,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/retention"
 )
 
@@ -121,25 +121,11 @@ func TestPeriodicJobRunsOnStart(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	workers := river.NewWorkers()
 	river.AddWorker(workers, retention.NewWorker(pool, retention.Options{Keep: 30 * day, Logger: logger}))
-	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
-		Logger:            logger,
-		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 2}},
-		Workers:           workers,
-		PeriodicJobs:      []*river.PeriodicJob{retention.PeriodicJob()},
-		FetchPollInterval: 50 * time.Millisecond,
-		FetchCooldown:     5 * time.Millisecond,
-		TestOnly:          true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := client.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		client.Stop(ctx) //nolint:errcheck
+	testkit.StartRiver(t, pool, &river.Config{
+		Logger:       logger,
+		Queues:       map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 2}},
+		Workers:      workers,
+		PeriodicJobs: []*river.PeriodicJob{retention.PeriodicJob()},
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for !equal(remaining(t, pool), kept) {

@@ -5,6 +5,7 @@ package testkit
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,7 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/relayhq/relay/polar"
 )
@@ -192,4 +196,28 @@ func Post(client *http.Client, url, secret, webhookID string, body []byte) (int,
 	io.Copy(io.Discard, resp.Body) //nolint:errcheck // drained for reuse only
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// StartRiver starts a River client that works the queue as cfg says, polling
+// fast as tests want, and stops it when tb ends.
+func StartRiver(tb testing.TB, pool *pgxpool.Pool, cfg *river.Config) *river.Client[pgx.Tx] {
+	tb.Helper()
+	cfg.FetchPollInterval = cmp.Or(cfg.FetchPollInterval, 50*time.Millisecond)
+	cfg.FetchCooldown = cmp.Or(cfg.FetchCooldown, 5*time.Millisecond)
+	cfg.TestOnly = true
+	client, err := river.NewClient(riverpgxv5.New(pool), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := client.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := client.Stop(ctx); err != nil {
+			tb.Errorf("stop river client: %v", err)
+		}
+	})
+	return client
 }
