@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -39,7 +38,7 @@ func TestOperatorSurface(t *testing.T) {
 	promBin := prometheusBinary(t)
 	bin := buildRelay(t, root)
 	dbURL := testdb.New(t)
-	httpAddr, adminAddr := freeAddr(t), freeAddr(t)
+	httpAddr, adminAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	env := append(os.Environ(),
 		"DATABASE_URL="+dbURL,
 		"POLAR_WEBHOOK_SECRET="+secret,
@@ -203,16 +202,6 @@ func buildRelay(t *testing.T, root string) string {
 		t.Fatalf("go build ./cmd/relay: %v\n%s", err, out)
 	}
 	return bin
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func readFile(t *testing.T, path string) []byte {
@@ -380,7 +369,7 @@ scrape_configs:
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	proc := startProcess(t, "prometheus", os.Environ(), bin,
 		"--config.file="+configPath,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
