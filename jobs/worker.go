@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/ledger"
@@ -78,35 +79,39 @@ type applied struct {
 	note      string // short, no PII: stored on the inbox row and logged
 	sessionID string
 	bookings  []string // ledger results to count
+	hookTime  time.Time
+}
+
+// process applies one stored event in tx and marks its inbox row processed
+// by job jobID.
+func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, webhookID string, jobID int64) (applied, error) {
+	event, err := inbox.GetStored(ctx, tx, webhookID)
+	if err != nil {
+		return applied{}, err
+	}
+	res, err := w.apply(ctx, tx, event)
+	if err != nil {
+		return applied{}, err
+	}
+	res.hookTime = event.WebhookTimestamp
+	if err := inbox.MarkProcessed(ctx, tx, event.ID, jobID, res.note); err != nil {
+		return applied{}, err
+	}
+	return res, nil
 }
 
 // Work applies the event and completes the job in one transaction.
 func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error {
 	start := time.Now()
-	label := polar.LabelFor(job.Args.EventType)
-	var (
-		res       applied
-		hookTime  time.Time
-		errResult = ResultError
-	)
-	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-		event, err := inbox.GetStored(ctx, tx, job.Args.WebhookID)
-		if err != nil {
+	var res applied
+	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) (err error) {
+		if res, err = w.process(ctx, tx, job.Args.WebhookID, job.ID); err != nil {
 			return err
 		}
-		hookTime = event.WebhookTimestamp
-		if res, err = w.apply(ctx, tx, event); err != nil {
-			return err
-		}
-		if err := inbox.MarkProcessed(ctx, tx, event.ID, job.ID, res.note); err != nil {
-			return err
-		}
-		if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
-			return fmt.Errorf("complete job %d: %w", job.ID, err)
-		}
-		return nil
+		return completeTx(ctx, tx, job)
 	})
 
+	errResult := ResultError
 	switch {
 	case err == nil:
 	case errors.Is(err, ledger.ErrSessionNotFound):
@@ -115,17 +120,38 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 			errResult = ResultDiscarded
 		}
 		err = fmt.Errorf("no checkout session yet for this storefront order (attempt %d of %d): %w", job.Attempt, job.MaxAttempts, err)
-	case errors.Is(err, ledger.ErrWorkspaceMismatch), errors.Is(err, ledger.ErrInvalidInput),
-		errors.Is(err, errMalformed), errors.Is(err, inbox.ErrNotFound):
+	case permanent(err):
 		errResult = ResultRefused
 		err = river.JobCancel(err)
 	}
+	w.report(ctx, job.JobRow, job.Args, res, time.Since(start), errResult, err)
+	if err != nil {
+		return fmt.Errorf("process webhook %s: %w", job.Args.WebhookID, err)
+	}
+	return nil
+}
 
-	elapsed := time.Since(start)
+// permanent reports whether an event can never apply, however often retried.
+func permanent(err error) bool {
+	return errors.Is(err, ledger.ErrWorkspaceMismatch) || errors.Is(err, ledger.ErrInvalidInput) ||
+		errors.Is(err, errMalformed) || errors.Is(err, inbox.ErrNotFound)
+}
+
+// completeTx completes job in tx, with the effects of its work.
+func completeTx[T river.JobArgs](ctx context.Context, tx pgx.Tx, job *river.Job[T]) error {
+	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
+		return fmt.Errorf("complete job %d: %w", job.ID, err)
+	}
+	return nil
+}
+
+// report counts and logs one event's processing: what it applied, or why not.
+func (w *EventWorker) report(ctx context.Context, job *rivertype.JobRow, ev EventArgs, res applied, elapsed time.Duration, errResult string, err error) {
+	label := polar.LabelFor(ev.EventType)
 	w.metrics.duration.WithLabelValues(label).Observe(elapsed.Seconds())
 	attrs := []slog.Attr{
 		slog.Int64("job_id", job.ID),
-		slog.String("webhook_id", job.Args.WebhookID),
+		slog.String("webhook_id", ev.WebhookID),
 		slog.String("event_type", label),
 		slog.Int("attempt", job.Attempt),
 		slog.Duration("duration", elapsed),
@@ -134,11 +160,11 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		w.metrics.processed.WithLabelValues(label, errResult).Inc()
 		w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "event not processed",
 			append(attrs, slog.String("result", errResult), slog.String("error", err.Error()))...)
-		return fmt.Errorf("process webhook %s: %w", job.Args.WebhookID, err)
+		return
 	}
 	w.metrics.processed.WithLabelValues(label, res.result).Inc()
-	if !hookTime.IsZero() {
-		w.metrics.lag.WithLabelValues(label).Observe(time.Since(hookTime).Seconds())
+	if !res.hookTime.IsZero() {
+		w.metrics.lag.WithLabelValues(label).Observe(time.Since(res.hookTime).Seconds())
 	}
 	for _, b := range res.bookings {
 		w.metrics.bookings.WithLabelValues(b).Inc()
@@ -151,7 +177,6 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		attrs = append(attrs, slog.String("note", res.note))
 	}
 	w.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "event processed", attrs...)
-	return nil
 }
 
 // errMalformed marks event data that can never be applied.
