@@ -69,8 +69,12 @@ func jobFromRow(r *rivertype.JobRow) Job {
 		j.LastError = r.Errors[len(r.Errors)-1].Error
 	}
 	var args jobs.EventArgs
-	if r.Kind == (jobs.EventArgs{}).Kind() && json.Unmarshal(r.EncodedArgs, &args) == nil {
+	var batch jobs.EventBatchArgs
+	switch {
+	case r.Kind == args.Kind() && json.Unmarshal(r.EncodedArgs, &args) == nil:
 		j.WebhookID, j.EventType = args.WebhookID, args.EventType
+	case r.Kind == batch.Kind() && json.Unmarshal(r.EncodedArgs, &batch) == nil && len(batch.Events) > 0:
+		j.WebhookID = fmt.Sprintf("%s (+%d more)", batch.Events[0].WebhookID, len(batch.Events)-1)
 	}
 	return j
 }

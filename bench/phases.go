@@ -321,7 +321,7 @@ func processRun(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMete
 		return nil, fmt.Errorf("lag: %w", err)
 	}
 	res.LagFromHook = time.Duration(hookP99 * float64(time.Second))
-	rows, err := pool.Query(ctx, `SELECT state::text, count(*) FROM river_job WHERE kind = 'polar_event' GROUP BY 1 ORDER BY 1`)
+	rows, err := pool.Query(ctx, `SELECT state::text, count(*) FROM river_job WHERE kind IN ('polar_event', 'polar_event_batch') GROUP BY 1 ORDER BY 1`)
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +336,7 @@ func processRun(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMete
 		states = append(states, fmt.Sprintf("%s %d", s, n))
 	}
 	rows.Close()
-	res.JobStates = "polar_event jobs: " + strings.Join(states, ", ")
+	res.JobStates = "polar_event and polar_event_batch jobs: " + strings.Join(states, ", ")
 	// Where a job's time goes: waiting to be fetched, then being worked.
 	var wait50, wait99, work50, work99 float64
 	if err := pool.QueryRow(ctx, `
@@ -344,7 +344,7 @@ func processRun(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMete
 		       coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY k), 0), coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY k), 0)
 		FROM (SELECT extract(epoch FROM attempted_at - created_at)::float8 AS w,
 		             extract(epoch FROM finalized_at - attempted_at)::float8 AS k
-		      FROM river_job WHERE kind = 'polar_event' AND state = 'completed') x`).Scan(&wait50, &wait99, &work50, &work99); err != nil {
+		      FROM river_job WHERE kind IN ('polar_event', 'polar_event_batch') AND state = 'completed') x`).Scan(&wait50, &wait99, &work50, &work99); err != nil {
 		return nil, fmt.Errorf("job timings: %w", err)
 	}
 	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }

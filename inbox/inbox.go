@@ -98,10 +98,13 @@ func Insert(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
 
 // columns reads a row. Its job is recorded when the job processes it (or a
 // replay makes a new one); until then it is found by the webhook id in the
-// job's arguments, so that storing a webhook costs no second write.
+// job's arguments, its own or a batch's, so that storing a webhook costs no
+// second write.
 const columns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
 	received_at, processed_at, body,
-	coalesce(job_id, (SELECT max(j.id) FROM river_job j WHERE j.args @> jsonb_build_object('webhook_id', webhook_id))),
+	coalesce(job_id, (SELECT max(j.id) FROM river_job j
+		WHERE j.args @> jsonb_build_object('webhook_id', webhook_id)
+		   OR j.args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', webhook_id))))),
 	error`
 
 // storedColumns reads a row as stored, without looking for its job.

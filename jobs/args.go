@@ -12,3 +12,13 @@ type EventArgs struct {
 
 // Kind is the River job kind of EventArgs.
 func (EventArgs) Kind() string { return "polar_event" }
+
+// EventBatchArgs asks for several stored webhooks, committed together by the
+// receiver, to be processed in one transaction. Under load this spares River
+// an insert, a fetch and a completion per event.
+type EventBatchArgs struct {
+	Events []EventArgs `json:"events"`
+}
+
+// Kind is the River job kind of EventBatchArgs.
+func (EventBatchArgs) Kind() string { return "polar_event_batch" }

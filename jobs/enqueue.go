@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -20,20 +21,33 @@ type Inserter interface {
 	InsertManyFastTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) (int, error)
 }
 
+// maxBatchJob bounds the events of one batch job: the more sessions one
+// transaction locks, the likelier it waits on, or deadlocks with, another.
+const maxBatchJob = 32
+
 // EnqueueTx inserts the jobs that will process stored events, in the
-// caller's transaction. It uses River's COPY-based insert: the jobs are not
-// unique, so nothing can conflict, and their ids are not needed here (the
-// inbox row learns its job from the job itself).
+// caller's transaction: one job for a single event, one batch job per
+// maxBatchJob events committed together. It uses River's COPY-based insert:
+// the jobs are not unique, so nothing can conflict, and their ids are not
+// needed here (an inbox row learns its job from the job that processes it).
 func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inbox.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	params := make([]river.InsertManyParams, len(events))
-	for i, e := range events {
-		params[i].Args = argsFor(e)
+	var params []river.InsertManyParams
+	for chunk := range slices.Chunk(events, maxBatchJob) {
+		if len(chunk) == 1 {
+			params = append(params, river.InsertManyParams{Args: argsFor(chunk[0])})
+			continue
+		}
+		batch := EventBatchArgs{Events: make([]EventArgs, len(chunk))}
+		for i, e := range chunk {
+			batch.Events[i] = argsFor(e)
+		}
+		params = append(params, river.InsertManyParams{Args: batch})
 	}
 	if _, err := inserter.InsertManyFastTx(ctx, tx, params); err != nil {
-		return fmt.Errorf("insert %d jobs: %w", len(events), err)
+		return fmt.Errorf("insert jobs for %d events: %w", len(events), err)
 	}
 	return nil
 }

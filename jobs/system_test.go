@@ -54,7 +54,9 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	}
 	for range o.clients {
 		workers := river.NewWorkers()
-		river.AddWorker(workers, jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond}))
+		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond})
+		river.AddWorker(workers, eventWorker)
+		river.AddWorker(workers, jobs.NewBatchWorker(eventWorker))
 		client := testkit.StartRiver(t, pool, &river.Config{
 			Logger:      logger,
 			MaxAttempts: o.maxAttempts,
@@ -93,34 +95,25 @@ func (s *system) post(t *testing.T, webhookID string, body []byte) int {
 	return code
 }
 
-// waitJobs polls until every job of the webhook ids is in a final state
-// (completed, discarded or cancelled) and returns those states by webhook id.
+// waitJobs polls until the newest job of each webhook id, its own or a
+// batch's, is in a final state (completed, discarded or cancelled) and
+// returns those states by webhook id.
 func (s *system) waitJobs(t *testing.T, webhookIDs ...string) map[string]string {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		states := map[string]string{}
-		rows, err := s.pool.Query(context.Background(), `
-			SELECT args->>'webhook_id', state::text FROM river_job
-			WHERE args->>'webhook_id' = ANY($1) ORDER BY id`, webhookIDs)
-		if err != nil {
-			t.Fatal(err)
-		}
 		final := true
-		for rows.Next() {
-			var id, state string
-			if err := rows.Scan(&id, &state); err != nil {
-				t.Fatal(err)
+		for id := range uniq(webhookIDs) {
+			_, state, ok := testkit.JobOf(t, s.pool, id)
+			if ok {
+				states[id] = state
 			}
-			states[id] = state
 			if state != "completed" && state != "discarded" && state != "cancelled" {
 				final = false
 			}
 		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		if final && len(states) == len(uniq(webhookIDs)) {
+		if final {
 			return states
 		}
 		if time.Now().After(deadline) {

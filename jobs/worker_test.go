@@ -7,10 +7,15 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/polar"
 )
 
 func TestPaidOrderCompletesSessionAndBooksOnce(t *testing.T) {
@@ -96,12 +101,8 @@ func TestConcurrentDuplicatesAndAllOrderEventsBookOnce(t *testing.T) {
 			t.Errorf("job of %s: %s, want completed", id, state)
 		}
 	}
-	var jobs int
-	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM river_job`).Scan(&jobs); err != nil {
-		t.Fatal(err)
-	}
-	if jobs != 3 {
-		t.Errorf("%d jobs for 3 distinct deliveries sent 50 times each, want 3", jobs)
+	if n := testkit.EnqueuedEvents(t, pool); n != 3 {
+		t.Errorf("jobs carry %d events for 3 distinct deliveries sent 50 times each, want 3", n)
 	}
 	if b := bookings(t, pool, s); len(b) != 1 || b[0].amount != 4950 {
 		t.Fatalf("bookings = %+v, want exactly one of 4950", b)
@@ -482,5 +483,99 @@ func TestLatePendingAfterPaidChangesNothing(t *testing.T) {
 	}
 	if b := bookings(t, pool, s); len(b) != 1 {
 		t.Fatalf("bookings = %+v, want one", b)
+	}
+}
+
+// storeBatch stores events as the receiver's group commit does: inbox rows
+// and, for all of them, one batch job.
+func storeBatch(t *testing.T, sys *system, events map[string][]byte) {
+	t.Helper()
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, sys.pool, func(tx pgx.Tx) error {
+		var stored []*inbox.Event
+		for id, body := range events {
+			env, err := polar.ParseEnvelope(body)
+			if err != nil {
+				return err
+			}
+			stored = append(stored, &inbox.Event{WebhookID: id, EventType: env.Type, Status: inbox.StatusPending,
+				WebhookTimestamp: time.Now(), Body: body})
+		}
+		if _, err := inbox.Insert(ctx, tx, stored...); err != nil {
+			return err
+		}
+		return jobs.EnqueueTx(ctx, tx, sys.clients[0], stored...)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBatchJobAppliesEveryEventInOneTransaction(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	a := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	b := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	storeBatch(t, sys, map[string][]byte{
+		"msg_a_created": event(t, "order.created.pending.json", a, "ord_a", nil),
+		"msg_a_paid":    event(t, "order.paid.json", a, "ord_a", nil),
+		"msg_b_paid":    event(t, "order.updated.paid.json", b, "ord_b", nil),
+	})
+	var batchID int64
+	if err := pool.QueryRow(context.Background(), `SELECT id FROM river_job WHERE kind = 'polar_event_batch'`).Scan(&batchID); err != nil {
+		t.Fatalf("no batch job: %v", err)
+	}
+	for id, state := range sys.waitJobs(t, "msg_a_created", "msg_a_paid", "msg_b_paid") {
+		if state != "completed" {
+			t.Errorf("%s: %s, want completed", id, state)
+		}
+	}
+	var rows int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM webhook_inbox WHERE status = 'processed' AND job_id = $1`, batchID).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 3 {
+		t.Errorf("%d rows processed by the batch job, want 3", rows)
+	}
+	for _, s := range []testkit.Shop{a, b} {
+		if n := len(bookings(t, pool, s)); n != 1 {
+			t.Errorf("shop %s: %d bookings, want 1", s.WS, n)
+		}
+	}
+	if n := testkit.EnqueuedEvents(t, pool); n != 3 {
+		t.Errorf("jobs carry %d events, want 3: the batch did not split", n)
+	}
+}
+
+func TestBatchWithAFailingEventSplitsIntoSingleJobs(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{maxAttempts: 2})
+	good := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	late := testkit.SeedShop(t, pool, testkit.ShopOptions{LateSession: true})
+	other := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	storeBatch(t, sys, map[string][]byte{
+		"msg_good":  event(t, "order.paid.json", good, "ord_good", nil),
+		"msg_late":  event(t, "order.paid.json", late, "ord_late", nil),
+		"msg_cross": event(t, "order.paid.json", good, "ord_cross", func(d map[string]any) { d["metadata"].(map[string]any)["wsId"] = other.WS }),
+	})
+	states := sys.waitJobs(t, "msg_good", "msg_late", "msg_cross")
+	want := map[string]string{"msg_good": "completed", "msg_late": "discarded", "msg_cross": "cancelled"}
+	for id, w := range want {
+		if states[id] != w {
+			t.Errorf("%s: job %s, want %s (its own job after the batch split)", id, states[id], w)
+		}
+	}
+	if n := len(bookings(t, pool, good)); n != 1 {
+		t.Errorf("%d bookings for the good sale, want 1", n)
+	}
+	if n := len(bookings(t, pool, late)) + len(bookings(t, pool, other)); n != 0 {
+		t.Errorf("%d bookings for the failing events, want none", n)
+	}
+	var batchState string
+	if err := pool.QueryRow(context.Background(), `SELECT state::text FROM river_job WHERE kind = 'polar_event_batch'`).Scan(&batchState); err != nil {
+		t.Fatal(err)
+	}
+	if batchState != "completed" {
+		t.Errorf("batch job %s, want completed once split", batchState)
 	}
 }

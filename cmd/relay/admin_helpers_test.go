@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,22 +42,13 @@ func deliver(t *testing.T, url, secret, webhookID string, body []byte) {
 func waitJob(t *testing.T, pool *pgxpool.Pool, webhookID string, states ...string) int64 {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	var (
-		id    int64
-		state string
-	)
 	for {
-		err := pool.QueryRow(context.Background(), `SELECT id, state::text FROM river_job
-			WHERE args->>'webhook_id' = $1 ORDER BY id DESC LIMIT 1`, webhookID).Scan(&id, &state)
-		if err == nil {
-			for _, s := range states {
-				if state == s {
-					return id
-				}
-			}
+		id, state, ok := testkit.JobOf(t, pool, webhookID)
+		if ok && slices.Contains(states, state) {
+			return id
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("job of %s is %q (err %v) after 30s, want one of %v", webhookID, state, err, states)
+			t.Fatalf("job of %s is %q after 30s, want one of %v", webhookID, state, states)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

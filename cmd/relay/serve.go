@@ -166,9 +166,13 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 	}
 	if cfg.Role != roleReceiver {
 		workers := river.NewWorkers()
-		if err := river.AddWorkerSafely(workers, jobs.NewEventWorker(pool, jobMetrics, jobs.Options{
+		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{
 			Logger: logger, RetryBase: cfg.RetryBase, Timeout: cfg.JobTimeout,
-		})); err != nil {
+		})
+		if err := river.AddWorkerSafely(workers, eventWorker); err != nil {
+			return nil, fmt.Errorf("register workers: %w", err)
+		}
+		if err := river.AddWorkerSafely(workers, jobs.NewBatchWorker(eventWorker)); err != nil {
 			return nil, fmt.Errorf("register workers: %w", err)
 		}
 		if err := river.AddWorkerSafely(workers, retention.NewWorker(pool, retention.Options{Keep: cfg.InboxRetention, Logger: logger})); err != nil {

@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -220,4 +221,37 @@ func StartRiver(tb testing.TB, pool *pgxpool.Pool, cfg *river.Config) *river.Cli
 		}
 	})
 	return client
+}
+
+// jobOfWebhook finds the newest job that carries webhook id $1, alone or in
+// a batch.
+const jobOfWebhook = `SELECT id, state::text FROM river_job
+	WHERE args @> jsonb_build_object('webhook_id', $1::text)
+	   OR args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', $1::text)))
+	ORDER BY id DESC LIMIT 1`
+
+// JobOf returns the id and state of the newest job that carries webhookID,
+// alone or in a batch; ok is false when there is none.
+func JobOf(tb testing.TB, pool *pgxpool.Pool, webhookID string) (id int64, state string, ok bool) {
+	tb.Helper()
+	err := pool.QueryRow(context.Background(), jobOfWebhook, webhookID).Scan(&id, &state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, "", false
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return id, state, true
+}
+
+// EnqueuedEvents counts the events the jobs in river_job carry.
+func EnqueuedEvents(tb testing.TB, pool *pgxpool.Pool) int {
+	tb.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `
+		SELECT coalesce(sum(CASE WHEN kind = 'polar_event_batch' THEN jsonb_array_length(args->'events') ELSE 1 END), 0)
+		FROM river_job WHERE kind IN ('polar_event', 'polar_event_batch')`).Scan(&n); err != nil {
+		tb.Fatal(err)
+	}
+	return n
 }

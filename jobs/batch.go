@@ -1,0 +1,82 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+)
+
+// BatchWorker processes the events of an EventBatchArgs job in one
+// transaction with the job's completion. If any event cannot be applied
+// (its session is not there yet, it is refused, the database aborts on
+// it), nothing of the batch is kept: each event gets a job of its own
+// instead, with the retries, discards and refusals single events have.
+type BatchWorker struct {
+	river.WorkerDefaults[EventBatchArgs]
+	w *EventWorker
+}
+
+// NewBatchWorker returns the worker for EventBatchArgs; it applies events
+// as w does.
+func NewBatchWorker(w *EventWorker) *BatchWorker { return &BatchWorker{w: w} }
+
+// Timeout bounds one attempt.
+func (b *BatchWorker) Timeout(*river.Job[EventBatchArgs]) time.Duration { return b.w.opts.Timeout }
+
+// NextRetry backs off as for single events.
+func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
+	return b.w.NextRetry(&river.Job[EventArgs]{JobRow: job.JobRow})
+}
+
+// Work applies every event and completes the job, or hands each event a job
+// of its own.
+func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
+	start := time.Now()
+	results := make([]applied, len(job.Args.Events))
+	err := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
+		for i, ev := range job.Args.Events {
+			res, err := b.w.process(ctx, tx, ev.WebhookID, job.ID)
+			if err != nil {
+				return fmt.Errorf("webhook %s: %w", ev.WebhookID, err)
+			}
+			results[i] = res
+		}
+		return completeTx(ctx, tx, job)
+	})
+	if err == nil {
+		each := time.Since(start) / time.Duration(max(len(job.Args.Events), 1))
+		for i, ev := range job.Args.Events {
+			b.w.report(ctx, job.JobRow, ev, results[i], each, "", nil)
+		}
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("process batch of %d webhooks: %w", len(job.Args.Events), err)
+	}
+
+	split := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
+		client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
+		if err != nil {
+			return err
+		}
+		params := make([]river.InsertManyParams, len(job.Args.Events))
+		for i, ev := range job.Args.Events {
+			params[i].Args = ev
+		}
+		if _, err := client.InsertManyFastTx(ctx, tx, params); err != nil {
+			return fmt.Errorf("insert single jobs: %w", err)
+		}
+		return completeTx(ctx, tx, job)
+	})
+	if split != nil {
+		return fmt.Errorf("process batch of %d webhooks: %w", len(job.Args.Events), errors.Join(err, split))
+	}
+	b.w.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "batch split into single jobs",
+		slog.Int64("job_id", job.ID), slog.Int("events", len(job.Args.Events)), slog.String("reason", err.Error()))
+	return nil
+}
