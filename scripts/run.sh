@@ -15,6 +15,10 @@ if [ -z "${POLAR_WEBHOOK_SECRET:-}" ] && [ -z "${POLAR_WEBHOOK_SECRET_FILE:-}" ]
   export POLAR_WEBHOOK_SECRET=polar_whs_development_secret
   echo "relay: development webhook secret: $POLAR_WEBHOOK_SECRET"
 fi
+if [ -z "${RELAY_ADMIN_TOKEN:-}" ] && [ -z "${RELAY_ADMIN_USER:-}" ]; then
+  export RELAY_ADMIN_USER=admin RELAY_ADMIN_PASSWORD=relay-development
+  echo "relay: River UI at http://${RELAY_ADMIN_ADDR:-127.0.0.1:9091}/riverui/ (user admin, password relay-development)"
+fi
 export LOG_FORMAT=${LOG_FORMAT:-text}
 
 go build -o bin/relay ./cmd/relay
