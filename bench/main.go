@@ -22,26 +22,27 @@ import (
 )
 
 type options struct {
-	relayBin    string
-	pgbenchBin  string
-	dbURL       string
-	pgData      string
-	tmpDir      string
-	out         string
-	fixture     string
-	revision    string
-	concurrency int
-	pgbThreads  int
-	ceilingDur  time.Duration
-	closedDur   time.Duration
-	openDur     time.Duration
-	warmup      time.Duration
-	procRate    int
-	procDur     time.Duration
-	procWorkers int
-	sessions    int
-	workspaces  int
-	drainMax    time.Duration
+	relayBin         string
+	pgbenchBin       string
+	dbURL            string
+	pgData           string
+	tmpDir           string
+	out              string
+	fixture          string
+	revision         string
+	concurrency      int
+	pgbThreads       int
+	ceilingDur       time.Duration
+	closedDur        time.Duration
+	openDur          time.Duration
+	warmup           time.Duration
+	procRate         int
+	procCapacityRate int
+	procDur          time.Duration
+	procWorkers      int
+	sessions         int
+	workspaces       int
+	drainMax         time.Duration
 }
 
 func main() {
@@ -60,7 +61,8 @@ func main() {
 	flag.DurationVar(&o.closedDur, "closed-duration", 15*time.Second, "closed-loop run length")
 	flag.DurationVar(&o.openDur, "open-duration", 10*time.Second, "length of each open-loop rate")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured closed-loop warm-up after relay starts")
-	flag.IntVar(&o.procRate, "process-rate", 1250, "order events per second offered in the processing run: above the 1,000/s target, so that the rate measured is what relay sustains, not what was sent")
+	flag.IntVar(&o.procRate, "process-rate", 1000, "order events per second offered in the lag run (the 1,000/s target)")
+	flag.IntVar(&o.procCapacityRate, "process-capacity-rate", 1250, "order events per second offered in the capacity run: above the target, so that the rate measured is what relay sustains, not what was sent")
 	flag.DurationVar(&o.procDur, "process-duration", 10*time.Second, "sending time of the processing run")
 	flag.IntVar(&o.procWorkers, "process-workers", 50, "RELAY_WORKERS in the processing run")
 	flag.IntVar(&o.sessions, "sessions", 20000, "checkout sessions seeded for the processing run")
@@ -72,8 +74,8 @@ func main() {
 	if o.relayBin == "" || o.dbURL == "" {
 		log.Fatal("-relay and -db (or DATABASE_URL) are required")
 	}
-	if o.sessions < o.procRate*int(o.procDur/time.Second) {
-		o.sessions = o.procRate * int(o.procDur/time.Second)
+	if need := max(o.procRate, o.procCapacityRate) * int(o.procDur/time.Second); o.sessions < need {
+		o.sessions = need
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -206,7 +208,8 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	// 3. Processing: paid orders for seeded sessions, workers on.
+	// 3. Processing: paid orders for seeded sessions, workers on; once at
+	// the target rate for the lag, once above it for the rate sustained.
 	if err := resetTables(ctx, pool); err != nil {
 		return err
 	}
@@ -218,22 +221,27 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	if err := checkpoint(ctx, pool); err != nil {
-		return err
+	for _, rate := range []int{o.procRate, o.procCapacityRate} {
+		if err := resetSales(ctx, pool); err != nil {
+			return err
+		}
+		if err := resetTables(ctx, pool); err != nil {
+			return err
+		}
+		label := fmt.Sprintf("RELAY_WORKERS=%d, %d/s offered", o.procWorkers, rate)
+		r, err := startRelay(ctx, o, label, map[string]string{"RELAY_WORKERS": fmt.Sprint(o.procWorkers)})
+		if err != nil {
+			return err
+		}
+		proc, err := processRun(ctx, o, rate, pool, cpu, r, gen, sessions)
+		rss := r.peakRSS()
+		r.stop()
+		if err != nil {
+			return err
+		}
+		rep.Process = append(rep.Process, proc)
+		rep.rss(label, rss)
 	}
-	label := fmt.Sprintf("RELAY_WORKERS=%d", o.procWorkers)
-	r, err := startRelay(ctx, o, label, map[string]string{"RELAY_WORKERS": fmt.Sprint(o.procWorkers)})
-	if err != nil {
-		return err
-	}
-	proc, err := processRun(ctx, o, pool, cpu, r, gen, sessions)
-	rss := r.peakRSS()
-	r.stop()
-	if err != nil {
-		return err
-	}
-	rep.Process = proc
-	rep.rss(label, rss)
 
 	rep.Finished = time.Now()
 	md := rep.markdown()

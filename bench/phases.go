@@ -159,6 +159,7 @@ func pgbenchLatencies(prefix string) ([]time.Duration, error) {
 
 // processResult is the end-to-end run: paid orders in, bookings out.
 type processResult struct {
+	Offered       int // events per second sent
 	Workers       int
 	Sessions      int
 	Ack           row     // the sending side
@@ -179,13 +180,13 @@ type processResult struct {
 	Work          [2]time.Duration // p50, p99: first attempt → completed
 }
 
-// processRun sends paid order events for seeded sessions at o.procRate and
+// processRun sends paid order events for seeded sessions at rate and
 // polls the database until every acked event has been booked.
-func processRun(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMeter, r *relayProc, gen *generator, sessions []session) (*processResult, error) {
+func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cpu *cpuMeter, r *relayProc, gen *generator, sessions []session) (*processResult, error) {
 	gen.reset(r.webhookURL)
 	gen.sessions = sessions
 	defer func() { gen.sessions = nil }()
-	res := &processResult{Workers: o.procWorkers, Sessions: len(sessions)}
+	res := &processResult{Workers: o.procWorkers, Sessions: len(sessions), Offered: rate}
 
 	const booked = `SELECT count(*) FROM inventory_checkout_sessions WHERE status = 'completed' AND finance_transaction_id IS NOT NULL`
 	type point struct {
@@ -249,8 +250,8 @@ func processRun(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMete
 		}
 	}()
 
-	log.Printf("processing run: %d paid orders/s for %s, RELAY_WORKERS=%d", o.procRate, o.procDur, o.procWorkers)
-	load, err := gen.open(ctx, float64(o.procRate), o.procDur, "process")
+	log.Printf("processing run: %d paid orders/s for %s, RELAY_WORKERS=%d", rate, o.procDur, o.procWorkers)
+	load, err := gen.open(ctx, float64(rate), o.procDur, "process")
 	if err != nil {
 		close(stopCh)
 		<-doneCh
@@ -270,8 +271,8 @@ func processRun(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMete
 	res.ProcessCPU, res.ProcessWALs = split(c0, c1), w1.sub(w0)
 	res.ProcessWindow = c1.at.Sub(c0.at).Seconds()
 	res.Ack = row{
-		Name: fmt.Sprintf("relay acks during processing (%d/s offered)", o.procRate), Rate: load.rate(),
-		Offered: float64(o.procRate), Count: load.ok,
+		Name: fmt.Sprintf("relay acks during processing (%d/s offered)", rate), Rate: load.rate(),
+		Offered: float64(rate), Count: load.ok,
 		P50: pct(load.lat, 0.50), P95: pct(load.lat, 0.95), P99: pct(load.lat, 0.99), Max: pct(load.lat, 1),
 		Errors: load.errors(), ErrorDetail: load.errorDetail(), Ratio: true,
 	}

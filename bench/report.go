@@ -22,7 +22,7 @@ type report struct {
 	RelayMax          float64 // relay closed loop, default pool
 	P99At50           time.Duration
 	P99At50Set        bool
-	Process           *processResult
+	Process           []*processResult // at the target rate, then above it
 	RSS               []rssEntry
 }
 
@@ -73,13 +73,11 @@ func (r *report) table() string {
 	for _, x := range r.Rows {
 		line(x)
 	}
-	if p := r.Process; p != nil {
+	for _, p := range r.Process {
 		line(p.Ack)
-		fmt.Fprintf(&b, "| processed end to end (RELAY_WORKERS=%d): %d/%d booked in %.1f s; lag received→processed | %.0f | %s | %s | %s | %s | %s | %s |\n",
-			p.Workers, p.Processed, p.Sent, p.Duration, p.Rate, r.ratio(p.Rate),
+		fmt.Fprintf(&b, "| processed end to end (RELAY_WORKERS=%d, %d/s offered): %d/%d booked in %.1f s; lag received→processed | %.0f | %s | %s | %s | %s | %s | %s |\n",
+			p.Workers, p.Offered, p.Processed, p.Sent, p.Duration, p.Rate, r.ratio(p.Rate),
 			msf(p.Lag[0]), msf(p.Lag[1]), msf(p.Lag[2]), msf(p.Lag[3]), p.JobStates)
-	}
-	if p := r.Process; p != nil {
 		fmt.Fprintf(&b, "| … of which waiting in River's queue (job created → attempted) | | | %s | | %s | | |\n", msf(p.QueueWait[0]), msf(p.QueueWait[1]))
 		fmt.Fprintf(&b, "| … and being worked (attempted → completed) | | | %s | | %s | | |\n", msf(p.Work[0]), msf(p.Work[1]))
 	}
@@ -114,10 +112,13 @@ func (r *report) targets() string {
 	if r.P99At50Set {
 		fmt.Fprintf(&b, "| p99 ack latency ≤ 25 ms at 50%% of max | %s ms | %s |\n", msf(r.P99At50), met(r.P99At50 <= 25*time.Millisecond))
 	}
-	if p := r.Process; p != nil {
-		ok := p.Rate >= 1000 && p.Lag[2] < 2*time.Second && p.Drained
-		fmt.Fprintf(&b, "| ≥ 1,000 order events/s processed end to end, lag p99 < 2 s | %.0f/s (%d of %d booked), lag p99 %s ms | %s |\n",
-			p.Rate, p.Processed, p.Sent, msf(p.Lag[2]), met(ok))
+	if len(r.Process) == 2 {
+		// The rate relay sustains is read where more is offered than that;
+		// the lag where the target rate is offered.
+		atTarget, capacity := r.Process[0], r.Process[1]
+		ok := capacity.Rate >= 1000 && capacity.Drained && atTarget.Lag[2] < 2*time.Second && atTarget.Drained
+		fmt.Fprintf(&b, "| ≥ 1,000 order events/s processed end to end, lag p99 < 2 s | %.0f/s sustained with %d/s offered (%d of %d booked); lag p99 %s ms with %d/s offered | %s |\n",
+			capacity.Rate, capacity.Offered, capacity.Processed, capacity.Sent, msf(atTarget.Lag[2]), atTarget.Offered, met(ok))
 	}
 	peak := r.peakRSS()
 	verdict = met(peak <= 150e6)
@@ -153,8 +154,8 @@ func (r *report) costs() string {
 		}
 		line(x.Name, x.CPU, x.WAL, x.Count, secs)
 	}
-	if p := r.Process; p != nil {
-		line(fmt.Sprintf("processing run (sending + draining, %.1f s; per tx = per event)", p.ProcessWindow),
+	for _, p := range r.Process {
+		line(fmt.Sprintf("processing run at %d/s (sending + draining, %.1f s; per tx = per event)", p.Offered, p.ProcessWindow),
 			p.ProcessCPU, p.ProcessWALs, p.Sent, p.ProcessWindow)
 	}
 	return b.String()
@@ -194,7 +195,7 @@ func (r *report) markdown() string {
 	b.WriteString("\n## Method\n\n")
 	b.WriteString(`- **Ceiling**: pgbench (` + "`-n -M prepared -j 2`" + `) runs bench/webhook_tx.sql, the receiver's transaction statement for statement as relay sends it (captured with log_statement=all): BEGIN; INSERT INTO webhook_inbox … ON CONFLICT (webhook_id) DO NOTHING RETURNING; River's JobInsertFastMany; River's PGNotifyMany for ~1% of transactions (River sends it at most every 100 ms per queue); COMMIT (the inbox row's job id is recorded later, by the worker). Same body bytes as the HTTP runs, unique webhook_id per transaction. It is also run at c=10, about the connections relay's receiver gets from its default pool (max(4, RELAY_WORKERS+10) = 11, one held by River's LISTEN). A diagnostic run of bench/inbox_only_tx.sql (the inbox insert alone, no River job or notify) shows what River's part of the transaction costs.
 - **Acks**: ` + "`relay serve`" + ` with LOG_LEVEL=warn, RELAY_WORKERS=1 and River's default queue paused beforehand (a producer reads the pause at start), so the receiver alone works; a 2 s unmeasured warm-up precedes each relay start's closed loop. Closed loop: N senders on keep-alive connections, each sending its next event when the last is answered. Open loop: constant rates of 25/50/75% of the closed-loop max, latency measured from each event's scheduled send time (no coordinated omission). Throughput counts 200s only; errors are non-200 answers plus transport errors. The closed loop is repeated with RELAY_DB_MAX_CONNS raised to see what the pool size costs.
-- **Processing**: sessions are seeded like jobs/system_test.go's seedShop (workspaces with a default wallet, a category, a product, reserved sessions of two lines with polar_checkout_id), spread over several workspaces; the queue is unpaused and relay restarted with the workers shown; paid order events are sent open loop and the database is polled every 200 ms for sessions completed with a booking. Rate = booked / (first send → last booking seen). Lag = processed_at − received_at in webhook_inbox (both database clock; processed_at is the worker transaction's start).
+- **Processing**: sessions are seeded like jobs/system_test.go's seedShop (workspaces with a default wallet, a category, a product, reserved sessions of two lines with polar_checkout_id), spread over several workspaces; the queue is unpaused and relay restarted with the workers shown; paid order events are sent open loop and the database is polled every 200 ms for sessions completed with a booking. It runs twice, each on freshly reset sessions: at the 1,000/s target, where the lag is read, and at 1,250/s, more than relay can take, where the rate read is what relay sustains rather than what was sent. Rate = booked / (first send → last booking seen). Lag = processed_at − received_at in webhook_inbox (both database clock; processed_at is the worker transaction's start).
 - **Memory**: VmHWM of the relay process at the end of each relay run.
 - Every run starts after TRUNCATE webhook_inbox, river_job, VACUUM ANALYZE and CHECKPOINT. track_wal_io_timing is switched on (diagnostic only). The load generator shares the machine with relay and PostgreSQL: its CPU is in the table above.
 `)
@@ -210,8 +211,10 @@ func (r *report) interference() string {
 			worst, name = x.CPU.Other, x.Name
 		}
 	}
-	if p := r.Process; p != nil && p.ProcessCPU.Other > worst {
-		worst, name = p.ProcessCPU.Other, "processing run"
+	for _, p := range r.Process {
+		if p.ProcessCPU.Other > worst {
+			worst, name = p.ProcessCPU.Other, fmt.Sprintf("processing run at %d/s", p.Offered)
+		}
 	}
 	if worst < 0.25 {
 		return ""

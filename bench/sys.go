@@ -418,6 +418,21 @@ func resetTables(ctx context.Context, pool *pgxpool.Pool) error {
 	return checkpoint(ctx, pool)
 }
 
+// resetSales puts every seeded session back to reserved and unbooked, so
+// that the next processing run starts from the same state.
+func resetSales(ctx context.Context, pool *pgxpool.Pool) error {
+	if _, err := pool.Exec(ctx, `
+		UPDATE inventory_checkout_sessions SET status = 'reserved', finance_transaction_id = NULL,
+			polar_order_id = NULL, polar_status = NULL, refunded_amount = 0, completed_at = NULL
+		WHERE status <> 'reserved' OR finance_transaction_id IS NOT NULL`); err != nil {
+		return fmt.Errorf("reset sessions: %w", err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM wallet_transactions`); err != nil {
+		return fmt.Errorf("reset bookings: %w", err)
+	}
+	return nil
+}
+
 // checkpoint starts every run just after a checkpoint, so each pays the same
 // full-page writes.
 func checkpoint(ctx context.Context, pool *pgxpool.Pool) error {

@@ -18,7 +18,7 @@ import (
 // *river.Client[pgx.Tx] is one, and so is an insert-only client.
 type Inserter interface {
 	InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error)
-	InsertManyFastTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) (int, error)
+	InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error)
 }
 
 // maxBatchJob bounds the events of one batch job: the more sessions one
@@ -46,7 +46,7 @@ func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inb
 		}
 		params = append(params, river.InsertManyParams{Args: batch})
 	}
-	if _, err := inserter.InsertManyFastTx(ctx, tx, params); err != nil {
+	if _, err := inserter.InsertManyTx(ctx, tx, params); err != nil {
 		return fmt.Errorf("insert jobs for %d events: %w", len(events), err)
 	}
 	return nil

@@ -100,12 +100,12 @@ type failingInserter struct {
 	after func(river.JobArgs) error
 }
 
-func (f failingInserter) InsertManyFastTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) (int, error) {
-	n, err := f.Client.InsertManyFastTx(ctx, tx, params)
+func (f failingInserter) InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error) {
+	res, err := f.Client.InsertManyTx(ctx, tx, params)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return n, f.after(params[0].Args)
+	return res, f.after(params[0].Args)
 }
 
 func (f failingInserter) InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error) {
