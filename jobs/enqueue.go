@@ -27,9 +27,9 @@ const maxBatchJob = 32
 
 // EnqueueTx inserts the jobs that will process stored events, in the
 // caller's transaction: one job for a single event, one batch job per
-// maxBatchJob events committed together. It uses River's COPY-based insert:
-// the jobs are not unique, so nothing can conflict, and their ids are not
-// needed here (an inbox row learns its job from the job that processes it).
+// maxBatchJob events committed together, all in one statement. The inbox
+// rows are not updated with their jobs' ids: that would be a second write
+// per webhook, and a row learns its job from the job that processes it.
 func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inbox.Event) error {
 	if len(events) == 0 {
 		return nil
