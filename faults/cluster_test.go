@@ -114,11 +114,7 @@ func restartPostgres(t *testing.T) {
 func newDatabase(t *testing.T, name string) string {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgURL("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := connect(t, pgURL("postgres"))
 	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +128,17 @@ func newDatabase(t *testing.T, name string) string {
 		t.Fatalf("relay migrate: %v\n%s", err, out)
 	}
 	return url
+}
+
+// connect opens a connection to url that closes when t ends.
+func connect(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
 }
 
 func freePort() int {

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 const ackTimeout = 2 * time.Second
@@ -48,11 +46,7 @@ func TestKill9MidLoad(t *testing.T) {
 func waitRunningJobs(t *testing.T, db string) int {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := connect(t, db)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var n int
@@ -132,11 +126,7 @@ func TestSlowDatabaseMidLoad(t *testing.T) {
 	s.waitRequests(t, int64(len(sales)))
 	// Hold the inbox locked for 3 s: every store in that window waits.
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := connect(t, db)
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)

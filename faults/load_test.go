@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/relayhq/relay/internal/testkit"
 )
 
@@ -37,11 +35,7 @@ type delivery struct {
 func seedSales(t *testing.T, dbURL, prefix string, n int) [][]delivery {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := connect(t, dbURL)
 	var ws string
 	if err := conn.QueryRow(ctx, `
 		WITH w AS (INSERT INTO workspaces (name) VALUES ('Fault shop') RETURNING id),
@@ -221,11 +215,7 @@ type figures struct {
 func settle(t *testing.T, name, dbURL string, s *sender, sales [][]delivery) figures {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := connect(t, dbURL)
 
 	f := figures{
 		requests: s.tally.requests.Load(), ok: s.tally.ok.Load(), unavailable: s.tally.unavailable.Load(),
