@@ -133,18 +133,6 @@ func lockSession(ctx context.Context, db DB, ref SessionRef) (*Session, error) {
 	return s, nil
 }
 
-// GetSession returns a session by id, for reading.
-func GetSession(ctx context.Context, db DB, id string) (*Session, error) {
-	if !isUUID(id) {
-		return nil, fmt.Errorf("%w: session id is not a UUID", ErrInvalidInput)
-	}
-	s, err := scanSession(db.QueryRow(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions WHERE id = $1`, id))
-	if err != nil && !errors.Is(err, ErrSessionNotFound) {
-		return nil, fmt.Errorf("get checkout session %s: %w", id, err)
-	}
-	return s, err
-}
-
 func isUUID(s string) bool {
 	if len(s) != 36 {
 		return false
