@@ -5,6 +5,10 @@
 --   BEGIN; INSERT INTO webhook_inbox ... RETURNING; River's JobInsertFastMany;
 --   (sometimes) River's PGNotifyMany; COMMIT.
 -- (The inbox row's job id is recorded by the worker, not here.)
+-- pgbench sends one statement per round trip. relay sends BEGIN and the
+-- inbox insert in one (a pgx batch), so the ceiling is the plain
+-- transaction, and saving that round trip is part of what relay is
+-- measured on.
 -- Run it with -M prepared (pgx caches prepared statements too) and
 -- -D body=<the event JSON>, so the stored body is the one relay stores.
 -- River rate-limits its insert notification to one per queue per
