@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -43,6 +44,20 @@ type options struct {
 	sessions         int
 	workspaces       int
 	drainMax         time.Duration
+	relayEnv         envList
+}
+
+// envList is a repeatable KEY=VALUE flag.
+type envList []string
+
+func (e *envList) String() string { return strings.Join(*e, " ") }
+
+func (e *envList) Set(kv string) error {
+	if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+		return fmt.Errorf("want KEY=VALUE, got %q", kv)
+	}
+	*e = append(*e, kv)
+	return nil
 }
 
 func main() {
@@ -68,6 +83,7 @@ func main() {
 	flag.IntVar(&o.sessions, "sessions", 20000, "checkout sessions seeded for the processing run")
 	flag.IntVar(&o.workspaces, "workspaces", 100, "storefront workspaces the sessions belong to")
 	flag.DurationVar(&o.drainMax, "drain-max", 60*time.Second, "how long processing may lag behind sending before giving up")
+	flag.Var(&o.relayEnv, "relay-env", "KEY=VALUE added to the environment of every relay started, after the harness's own (repeatable), e.g. RELAY_GROUP_COMMITTERS=2")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("bench: ")
@@ -102,7 +118,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	rep := &report{Started: time.Now(), Concurrency: o.concurrency, Revision: cmp.Or(o.revision, "an unknown revision")}
+	rep := &report{Started: time.Now(), Concurrency: o.concurrency, Revision: cmp.Or(o.revision, "an unknown revision"), RelayEnv: o.relayEnv}
 	if rep.Machine, err = machineInfo(ctx, pool, o.tmpDir); err != nil {
 		return err
 	}

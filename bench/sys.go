@@ -313,6 +313,7 @@ func startRelay(ctx context.Context, o options, label string, extra map[string]s
 	for k, v := range extra {
 		env = append(env, k+"="+v)
 	}
+	env = append(env, o.relayEnv...) // the last of repeated keys wins
 	r := &relayProc{
 		webhookURL: "http://" + httpAddr + "/webhooks/polar",
 		adminURL:   "http://" + adminAddr,
