@@ -194,7 +194,7 @@ func (r *report) markdown() string {
 	b.WriteString("\n")
 	b.WriteString(r.targets())
 	b.WriteString("\n## Where the time goes\n\n")
-	b.WriteString("CPU is measured from /proc over each run: relay's process, all PostgreSQL processes, the Go load generator (this harness), pgbench, and the rest of the machine. WAL figures are pg_stat_wal deltas; a WAL flush is one fdatasync, so \"tx per WAL flush\" is the group commit PostgreSQL already does on its own.\n\n")
+	b.WriteString("CPU is measured from /proc over each run: relay's process, all PostgreSQL processes, the Go load generator (this harness), pgbench, the rest of the machine (other: kernel threads, interrupts, other processes), and the time the hypervisor gave to other guests (stolen, from /proc/stat). WAL figures are pg_stat_wal deltas; a WAL flush is one fdatasync, so \"tx per WAL flush\" is the group commit PostgreSQL already does on its own.\n\n")
 	b.WriteString(r.costs())
 	b.WriteString("\n## Method\n\n")
 	b.WriteString(`- **Ceiling**: pgbench (` + "`-n -M prepared -j 2`" + `) runs bench/webhook_tx.sql, the receiver's transaction statement for statement as relay sends it (captured with log_statement=all): BEGIN; INSERT INTO webhook_inbox … ON CONFLICT (webhook_id) DO NOTHING RETURNING; River's JobInsertFastMany; River's PGNotifyMany for ~1% of transactions (River sends it at most every 100 ms per queue); COMMIT (the inbox row's job id is recorded later, by the worker). pgbench sends one statement per round trip; relay sends BEGIN and the inbox insert together, in one pgx batch, so its transaction costs three round trips to pgbench's four: that is part of what the ratio measures. River's GIN indexes are updated in place (relay's migration 00003 turns fastupdate off), for the ceiling as for relay. Same body bytes as the HTTP runs, unique webhook_id per transaction. It is also run at c=10, about the connections relay's receiver gets from its default pool (max(4, RELAY_WORKERS+10) = 11, one held by River's LISTEN). A diagnostic run of bench/inbox_only_tx.sql (the inbox insert alone, no River job or notify) shows what River's part of the transaction costs.
@@ -211,17 +211,17 @@ func (r *report) markdown() string {
 func (r *report) interference() string {
 	worst, name := 0.0, ""
 	for _, x := range r.Rows {
-		if x.CPU.Other > worst {
-			worst, name = x.CPU.Other, x.Name
+		if x.CPU.Other+x.CPU.Steal > worst {
+			worst, name = x.CPU.Other+x.CPU.Steal, x.Name
 		}
 	}
 	for _, p := range r.Process {
-		if p.ProcessCPU.Other > worst {
-			worst, name = p.ProcessCPU.Other, fmt.Sprintf("processing run at %d/s", p.Offered)
+		if p.ProcessCPU.Other+p.ProcessCPU.Steal > worst {
+			worst, name = p.ProcessCPU.Other+p.ProcessCPU.Steal, fmt.Sprintf("processing run at %d/s", p.Offered)
 		}
 	}
 	if worst < 0.25 {
 		return ""
 	}
-	return fmt.Sprintf("other processes on the machine used up to %.2f of its %d CPUs during the runs (worst: %s); see \"other\" under Where the time goes. Those numbers understate relay and the ceiling alike; rerun on a quiet machine for clean figures.", worst, r.Machine.CPUs, name)
+	return fmt.Sprintf("other work on the machine or the hypervisor used up to %.2f of its %d CPUs during the runs (worst: %s); see \"other\" and \"stolen\" under Where the time goes. Those numbers understate relay and the ceiling alike; rerun on a quiet machine for clean figures.", worst, r.Machine.CPUs, name)
 }

@@ -140,7 +140,8 @@ type cpuMeter struct {
 
 type cpuSnap struct {
 	at       time.Time
-	total    int64 // all CPUs, busy ticks
+	total    int64 // all CPUs, busy ticks, steal included
+	steal    int64 // ticks the hypervisor gave to other guests
 	relay    int64
 	postgres int64
 	self     time.Duration
@@ -148,7 +149,7 @@ type cpuSnap struct {
 }
 
 type cpuSplit struct {
-	Relay, Postgres, Gen, Pgbench, Other, Idle float64 // in cores
+	Relay, Postgres, Gen, Pgbench, Other, Steal, Idle float64 // in cores
 }
 
 func newCPUMeter(pgData string) *cpuMeter { return &cpuMeter{pgData: pgData} }
@@ -175,6 +176,9 @@ func (m *cpuMeter) snap(relayPID int) cpuSnap {
 			n, _ := strconv.ParseInt(f[k], 10, 64)
 			if k != 4 && k != 5 { // idle, iowait
 				s.total += n
+			}
+			if k == 8 {
+				s.steal = n
 			}
 		}
 	}
@@ -219,7 +223,8 @@ func split(a, b cpuSnap) cpuSplit {
 		Pgbench:  (b.children - a.children).Seconds() / wall,
 	}
 	busy := ticks(b.total - a.total)
-	c.Other = max(busy-c.Relay-c.Postgres-c.Gen-c.Pgbench, 0)
+	c.Steal = ticks(b.steal - a.steal)
+	c.Other = max(busy-c.Steal-c.Relay-c.Postgres-c.Gen-c.Pgbench, 0)
 	c.Idle = max(float64(runtime.NumCPU())-busy, 0)
 	return c
 }
@@ -229,7 +234,7 @@ func (c cpuSplit) String() string {
 	if c.Pgbench > 0.005 {
 		s += fmt.Sprintf(", pgbench %.2f", c.Pgbench)
 	}
-	return s + fmt.Sprintf(", other %.2f, idle %.2f", c.Other, c.Idle)
+	return s + fmt.Sprintf(", other %.2f, stolen %.2f, idle %.2f", c.Other, c.Steal, c.Idle)
 }
 
 // walStats is pg_stat_wal plus the commit counter.
