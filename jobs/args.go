@@ -3,9 +3,10 @@
 package jobs
 
 // EventArgs asks for one stored webhook to be processed. The body stays in
-// the inbox; the job carries only what identifies it.
+// the inbox; the job carries only what identifies it, known before the inbox
+// row is written (jobs written before this version also carry an inbox_id,
+// which nothing reads).
 type EventArgs struct {
-	InboxID   int64  `json:"inbox_id"`
 	WebhookID string `json:"webhook_id"`
 	EventType string `json:"event_type"`
 }

@@ -53,7 +53,7 @@ func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inb
 }
 
 func argsFor(e *inbox.Event) EventArgs {
-	return EventArgs{InboxID: e.ID, WebhookID: e.WebhookID, EventType: e.EventType}
+	return EventArgs{WebhookID: e.WebhookID, EventType: e.EventType}
 }
 
 // Replay enqueues a new job for a stored event, as an admin does after

@@ -104,7 +104,7 @@ func TestCollector(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck
-	args := jobs.EventArgs{InboxID: 1, WebhookID: "x", EventType: "order.paid"}
+	args := jobs.EventArgs{WebhookID: "x", EventType: "order.paid"}
 	// River inserts a job with a ScheduledAt as scheduled, even in the past,
 	// until its scheduler makes it available, so this one is backdated.
 	old, err := client.InsertTx(ctx, tx, args, nil)

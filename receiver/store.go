@@ -29,9 +29,46 @@ type pendingStore struct {
 
 // commitEvents stores events and, for the pending ones, their jobs, in one
 // transaction, and returns a result per event. Either all of it commits or
-// none of it does. BEGIN and the inbox insert share a round trip, so the
-// transaction costs three: that, the job insert, and COMMIT.
+// none of it does.
+//
+// It costs two round trips: BEGIN, the job insert and the inbox insert travel
+// together (deferredTx), then COMMIT. The jobs are inserted before the inbox
+// says which events are new, so when one turns out to be a duplicate, whose
+// job must not exist, that transaction is rolled back and the events are
+// committed in order instead: the inbox insert, then the new events' jobs.
 func commitEvents(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event) ([]bool, error) {
+	var pending []*inbox.Event
+	for _, e := range events {
+		if e.Status == inbox.StatusPending {
+			pending = append(pending, e)
+		}
+	}
+	tx := &deferredTx{pool: pool, queue: func(b *pgx.Batch) { inbox.QueueInsert(b, events...) }}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after commit
+	if err := jobs.EnqueueTx(ctx, tx, inserter, pending...); err != nil {
+		return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
+	}
+	if _, err := tx.begun(ctx); err != nil {
+		return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
+	}
+	inserted := make([]bool, len(events))
+	for i, e := range events {
+		inserted[i] = e.ID != 0
+		if !inserted[i] && e.Status == inbox.StatusPending {
+			tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // the connection is dropped if it fails
+			return commitInOrder(ctx, pool, inserter, events)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit %d webhooks: %w", len(events), err)
+	}
+	return inserted, nil
+}
+
+// commitInOrder is commitEvents for a batch holding duplicates: BEGIN and
+// the inbox insert in one round trip, then the jobs of the events that were
+// new, then COMMIT.
+func commitInOrder(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event) ([]bool, error) {
 	b := &pgx.Batch{}
 	b.BeginTx(pgx.TxOptions{})
 	inbox.QueueInsert(b, events...)
@@ -41,7 +78,6 @@ func commitEvents(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserte
 	if err := br.Close(); err != nil {
 		return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
 	}
-
 	inserted := make([]bool, len(events))
 	var enqueue []*inbox.Event
 	for i, e := range events {
