@@ -149,6 +149,20 @@ func (g *generator) event(phase int64, i int64) (string, []byte) {
 	return id, g.tmpl.fill(order, fmt.Sprintf("chk_%s_%d_%d", g.run, phase, i), fakeUUID(200+phase, i), fakeUUID(300+phase, i%97))
 }
 
+// delivery is one signed event, ready to send.
+type delivery struct {
+	body   []byte
+	header http.Header
+}
+
+func (g *generator) delivery(phase, i int64) delivery {
+	id, body := g.event(phase, i)
+	h := polar.SignedHeaders(benchSecret, id, time.Now(), body)
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", "relay-bench")
+	return delivery{body: body, header: h}
+}
+
 // outcome of one delivery.
 type outcome struct {
 	status int // 0: transport error
@@ -156,16 +170,12 @@ type outcome struct {
 	err    string
 }
 
-func (g *generator) post(ctx context.Context, id string, body []byte) (int, string) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.url, bytes.NewReader(body))
+func (g *generator) post(ctx context.Context, d delivery) (int, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.url, bytes.NewReader(d.body))
 	if err != nil {
 		return 0, err.Error()
 	}
-	for k, v := range polar.SignedHeaders(benchSecret, id, time.Now(), body) {
-		req.Header[k] = v
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "relay-bench")
+	req.Header = d.header
 	resp, err := g.client.Do(req)
 	if err != nil {
 		return 0, err.Error()
@@ -258,9 +268,9 @@ func (g *generator) closed(ctx context.Context, c int, d time.Duration, _ string
 		wg.Go(func() {
 			list := make([]outcome, 0, 4096)
 			for time.Now().Before(deadline) && ctx.Err() == nil {
-				id, body := g.event(phase, seq.Add(1))
+				d := g.delivery(phase, seq.Add(1))
 				t0 := time.Now()
-				status, err := g.post(ctx, id, body)
+				status, err := g.post(ctx, d)
 				list = append(list, outcome{status: status, lat: time.Since(t0), err: err})
 			}
 			outs[w] = list
@@ -275,45 +285,57 @@ func (g *generator) closed(ctx context.Context, c int, d time.Duration, _ string
 
 // open sends at a constant rate for d, whatever the answers, and measures
 // each latency from the moment the event was due, so a stalled server is
-// not hidden by sends it delayed (no coordinated omission).
+// not hidden by sends it delayed (no coordinated omission). The events are
+// signed before the clock starts and sent by a fixed set of senders, so that
+// the generator takes as little CPU from relay as it can while it measures.
 func (g *generator) open(ctx context.Context, rate float64, d time.Duration, _ string) (*loadResult, error) {
 	if rate <= 0 {
 		return nil, fmt.Errorf("open loop: rate %.1f", rate)
 	}
 	phase := phaseSeq.Add(1)
 	n := int(rate * d.Seconds())
+	deliveries := make([]delivery, n)
+	for i := range deliveries {
+		deliveries[i] = g.delivery(phase, int64(i))
+	}
 	interval := time.Duration(float64(time.Second) / rate)
 	out := make([]outcome, n)
-	sem := make(chan struct{}, 4096) // bounds goroutines, not the schedule
-	var wg sync.WaitGroup
+	due := make(chan int, n)
 	start := time.Now()
 	var lastDone atomic.Int64
+	var wg sync.WaitGroup
+	for range min(n, maxOpenSenders) {
+		wg.Go(func() {
+			for i := range due {
+				at := start.Add(time.Duration(i) * interval)
+				status, err := g.post(ctx, deliveries[i])
+				now := time.Now()
+				out[i] = outcome{status: status, lat: now.Sub(at), err: err}
+				deliveries[i] = delivery{} // let the body go
+				for {
+					prev := lastDone.Load()
+					if int64(now.Sub(start)) <= prev || lastDone.CompareAndSwap(prev, int64(now.Sub(start))) {
+						break
+					}
+				}
+			}
+		})
+	}
+	timer := time.NewTimer(0)
 	for i := range n {
-		due := start.Add(time.Duration(i) * interval)
-		if wait := time.Until(due); wait > 0 {
+		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+			timer.Reset(wait)
 			select {
-			case <-time.After(wait):
+			case <-timer.C:
 			case <-ctx.Done():
 			}
 		}
 		if ctx.Err() != nil {
 			break
 		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			id, body := g.event(phase, int64(i))
-			status, err := g.post(ctx, id, body)
-			now := time.Now()
-			out[i] = outcome{status: status, lat: now.Sub(due), err: err}
-			for {
-				prev := lastDone.Load()
-				if int64(now.Sub(start)) <= prev || lastDone.CompareAndSwap(prev, int64(now.Sub(start))) {
-					break
-				}
-			}
-		})
+		due <- i
 	}
+	close(due)
 	wg.Wait()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
@@ -321,3 +343,8 @@ func (g *generator) open(ctx context.Context, rate float64, d time.Duration, _ s
 	elapsed := max(time.Duration(lastDone.Load()), d)
 	return collect([][]outcome{out}, elapsed), nil
 }
+
+// maxOpenSenders bounds the open loop's concurrent requests: far more than
+// relay keeps in flight when it keeps up, and if it does not, the events
+// waiting for a sender still count their wait in their latency.
+const maxOpenSenders = 2048
