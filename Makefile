@@ -43,5 +43,6 @@ fuzz:
 
 # Measures relay against the pgbench ceiling of its own transaction on a
 # throwaway PostgreSQL with default durability; writes bench/RESULTS.md.
+# BENCH_ARGS go to the harness (go run ./bench -h), e.g. -relay-env KEY=VALUE.
 bench:
-	GO=$(GO) ./scripts/bench.sh
+	GO=$(GO) ./scripts/bench.sh $(BENCH_ARGS)

@@ -1,5 +1,5 @@
--- pgbench script, diagnostic: webhook_tx.sql without River (no job insert,
--- no notify, no job_id update), so the difference is what the River job
+-- pgbench script, diagnostic: webhook_tx.sql without River (no job insert
+-- or notify), so the difference is what the River job
 -- costs inside the receiver's transaction. Run with -M prepared -D body=...
 \set r random(1, 9223372036854775806)
 BEGIN;

@@ -74,7 +74,7 @@ func main() {
 	flag.IntVar(&o.pgbThreads, "j", 2, "pgbench threads")
 	flag.DurationVar(&o.ceilingDur, "ceiling-duration", 15*time.Second, "pgbench run length")
 	flag.DurationVar(&o.closedDur, "closed-duration", 15*time.Second, "closed-loop run length")
-	flag.DurationVar(&o.openDur, "open-duration", 10*time.Second, "length of each open-loop rate")
+	flag.DurationVar(&o.openDur, "open-duration", 15*time.Second, "length of each open-loop rate")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured closed-loop warm-up after relay starts")
 	flag.IntVar(&o.procRate, "process-rate", 1000, "order events per second offered in the lag run (the 1,000/s target)")
 	flag.IntVar(&o.procCapacityRate, "process-capacity-rate", 1250, "order events per second offered in the capacity run: above the target, so that the rate measured is what relay sustains, not what was sent")
