@@ -585,6 +585,10 @@ func TestGroupCommitIsolatesABadRow(t *testing.T) {
 	if rows, jobs := h.totals(t); rows != n-1 || jobs != n-1 {
 		t.Errorf("stored %d rows and %d jobs, want %d of each", rows, jobs, n-1)
 	}
+	// The failed transactions gave their connections back.
+	if acquired := h.pool.Stat().AcquiredConns(); acquired != 0 {
+		t.Errorf("%d connections still acquired", acquired)
+	}
 }
 
 func TestGroupCommitSharesTransactions(t *testing.T) {
