@@ -299,14 +299,15 @@ func readyHandler(pool *pgxpool.Pool) http.Handler {
 
 // tuneGC sets the garbage collector for relay's load, unless GOGC or
 // GOMEMLIMIT say otherwise. What a webhook allocates is garbage as soon as it
-// is answered and the live heap stays small, so collecting at 4× the live
-// heap instead of 2× takes about a tenth of relay's CPU back for a few MiB;
-// the soft limit keeps a burst from growing the heap without bound.
+// is answered and the live heap stays small, so letting the heap grow to 5×
+// the live heap between collections instead of 2× takes about a tenth of
+// relay's CPU back for some tens of MiB; the soft limit makes the collector
+// work harder instead of letting a burst take relay past about 128 MiB.
 func tuneGC(getenv func(string) string) {
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
 	if getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(256 << 20)
+		debug.SetMemoryLimit(128 << 20)
 	}
 }
