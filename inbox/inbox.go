@@ -46,7 +46,7 @@ type DB interface {
 
 // Insert stores events, each unless a row with its webhook id exists, and
 // reports per event whether it inserted it; the ids and received times of the
-// inserted ones are set. Of several events with one webhook id, the first is
+// inserted ones are set, and those of the others zeroed. Of several events with one webhook id, the first is
 // inserted. An insert racing a concurrent transaction's insert of the same id
 // waits for it, then reports false, or inserts if that transaction rolled back.
 func Insert(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
