@@ -89,24 +89,28 @@ func pgURL(database string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", suite.pgPort, database)
 }
 
-// restartPostgres crashes the server (no shutdown checkpoint, as in a power
-// cut of the database process) and starts it again.
-func restartPostgres(t *testing.T) {
+// crashPostgres stops the server the way a power cut of the database
+// process would: no shutdown checkpoint, crash recovery at the next start.
+func crashPostgres(t *testing.T) {
 	t.Helper()
 	ctl := "/usr/lib/postgresql/15/bin/pg_ctl"
 	if matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl"); len(matches) > 0 {
 		ctl = matches[len(matches)-1]
 	}
-	// -l sends the new server's output to its log, not to our pipes, which
-	// it would otherwise hold open for its whole life. restart reuses the
-	// options of the previous start.
-	args := []string{ctl, "-D", suite.pgdata, "-l", filepath.Join(suite.pgdata, "server.log"), "-w", "-t", "60", "restart", "-m", "immediate"}
+	args := []string{ctl, "-D", suite.pgdata, "-w", "-t", "60", "stop", "-m", "immediate"}
 	if os.Geteuid() == 0 {
 		args = append([]string{"runuser", "-u", "postgres", "--"}, args...)
 	}
-	cmd := exec.Command(args[0], args[1:]...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("restart postgres: %v\n%s", err, out)
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("crash postgres: %v\n%s", err, out)
+	}
+}
+
+// startPostgres starts the server again, with the options it had.
+func startPostgres(t *testing.T) {
+	t.Helper()
+	if err := pgctl("start", suite.pgdata, strconv.Itoa(suite.pgPort)); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -202,6 +202,18 @@ func (s *sender) waitRequests(t *testing.T, n int64) {
 	}
 }
 
+// waitUnavailable polls until the senders have been answered 503 n times.
+func (s *sender) waitUnavailable(t *testing.T, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for s.tally.unavailable.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 503 within 60s (%d requests)", s.tally.requests.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // figures is what a scenario proved.
 type figures struct {
 	requests, ok, unavailable, other, transport int64
