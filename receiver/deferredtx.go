@@ -2,7 +2,6 @@ package receiver
 
 import (
 	"context"
-	"errors"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -27,9 +26,6 @@ type deferredTx struct {
 }
 
 var _ pgx.Tx = (*deferredTx)(nil)
-
-// errNotBegun is what LargeObjects users get from a transaction not yet sent.
-var errNotBegun = errors.New("deferred transaction not begun")
 
 // send sends BEGIN, first (when not empty) and the queued statements, reads
 // BEGIN's result and returns the batch, positioned at first's result.
@@ -77,10 +73,6 @@ func (t *deferredTx) begun(ctx context.Context) (pgx.Tx, error) {
 	}
 	return t.tx, nil
 }
-
-// Err returns the error of the statements queued behind the first, once
-// they have been read: a caller must check it before committing.
-func (t *deferredTx) Err() error { return t.err }
 
 func (t *deferredTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	if t.tx != nil {
@@ -167,7 +159,7 @@ func (t *deferredTx) Prepare(ctx context.Context, name, sql string) (*pgconn.Sta
 
 func (t *deferredTx) LargeObjects() pgx.LargeObjects {
 	if t.tx == nil {
-		panic(errNotBegun)
+		panic("receiver: LargeObjects of a deferred transaction not yet begun")
 	}
 	return t.tx.LargeObjects()
 }

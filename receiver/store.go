@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -35,59 +36,56 @@ type pendingStore struct {
 // together (deferredTx), then COMMIT. The jobs are inserted before the inbox
 // says which events are new, so when one turns out to be a duplicate, whose
 // job must not exist, that transaction is rolled back and the events are
-// committed in order instead: the inbox insert, then the new events' jobs.
+// committed inbox-first instead: the inbox insert, then the new events' jobs.
 func commitEvents(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event) ([]bool, error) {
-	var pending []*inbox.Event
-	for _, e := range events {
-		if e.Status == inbox.StatusPending {
-			pending = append(pending, e)
-		}
+	inserted, err := commitOnce(ctx, pool, inserter, events, true)
+	if errors.Is(err, errJobForDuplicate) {
+		return commitOnce(ctx, pool, inserter, events, false)
 	}
-	tx := &deferredTx{pool: pool, queue: func(b *pgx.Batch) { inbox.QueueInsert(b, events...) }}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after commit
-	if err := jobs.EnqueueTx(ctx, tx, inserter, pending...); err != nil {
-		return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
-	}
-	if _, err := tx.begun(ctx); err != nil {
-		return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
-	}
-	inserted := make([]bool, len(events))
-	for i, e := range events {
-		inserted[i] = e.ID != 0
-		if !inserted[i] && e.Status == inbox.StatusPending {
-			tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // the connection is dropped if it fails
-			return commitInOrder(ctx, pool, inserter, events)
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit %d webhooks: %w", len(events), err)
-	}
-	return inserted, nil
+	return inserted, err
 }
 
-// commitInOrder is commitEvents for a batch holding duplicates: BEGIN and
-// the inbox insert in one round trip, then the jobs of the events that were
-// new, then COMMIT.
-func commitInOrder(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event) ([]bool, error) {
-	b := &pgx.Batch{}
-	b.BeginTx(pgx.TxOptions{})
-	inbox.QueueInsert(b, events...)
-	br := pool.SendBatch(ctx, b)
-	tx := br.Tx()
+// errJobForDuplicate means a transaction that inserted jobs first found one
+// of their events already stored; it has been rolled back.
+var errJobForDuplicate = errors.New("a job was inserted for a duplicate")
+
+// commitOnce is one transaction of commitEvents, inserting the jobs of all
+// pending events ahead of the inbox rows (jobsFirst), or, after the rows,
+// the jobs of the pending events that were new.
+func commitOnce(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event, jobsFirst bool) ([]bool, error) {
+	tx := &deferredTx{pool: pool, queue: func(b *pgx.Batch) { inbox.QueueInsert(b, events...) }}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after commit
-	if err := br.Close(); err != nil {
+	if jobsFirst {
+		var pending []*inbox.Event
+		for _, e := range events {
+			if e.Status == inbox.StatusPending {
+				pending = append(pending, e)
+			}
+		}
+		if err := jobs.EnqueueTx(ctx, tx, inserter, pending...); err != nil {
+			return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
+		}
+	}
+	if _, err := tx.begun(ctx); err != nil {
 		return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
 	}
 	inserted := make([]bool, len(events))
 	var enqueue []*inbox.Event
 	for i, e := range events {
 		inserted[i] = e.ID != 0
-		if inserted[i] && e.Status == inbox.StatusPending {
+		if e.Status != inbox.StatusPending {
+			continue // no job either way
+		}
+		if inserted[i] {
 			enqueue = append(enqueue, e)
+		} else if jobsFirst {
+			return nil, errJobForDuplicate // the deferred Rollback drops its job
 		}
 	}
-	if err := jobs.EnqueueTx(ctx, tx, inserter, enqueue...); err != nil {
-		return nil, err
+	if !jobsFirst {
+		if err := jobs.EnqueueTx(ctx, tx, inserter, enqueue...); err != nil {
+			return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("commit %d webhooks: %w", len(events), err)
