@@ -46,7 +46,7 @@ func ParseEnvelope(body []byte) (Envelope, error) {
 		}
 		return Envelope{}, errors.New("parse event envelope: not a JSON object")
 	}
-	err := s.object(func(key []byte, raw []byte) error {
+	err := s.container(1, func(key, raw []byte) error {
 		switch {
 		case isNull(raw):
 			if strings.EqualFold(string(key), "data") {
@@ -116,62 +116,6 @@ func (s *scanner) space() {
 	}
 }
 
-// object scans an object at s.i and calls member with each key (still
-// quoted and escaped, unless it has no escapes) and raw value.
-func (s *scanner) object(member func(key, raw []byte) error) error {
-	s.i++ // '{'
-	s.space()
-	if s.i < len(s.b) && s.b[s.i] == '}' {
-		s.i++
-		return nil
-	}
-	for {
-		s.space()
-		if s.i >= len(s.b) || s.b[s.i] != '"' {
-			return errSyntax
-		}
-		start := s.i
-		escaped, err := s.str()
-		if err != nil {
-			return err
-		}
-		key := s.b[start+1 : s.i-1]
-		if escaped {
-			k, err := unquote(s.b[start:s.i])
-			if err != nil {
-				return err
-			}
-			key = []byte(k)
-		}
-		s.space()
-		if s.i >= len(s.b) || s.b[s.i] != ':' {
-			return errSyntax
-		}
-		s.i++
-		s.space()
-		vstart := s.i
-		if err := s.value(1); err != nil {
-			return err
-		}
-		if err := member(key, s.b[vstart:s.i]); err != nil {
-			return err
-		}
-		s.space()
-		if s.i >= len(s.b) {
-			return errSyntax
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		default:
-			return errSyntax
-		}
-	}
-}
-
 // value scans any JSON value at s.i.
 func (s *scanner) value(depth int) error {
 	if s.i >= len(s.b) {
@@ -182,7 +126,7 @@ func (s *scanner) value(depth int) error {
 		if depth >= maxDepth {
 			return errDepth
 		}
-		return s.container(depth + 1)
+		return s.container(depth+1, nil)
 	case c == '"':
 		_, err := s.str()
 		return err
@@ -199,8 +143,9 @@ func (s *scanner) value(depth int) error {
 	}
 }
 
-// container scans an array or an object below the top level.
-func (s *scanner) container(depth int) error {
+// container scans the array or object at s.i, whose values are at depth.
+// For an object, a non-nil member gets each key, decoded, and raw value.
+func (s *scanner) container(depth int, member func(key, raw []byte) error) error {
 	open := s.b[s.i]
 	end := byte(']')
 	if open == '{' {
@@ -214,12 +159,25 @@ func (s *scanner) container(depth int) error {
 	}
 	for {
 		s.space()
+		var key []byte
 		if open == '{' {
 			if s.i >= len(s.b) || s.b[s.i] != '"' {
 				return errSyntax
 			}
-			if _, err := s.str(); err != nil {
+			start := s.i
+			escaped, err := s.str()
+			if err != nil {
 				return err
+			}
+			if member != nil {
+				key = s.b[start+1 : s.i-1]
+				if escaped {
+					k, err := unquote(s.b[start:s.i])
+					if err != nil {
+						return err
+					}
+					key = []byte(k)
+				}
 			}
 			s.space()
 			if s.i >= len(s.b) || s.b[s.i] != ':' {
@@ -228,8 +186,14 @@ func (s *scanner) container(depth int) error {
 			s.i++
 			s.space()
 		}
+		vstart := s.i
 		if err := s.value(depth); err != nil {
 			return err
+		}
+		if member != nil {
+			if err := member(key, s.b[vstart:s.i]); err != nil {
+				return err
+			}
 		}
 		s.space()
 		if s.i >= len(s.b) {
