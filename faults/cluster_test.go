@@ -93,16 +93,8 @@ func pgURL(database string) string {
 // process would: no shutdown checkpoint, crash recovery at the next start.
 func crashPostgres(t *testing.T) {
 	t.Helper()
-	ctl := "/usr/lib/postgresql/15/bin/pg_ctl"
-	if matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl"); len(matches) > 0 {
-		ctl = matches[len(matches)-1]
-	}
-	args := []string{ctl, "-D", suite.pgdata, "-w", "-t", "60", "stop", "-m", "immediate"}
-	if os.Geteuid() == 0 {
-		args = append([]string{"runuser", "-u", "postgres", "--"}, args...)
-	}
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("crash postgres: %v\n%s", err, out)
+	if err := pgctl("crash", suite.pgdata); err != nil {
+		t.Fatal(err)
 	}
 }
 

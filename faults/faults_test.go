@@ -31,7 +31,7 @@ func TestKill9MidLoad(t *testing.T) {
 
 	// Kill it while it is working jobs: their transactions die with it and
 	// the jobs stay running until the restarted process's River rescues them.
-	s.waitRequests(t, int64(len(sales)))
+	s.waitCount(t, &s.tally.requests, int64(len(sales)), "requests")
 	running := waitRunningJobs(t, db)
 	p.kill9(t)
 	p.restart(t)
@@ -74,7 +74,7 @@ func TestPostgresCrashMidLoad(t *testing.T) {
 	<-s.start(sales[:len(sales)/3], 1, 16)
 	crashPostgres(t)
 	done := s.start(sales[len(sales)/3:], 1, 16)
-	s.waitUnavailable(t, 1)
+	s.waitCount(t, &s.tally.unavailable, 1, "503 answers")
 	startPostgres(t)
 	<-done
 

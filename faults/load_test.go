@@ -189,26 +189,14 @@ func (s *sender) start(sales [][]delivery, copies, concurrency int) <-chan struc
 	return done
 }
 
-// waitRequests polls until the senders have made n requests: the moment to
-// inject a fault "in the middle of the load".
-func (s *sender) waitRequests(t *testing.T, n int64) {
+// waitCount polls until counter, one of s.tally's, reaches n: the moment
+// to inject a fault "in the middle of the load", or to end one.
+func (s *sender) waitCount(t *testing.T, counter *atomic.Int64, n int64, what string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for s.tally.requests.Load() < n {
+	for counter.Load() < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("load stalled at %d requests", s.tally.requests.Load())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// waitUnavailable polls until the senders have been answered 503 n times.
-func (s *sender) waitUnavailable(t *testing.T, n int64) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for s.tally.unavailable.Load() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("no 503 within 60s (%d requests)", s.tally.requests.Load())
+			t.Fatalf("%s: %d of %d within 60s (%d requests)", what, counter.Load(), n, s.tally.requests.Load())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

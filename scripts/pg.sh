@@ -3,6 +3,8 @@
 #
 #   scripts/pg.sh start DIR PORT   create DIR (first time) and start the server
 #   scripts/pg.sh stop DIR         stop it
+#   scripts/pg.sh crash DIR        stop it without a shutdown checkpoint, as a
+#                                  crash would (the next start recovers)
 #   scripts/pg.sh url PORT         print the DATABASE_URL for it
 #
 # initdb refuses to run as root, so as root the cluster belongs to the
@@ -23,7 +25,7 @@ as_owner() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-cmd=${1:?usage: pg.sh start DIR PORT | stop DIR | url PORT}
+cmd=${1:?usage: pg.sh start DIR PORT | stop DIR | crash DIR | url PORT}
 case "$cmd" in
 start)
   dir=${2:?DIR}; port=${3:?PORT}
@@ -49,6 +51,9 @@ stop)
   dir=${2:?DIR}
   [ -f "$dir/PG_VERSION" ] || exit 0
   as_owner "$(pgbin)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+  ;;
+crash)
+  as_owner "$(pgbin)/pg_ctl" -D "${2:?DIR}" -m immediate -w -t 60 stop >/dev/null
   ;;
 url)
   echo "postgres://postgres@127.0.0.1:${2:?PORT}/postgres?sslmode=disable"
