@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
@@ -14,17 +16,25 @@ import (
 	"github.com/relayhq/relay/internal/testkit"
 )
 
+// storeDeps is what commitEvents needs: a fresh database and an
+// insert-only River client on it.
+func storeDeps(t *testing.T) (*pgxpool.Pool, *river.Client[pgx.Tx]) {
+	t.Helper()
+	pool := testdb.NewPool(t)
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pool, client
+}
+
 // TestCommitEventsWithDuplicatesEnqueuesOnlyNewEvents commits a batch whose
 // jobs went out before the inbox said which events were new: one event was
 // stored before, one comes twice in the batch. The batch must fall back to
 // inserting first, so that exactly the new pending events get jobs.
 func TestCommitEventsWithDuplicatesEnqueuesOnlyNewEvents(t *testing.T) {
 	ctx := context.Background()
-	pool := testdb.NewPool(t)
-	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, client := storeDeps(t)
 	event := func(id, status string) *inbox.Event {
 		return &inbox.Event{WebhookID: id, EventType: "order.paid", Status: status, WebhookTimestamp: time.Now(), Body: []byte(`{}`)}
 	}
@@ -67,11 +77,7 @@ func TestCommitEventsWithDuplicatesEnqueuesOnlyNewEvents(t *testing.T) {
 // transaction is begun by the commit itself.
 func TestCommitEventsWithoutPendingEvents(t *testing.T) {
 	ctx := context.Background()
-	pool := testdb.NewPool(t)
-	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, client := storeDeps(t)
 	e := &inbox.Event{WebhookID: "msg_ignored", EventType: "customer.created", Status: inbox.StatusIgnored, WebhookTimestamp: time.Now(), Body: []byte(`{}`)}
 	for i, want := range []bool{true, false} {
 		inserted, err := commitEvents(ctx, pool, client, []*inbox.Event{e})
