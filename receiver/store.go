@@ -32,8 +32,9 @@ type pendingStore struct {
 // transaction, and returns a result per event. Either all of it commits or
 // none of it does.
 //
-// It costs two round trips: BEGIN, the job insert and the inbox insert travel
-// together (deferredTx), then COMMIT. The jobs are inserted before the inbox
+// It costs two round trips (TestWebhookTransactionRoundTrips counts them):
+// BEGIN, the job insert and the inbox insert travel together (deferredTx),
+// then COMMIT; River's NOTIFY of new jobs, when it sends one, adds a third. The jobs are inserted before the inbox
 // says which events are new, so when one turns out to be a duplicate, whose
 // job must not exist, that transaction is rolled back and the events are
 // committed inbox-first instead: the inbox insert, then the new events' jobs.
@@ -53,8 +54,11 @@ var errJobForDuplicate = errors.New("a job was inserted for a duplicate")
 // pending events ahead of the inbox rows (jobsFirst), or, after the rows,
 // the jobs of the pending events that were new.
 func commitOnce(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event, jobsFirst bool) ([]bool, error) {
-	tx := &deferredTx{pool: pool, queue: func(b *pgx.Batch) { inbox.QueueInsert(b, events...) }}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after commit
+	tx, err := beginDeferred(ctx, pool, func(b *pgx.Batch) { inbox.QueueInsert(b, events...) })
+	if err != nil {
+		return nil, fmt.Errorf("store %d webhooks: %w", len(events), err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after commit; bounded even past ctx's deadline
 	if jobsFirst {
 		var pending []*inbox.Event
 		for _, e := range events {
@@ -106,6 +110,12 @@ type groupCommitter struct {
 	queue    chan *pendingStore
 	stop     chan struct{}
 	wg       sync.WaitGroup
+
+	// mu makes closing and enqueueing exclusive: once close holds it, no
+	// submit is between its check and its send, and none starts one after,
+	// so the committers' final drain sees every request ever queued.
+	mu     sync.RWMutex
+	closed bool
 }
 
 func newGroupCommitter(pool *pgxpool.Pool, inserter jobs.Inserter, committers, maxBatch int, logger *slog.Logger) *groupCommitter {
@@ -124,12 +134,8 @@ func newGroupCommitter(pool *pgxpool.Pool, inserter jobs.Inserter, committers, m
 // or the request's deadline, whichever comes first.
 func (g *groupCommitter) submit(ctx context.Context, event *inbox.Event) storeResult {
 	p := &pendingStore{ctx: ctx, event: event, done: make(chan storeResult, 1)}
-	select {
-	case g.queue <- p:
-	case <-ctx.Done():
-		return storeResult{err: fmt.Errorf("store webhook: queue full: %w", ctx.Err())}
-	case <-g.stop:
-		return storeResult{err: fmt.Errorf("store webhook: receiver closed")}
+	if err := g.enqueue(p); err != nil {
+		return storeResult{err: err}
 	}
 	select {
 	case r := <-p.done:
@@ -139,8 +145,36 @@ func (g *groupCommitter) submit(ctx context.Context, event *inbox.Event) storeRe
 	}
 }
 
-// close stops the committers once the queued requests are answered.
+// errClosed answers a request that arrives after close.
+var errClosed = errors.New("store webhook: receiver closed")
+
+// enqueue queues p for the committers unless they are closing. While the
+// queue is full it waits, holding the read lock: the committers, still
+// running, make room, and close waits for it.
+func (g *groupCommitter) enqueue(p *pendingStore) error {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return errClosed
+	}
+	select {
+	case g.queue <- p:
+		return nil
+	case <-p.ctx.Done():
+		return fmt.Errorf("store webhook: queue full: %w", p.ctx.Err())
+	}
+}
+
+// close stops the committers once the queued requests are answered; a
+// request submitted after it began is answered errClosed at once.
 func (g *groupCommitter) close() {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return
+	}
+	g.closed = true
+	g.mu.Unlock()
 	close(g.stop)
 	g.wg.Wait()
 }

@@ -82,11 +82,20 @@ func New(tb testing.TB) string {
 // NewPool is New with a connection pool that closes when tb ends.
 func NewPool(tb testing.TB) *pgxpool.Pool {
 	tb.Helper()
+	return NewPoolWith(tb, nil)
+}
+
+// NewPoolWith is NewPool with the pool's configuration changed by edit first.
+func NewPoolWith(tb testing.TB, edit func(*pgxpool.Config)) *pgxpool.Pool {
+	tb.Helper()
 	cfg, err := pgxpool.ParseConfig(New(tb))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	cfg.MaxConns = 40
+	if edit != nil {
+		edit(cfg)
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		tb.Fatalf("open test pool: %v", err)
@@ -97,6 +106,18 @@ func NewPool(tb testing.TB) *pgxpool.Pool {
 
 // makeTemplate migrates a template database once per server; test binaries
 // run in parallel, so they take turns under an advisory lock.
+// QueryExecModes are pgx's query modes, by the names DATABASE_URL's
+// default_query_exec_mode takes; relay works in each.
+func QueryExecModes() map[string]pgx.QueryExecMode {
+	return map[string]pgx.QueryExecMode{
+		"cache_statement": pgx.QueryExecModeCacheStatement,
+		"cache_describe":  pgx.QueryExecModeCacheDescribe,
+		"describe_exec":   pgx.QueryExecModeDescribeExec,
+		"exec":            pgx.QueryExecModeExec,
+		"simple_protocol": pgx.QueryExecModeSimpleProtocol,
+	}
+}
+
 func makeTemplate(ctx context.Context, admin *pgx.Conn, base string) error {
 	if _, err := admin.Exec(ctx, "SELECT pg_advisory_lock(4242)"); err != nil {
 		return err
