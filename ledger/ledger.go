@@ -5,9 +5,17 @@
 // calls here.
 //
 // Every function locks the checkout session it changes (SELECT … FOR
-// UPDATE), so concurrent calls for one sale apply one after another, and the
-// unique source key on wallet_transactions makes a second booking of a sale
-// or of a refund level impossible even if that serialisation were bypassed.
+// UPDATE), so concurrent calls for one sale apply one after another. The
+// database's unique keys alone guarantee the following, even if that
+// serialisation were bypassed:
+//
+//   - a sale is booked once per session (source key "sale", session id);
+//   - a reversal is keyed by its sale and the reversed total it starts from,
+//     and reverses at most the rest of the sale, so no two reversals start
+//     from one level and together they never exceed the sale. Without the
+//     lock, a reconcile that read a reversed total which another one has
+//     since moved past books nothing: the reversals can then lag the
+//     refunds until the next call, never overshoot them.
 package ledger
 
 import (

@@ -235,8 +235,15 @@ func bookSale(ctx context.Context, db DB, s *Session, p Payment) (result string,
 
 // reconcileRefunds books one reversal that brings the sale's reversed total
 // up to the refunded total (the larger of the provider's cumulative figure
-// and the sum of individual refunds, never more than the sale). Each level is
-// booked at most once; a stale or repeated word finds nothing left to book.
+// and the sum of individual refunds, never more than the sale). A stale or
+// repeated word finds nothing left to book.
+//
+// The reversal's source key is the sale and the reversed total it starts
+// from, so that the unique key alone bounds the reversals even without the
+// session's lock: two reconciles that read the same reversed total collide
+// and one books nothing, and every reversal stops at the sale. Rows booked
+// before this keying ("<sale>:<target>") count in the reversed total like
+// any other, so upgrading books no level twice.
 func reconcileRefunds(ctx context.Context, db DB, s *Session, description string, at time.Time) (int64, error) {
 	saleID := *s.FinanceTransactionID
 	var sale, reversed, refunds int64
@@ -259,7 +266,7 @@ func reconcileRefunds(ctx context.Context, db DB, s *Session, description string
 		INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref, reverses_id)
 		VALUES ($1, $2, $3, $4, $5, $6, 'reversal', $7, $8)
 		ON CONFLICT (source_kind, source_ref) DO NOTHING`,
-		walletID, categoryID, -amount, currency, description, at, fmt.Sprintf("%s:%d", saleID, target), saleID)
+		walletID, categoryID, -amount, currency, description, at, reversalRef(saleID, reversed), saleID)
 	if err != nil {
 		return 0, fmt.Errorf("book reversal of session %s: %w", s.ID, err)
 	}
@@ -267,4 +274,10 @@ func reconcileRefunds(ctx context.Context, db DB, s *Session, description string
 		return 0, nil
 	}
 	return amount, nil
+}
+
+// reversalRef is the source key of the reversal of sale that starts from
+// the reversed total from.
+func reversalRef(sale string, from int64) string {
+	return fmt.Sprintf("%s:from:%d", sale, from)
 }
