@@ -53,7 +53,10 @@ type Outcome struct {
 
 // ApplyPayment records the order on its session; when the order is paid it
 // completes the session and books the sale once into the workspace's default
-// wallet, then books reversals up to the refunded total.
+// wallet, then books reversals up to the refunded total. An order is
+// recorded on one session only: one that names another session than the
+// one recording it, or a session that records another order, is refused
+// with ErrOrderConflict.
 func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	if p.RefundedAmount < 0 {
 		return Outcome{}, fmt.Errorf("%w: negative refunded amount", ErrInvalidInput)
@@ -61,7 +64,7 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	if p.At.IsZero() {
 		p.At = time.Now()
 	}
-	s, err := lockSession(ctx, db, p.Session)
+	s, err := lockSession(ctx, db, p.Session, p.ExternalOrderID)
 	if err != nil {
 		return Outcome{}, err
 	}
@@ -95,6 +98,11 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 		WHERE id = $1`,
 		s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID,
 	); err != nil {
+		if isOrderTaken(err) {
+			// A concurrent call recorded the order on another session and
+			// committed; this transaction is aborted and keeps nothing.
+			return Outcome{}, fmt.Errorf("%w: order %s was recorded on another checkout session than %s", ErrOrderConflict, truncate(p.ExternalOrderID, 64), s.ID)
+		}
 		return Outcome{}, fmt.Errorf("update checkout session %s: %w", s.ID, err)
 	}
 	if completeNow {
@@ -129,7 +137,7 @@ func ApplyRefund(ctx context.Context, db DB, r Refund) (Outcome, error) {
 		r.At = time.Now()
 	}
 	s, err := scanSession(db.QueryRow(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
-		WHERE polar_order_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE`, r.ExternalOrderID))
+		WHERE polar_order_id = $1 FOR UPDATE`, r.ExternalOrderID)) // unique: orderKey
 	if err != nil {
 		if errors.Is(err, ErrSessionNotFound) {
 			return Outcome{}, err
@@ -159,7 +167,7 @@ func ApplyRefund(ctx context.Context, db DB, r Refund) (Outcome, error) {
 // ExpireSession marks a still-reserved session expired and reports whether
 // it did; a session in any other status is left alone.
 func ExpireSession(ctx context.Context, db DB, ref SessionRef) (bool, error) {
-	s, err := lockSession(ctx, db, ref)
+	s, err := lockSession(ctx, db, ref, "")
 	if err != nil {
 		return false, err
 	}
