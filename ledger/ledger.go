@@ -5,12 +5,23 @@
 // calls here.
 //
 // Every function locks the checkout session it changes (SELECT … FOR
-// UPDATE), so concurrent calls for one sale apply one after another, and the
-// unique source key on wallet_transactions makes a second booking of a sale
-// or of a refund level impossible even if that serialisation were bypassed.
+// UPDATE), so concurrent calls for one sale apply one after another. The
+// database's unique keys alone guarantee the following, even if that
+// serialisation were bypassed:
+//
+//   - a provider's order is recorded on at most one session, so one payment
+//     completes and books at most one session;
+//   - a sale is booked once per session (source key "sale", session id);
+//   - a reversal is keyed by its sale and the reversed total it starts from,
+//     and reverses at most the rest of the sale, so no two reversals start
+//     from one level and together they never exceed the sale. Without the
+//     lock, a reconcile that read a reversed total which another one has
+//     since moved past books nothing: the reversals can then lag the
+//     refunds until the next call, never overshoot them.
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -55,10 +66,25 @@ var (
 	// ErrInvalidInput means the call's data cannot be right (a malformed id,
 	// a negative amount); retrying it cannot help.
 	ErrInvalidInput = errors.New("ledger: invalid input")
+	// ErrOrderConflict means the provider's order is recorded on another
+	// session than the one the reference finds, or that session records
+	// another order. Nothing is changed. It wraps ErrInvalidInput.
+	ErrOrderConflict = fmt.Errorf("%w: order and session do not match", ErrInvalidInput)
 )
 
+// orderKey is the unique index that records an order on one session at most.
+const orderKey = "inventory_checkout_sessions_polar_order_key"
+
+// isOrderTaken reports whether err is the violation of orderKey: another
+// transaction recorded the order on another session first.
+func isOrderTaken(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == orderKey
+}
+
 // SessionRef says how to find a checkout session: by its own id (checked
-// against WorkspaceID when both are given), else by the payment provider's
+// against WorkspaceID when both are given), else, for a payment, the session
+// that records its order, else the newest with the payment provider's
 // checkout id.
 type SessionRef struct {
 	SessionID          string
@@ -95,42 +121,76 @@ func scanSession(row pgx.Row) (*Session, error) {
 }
 
 // lockSession finds the session ref names and locks it for the rest of the
-// transaction.
-func lockSession(ctx context.Context, db DB, ref SessionRef) (*Session, error) {
+// transaction. When order is not empty the call is about that provider
+// order, and the session must be the one that records it, or one that
+// records no order yet: the session ref names wins, else the session that
+// records the order, else the newest with ref's external checkout id.
+func lockSession(ctx context.Context, db DB, ref SessionRef, order string) (*Session, error) {
 	if ref.SessionID != "" && !isUUID(ref.SessionID) {
 		return nil, fmt.Errorf("%w: session id %q is not a UUID", ErrInvalidInput, truncate(ref.SessionID, 64))
 	}
 	if ref.WorkspaceID != "" && !isUUID(ref.WorkspaceID) {
 		return nil, fmt.Errorf("%w: workspace id %q is not a UUID", ErrInvalidInput, truncate(ref.WorkspaceID, 64))
 	}
-	if ref.SessionID != "" {
-		s, err := scanSession(db.QueryRow(ctx,
-			`SELECT `+sessionColumns+` FROM inventory_checkout_sessions WHERE id = $1 FOR UPDATE`, ref.SessionID))
-		switch {
-		case err == nil:
-			if ref.WorkspaceID != "" && !strings.EqualFold(ref.WorkspaceID, s.WorkspaceID) {
-				return nil, ErrWorkspaceMismatch
+	// One round trip finds both the named session and the order's, locked
+	// in id order so that two calls never wait for each other in a circle.
+	var named, owner *Session
+	if ref.SessionID != "" || order != "" {
+		rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
+			WHERE id = $1::uuid OR polar_order_id = $2 ORDER BY id FOR UPDATE`, nilIfEmpty(ref.SessionID), nilIfEmpty(order))
+		if err != nil {
+			return nil, fmt.Errorf("find checkout session: %w", err)
+		}
+		for rows.Next() {
+			s, err := scanSession(rows)
+			if err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("find checkout session: %w", err)
 			}
-			return s, nil
-		case !errors.Is(err, ErrSessionNotFound):
-			return nil, fmt.Errorf("find checkout session %s: %w", ref.SessionID, err)
+			if strings.EqualFold(s.ID, ref.SessionID) {
+				named = s
+			}
+			if order != "" && s.ExternalOrderID != nil && *s.ExternalOrderID == order {
+				owner = s
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("find checkout session: %w", err)
 		}
 	}
-	if ref.ExternalCheckoutID == "" {
-		return nil, ErrSessionNotFound
-	}
-	s, err := scanSession(db.QueryRow(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
-		WHERE polar_checkout_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE`, ref.ExternalCheckoutID))
-	if err != nil {
-		if errors.Is(err, ErrSessionNotFound) {
-			return nil, err
+	s := cmp.Or(named, owner)
+	if s == nil {
+		if ref.ExternalCheckoutID == "" {
+			return nil, ErrSessionNotFound
 		}
-		return nil, fmt.Errorf("find checkout session by checkout id: %w", err)
+		var err error
+		s, err = scanSession(db.QueryRow(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
+			WHERE polar_checkout_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1 FOR UPDATE`, ref.ExternalCheckoutID))
+		if err != nil {
+			if errors.Is(err, ErrSessionNotFound) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("find checkout session by checkout id: %w", err)
+		}
 	}
 	if ref.WorkspaceID != "" && !strings.EqualFold(ref.WorkspaceID, s.WorkspaceID) {
 		return nil, ErrWorkspaceMismatch
 	}
+	switch {
+	case order == "":
+	case owner != nil && owner != s:
+		return nil, fmt.Errorf("%w: order %s is recorded on checkout session %s, not on %s", ErrOrderConflict, truncate(order, 64), owner.ID, s.ID)
+	case s.ExternalOrderID != nil && *s.ExternalOrderID != order:
+		return nil, fmt.Errorf("%w: checkout session %s records another order than %s", ErrOrderConflict, s.ID, truncate(order, 64))
+	}
 	return s, nil
+}
+
+func nilIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 func isUUID(s string) bool {

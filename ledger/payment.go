@@ -53,7 +53,10 @@ type Outcome struct {
 
 // ApplyPayment records the order on its session; when the order is paid it
 // completes the session and books the sale once into the workspace's default
-// wallet, then books reversals up to the refunded total.
+// wallet, then books reversals up to the refunded total. An order is
+// recorded on one session only: one that names another session than the
+// one recording it, or a session that records another order, is refused
+// with ErrOrderConflict.
 func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	if p.RefundedAmount < 0 {
 		return Outcome{}, fmt.Errorf("%w: negative refunded amount", ErrInvalidInput)
@@ -61,7 +64,7 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	if p.At.IsZero() {
 		p.At = time.Now()
 	}
-	s, err := lockSession(ctx, db, p.Session)
+	s, err := lockSession(ctx, db, p.Session, p.ExternalOrderID)
 	if err != nil {
 		return Outcome{}, err
 	}
@@ -95,6 +98,11 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 		WHERE id = $1`,
 		s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID,
 	); err != nil {
+		if isOrderTaken(err) {
+			// A concurrent call recorded the order on another session and
+			// committed; this transaction is aborted and keeps nothing.
+			return Outcome{}, fmt.Errorf("%w: order %s was recorded on another checkout session than %s", ErrOrderConflict, truncate(p.ExternalOrderID, 64), s.ID)
+		}
 		return Outcome{}, fmt.Errorf("update checkout session %s: %w", s.ID, err)
 	}
 	if completeNow {
@@ -129,7 +137,7 @@ func ApplyRefund(ctx context.Context, db DB, r Refund) (Outcome, error) {
 		r.At = time.Now()
 	}
 	s, err := scanSession(db.QueryRow(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
-		WHERE polar_order_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE`, r.ExternalOrderID))
+		WHERE polar_order_id = $1 FOR UPDATE`, r.ExternalOrderID)) // unique: orderKey
 	if err != nil {
 		if errors.Is(err, ErrSessionNotFound) {
 			return Outcome{}, err
@@ -159,7 +167,7 @@ func ApplyRefund(ctx context.Context, db DB, r Refund) (Outcome, error) {
 // ExpireSession marks a still-reserved session expired and reports whether
 // it did; a session in any other status is left alone.
 func ExpireSession(ctx context.Context, db DB, ref SessionRef) (bool, error) {
-	s, err := lockSession(ctx, db, ref)
+	s, err := lockSession(ctx, db, ref, "")
 	if err != nil {
 		return false, err
 	}
@@ -235,8 +243,15 @@ func bookSale(ctx context.Context, db DB, s *Session, p Payment) (result string,
 
 // reconcileRefunds books one reversal that brings the sale's reversed total
 // up to the refunded total (the larger of the provider's cumulative figure
-// and the sum of individual refunds, never more than the sale). Each level is
-// booked at most once; a stale or repeated word finds nothing left to book.
+// and the sum of individual refunds, never more than the sale). A stale or
+// repeated word finds nothing left to book.
+//
+// The reversal's source key is the sale and the reversed total it starts
+// from, so that the unique key alone bounds the reversals even without the
+// session's lock: two reconciles that read the same reversed total collide
+// and one books nothing, and every reversal stops at the sale. Rows booked
+// before this keying ("<sale>:<target>") count in the reversed total like
+// any other, so upgrading books no level twice.
 func reconcileRefunds(ctx context.Context, db DB, s *Session, description string, at time.Time) (int64, error) {
 	saleID := *s.FinanceTransactionID
 	var sale, reversed, refunds int64
@@ -259,7 +274,7 @@ func reconcileRefunds(ctx context.Context, db DB, s *Session, description string
 		INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref, reverses_id)
 		VALUES ($1, $2, $3, $4, $5, $6, 'reversal', $7, $8)
 		ON CONFLICT (source_kind, source_ref) DO NOTHING`,
-		walletID, categoryID, -amount, currency, description, at, fmt.Sprintf("%s:%d", saleID, target), saleID)
+		walletID, categoryID, -amount, currency, description, at, reversalRef(saleID, reversed), saleID)
 	if err != nil {
 		return 0, fmt.Errorf("book reversal of session %s: %w", s.ID, err)
 	}
@@ -267,4 +282,10 @@ func reconcileRefunds(ctx context.Context, db DB, s *Session, description string
 		return 0, nil
 	}
 	return amount, nil
+}
+
+// reversalRef is the source key of the reversal of sale that starts from
+// the reversed total from.
+func reversalRef(sale string, from int64) string {
+	return fmt.Sprintf("%s:from:%d", sale, from)
 }
