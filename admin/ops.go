@@ -182,7 +182,7 @@ func (o *Ops) RetryJob(ctx context.Context, id int64) (Job, error) {
 // stop and stays running until its worker returns. A finished job is refused.
 func (o *Ops) CancelJob(ctx context.Context, id int64) (Job, error) {
 	return o.jobAction(ctx, id, func(r *rivertype.JobRow) error {
-		if r.FinalizedAt != nil || finished(r.State) {
+		if finished(r.State) {
 			return errorf(ErrConflict, "job %d already %s, nothing to cancel", id, r.State)
 		}
 		return nil
