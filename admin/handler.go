@@ -72,10 +72,18 @@ func NewHandler(pool *pgxpool.Pool, client *river.Client[pgx.Tx], opts Options) 
 	mux.HandleFunc("GET /admin/api/jobs", a.listJobs)
 	mux.HandleFunc("POST /admin/api/jobs/{id}/retry", a.retryJob)
 	mux.HandleFunc("POST /admin/api/jobs/{id}/cancel", a.cancelJob)
+	mux.HandleFunc("DELETE /admin/api/jobs/{id}", a.deleteJob)
 	mux.HandleFunc("GET /admin/api/inbox", a.listInbox)
 	mux.HandleFunc("GET /admin/api/inbox/{webhook_id}", a.showInbox)
 	mux.HandleFunc("POST /admin/api/inbox/{webhook_id}/replay", a.replay)
 	mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {
+		// This pattern matches every method, so ServeMux never answers 405
+		// under /admin/ by itself: ask it which methods the path has.
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s is not allowed here; allowed: %s", r.Method, strings.Join(allow, ", ")))
+			return
+		}
 		writeError(w, http.StatusNotFound, "no such admin route")
 	})
 	// River UI strips its own prefix: no http.StripPrefix here.
@@ -85,6 +93,20 @@ func NewHandler(pool *pgxpool.Pool, client *river.Client[pgx.Tx], opts Options) 
 	// could otherwise retry or cancel jobs on an operator's behalf.
 	protected := http.NewCrossOriginProtection().Handler(mux)
 	return &Handler{ui: ui, handler: requireAuth(opts.Credentials, protected)}, nil
+}
+
+// allowedMethods returns the methods that have a route for r's path on mux,
+// other than the catch-all "/admin/".
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete} {
+		probe := r.WithContext(r.Context()) // a shallow copy
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/admin/" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 // Start starts River UI's background services; they stop with ctx.
@@ -171,6 +193,10 @@ func (a *api) cancelJob(w http.ResponseWriter, r *http.Request) {
 	a.jobAction(w, r, "cancelled", a.ops.CancelJob)
 }
 
+func (a *api) deleteJob(w http.ResponseWriter, r *http.Request) {
+	a.jobAction(w, r, "deleted", a.ops.DeleteJob)
+}
+
 func (a *api) jobAction(w http.ResponseWriter, r *http.Request, verb string, do func(context.Context, int64) (Job, error)) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id <= 0 {
@@ -231,7 +257,7 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
-	case errors.Is(err, ErrNotReplayable):
+	case errors.Is(err, ErrConflict), errors.Is(err, ErrNotReplayable):
 		writeError(w, http.StatusConflict, err.Error())
 	case r.Context().Err() != nil:
 		writeError(w, http.StatusServiceUnavailable, "request cancelled")

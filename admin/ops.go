@@ -27,12 +27,28 @@ import (
 // MaxLimit bounds one listing; River refuses pages over 10,000.
 const MaxLimit = 1000
 
-// Errors the API maps to HTTP statuses.
+// Errors the API maps to HTTP statuses. Errors of the operations match them
+// with errors.Is; their messages say what happened ("job 12 not found").
 var (
 	ErrBadRequest    = errors.New("bad request")
 	ErrNotFound      = errors.New("not found")
+	ErrConflict      = errors.New("not possible in the job's state")
 	ErrNotReplayable = errors.New("relay does not act on this event type")
 )
+
+// opError is an error with its own message that matches one of the errors
+// above.
+type opError struct {
+	kind error
+	msg  string
+}
+
+func (e *opError) Error() string { return e.msg }
+func (e *opError) Unwrap() error { return e.kind }
+
+func errorf(kind error, format string, args ...any) error {
+	return &opError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}
 
 // Ops are the admin operations. They need only the database and a River
 // client; an insert-only client (no Workers, never started) is enough.
@@ -145,41 +161,144 @@ func (o *Ops) ListJobs(ctx context.Context, f JobFilter) ([]Job, error) {
 	return out, nil
 }
 
-// RetryJob makes a job available again; a discarded one gets one more attempt.
+// RetryJob makes a job available to run now; one whose attempts are used up
+// (discarded) gets one more. A running job cannot be retried, and a completed
+// one is not: its effects are applied, and replaying its webhook (Replay)
+// applies the event again with a new job, leaving the completed one's record.
 func (o *Ops) RetryJob(ctx context.Context, id int64) (Job, error) {
-	r, err := o.Client.JobRetry(ctx, id)
-	if err != nil {
-		return Job{}, fmt.Errorf("retry job %d: %w", id, notFound(err))
-	}
-	return jobFromRow(r), nil
+	return o.jobAction(ctx, id, func(r *rivertype.JobRow) error {
+		switch r.State {
+		case rivertype.JobStateRunning:
+			return errorf(ErrConflict, "job %d is running; it cannot be retried before it finishes", id)
+		case rivertype.JobStateCompleted:
+			return errorf(ErrConflict, "job %d already completed, not retried; to apply its event again, replay its webhook: relay inbox replay %s",
+				id, replayHint(jobFromRow(r)))
+		}
+		return nil
+	}, func(tx pgx.Tx) (*rivertype.JobRow, error) { return o.Client.JobRetryTx(ctx, tx, id) })
 }
 
-// CancelJob cancels a job that has not finished; finished jobs stay as they are.
+// CancelJob cancels a job that has not finished. A running job is asked to
+// stop and stays running until its worker returns. A finished job is refused.
 func (o *Ops) CancelJob(ctx context.Context, id int64) (Job, error) {
-	r, err := o.Client.JobCancel(ctx, id)
+	return o.jobAction(ctx, id, func(r *rivertype.JobRow) error {
+		if finished(r.State) {
+			return errorf(ErrConflict, "job %d already %s, nothing to cancel", id, r.State)
+		}
+		return nil
+	}, func(tx pgx.Tx) (*rivertype.JobRow, error) { return o.Client.JobCancelTx(ctx, tx, id) })
+}
+
+// DeleteJob deletes a finished job: the way to acknowledge a discarded job
+// that was handled by other means. A job that would still run must be
+// cancelled first, so that no event is dropped by a delete; its stored
+// webhook stays in the inbox either way and can be replayed.
+func (o *Ops) DeleteJob(ctx context.Context, id int64) (Job, error) {
+	return o.jobAction(ctx, id, func(r *rivertype.JobRow) error {
+		switch {
+		case r.State == rivertype.JobStateRunning:
+			return errorf(ErrConflict, "job %d is running; it cannot be deleted (cancel it, or wait for it to finish)", id)
+		case !finished(r.State):
+			return errorf(ErrConflict, "job %d is %s and would still run; cancel it before deleting it", id, r.State)
+		}
+		return nil
+	}, func(tx pgx.Tx) (*rivertype.JobRow, error) {
+		r, err := o.Client.JobDeleteTx(ctx, tx, id)
+		if errors.Is(err, rivertype.ErrJobRunning) { // not while the row is locked; River's own guard
+			return nil, errorf(ErrConflict, "job %d is running; it cannot be deleted", id)
+		}
+		return r, err
+	})
+}
+
+// finished reports whether River is done with jobs in state s.
+func finished(s rivertype.JobState) bool {
+	return s == rivertype.JobStateCompleted || s == rivertype.JobStateDiscarded || s == rivertype.JobStateCancelled
+}
+
+// replayHint names the webhook to replay for a job, or a placeholder when
+// the job is a batch of several.
+func replayHint(j Job) string {
+	var args jobs.EventArgs
+	if j.Kind == args.Kind() && j.WebhookID != "" {
+		return j.WebhookID
+	}
+	return "WEBHOOK_ID (relay inbox list shows them)"
+}
+
+// jobAction runs act on job id in a transaction that holds the job's row
+// lock from the check on, so that the state check sees the state act
+// changes: a worker finishing the job meanwhile waits for the commit rather
+// than being retried, cancelled or deleted over.
+func (o *Ops) jobAction(ctx context.Context, id int64, check func(*rivertype.JobRow) error, act func(pgx.Tx) (*rivertype.JobRow, error)) (Job, error) {
+	var done *rivertype.JobRow
+	err := pgx.BeginFunc(ctx, o.Pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `SELECT FROM river_job WHERE id = $1 FOR UPDATE`, id)
+		if err != nil {
+			return fmt.Errorf("lock job %d: %w", id, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return errorf(ErrNotFound, "job %d not found", id)
+		}
+		r, err := o.Client.JobGetTx(ctx, tx, id)
+		if err != nil {
+			return fmt.Errorf("get job %d: %w", id, err)
+		}
+		if err := check(r); err != nil {
+			return err
+		}
+		if done, err = act(tx); err != nil {
+			var oe *opError
+			if errors.As(err, &oe) {
+				return err
+			}
+			return fmt.Errorf("job %d: %w", id, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return Job{}, fmt.Errorf("cancel job %d: %w", id, notFound(err))
+		return Job{}, err
 	}
-	return jobFromRow(r), nil
+	return jobFromRow(done), nil
 }
 
-func notFound(err error) error {
-	if errors.Is(err, river.ErrNotFound) {
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
-	}
-	return err
-}
-
-// RetryMatching pages through the jobs in the filter's states (all of them,
-// Limit is the page size) and retries each one finalized, or for unfinished
-// states created, at or after since (zero: any time). It calls done after
-// each retry and stops at the first error. dryRun only reports.
+// RetryMatching retries every job in the filter's states finalized, or for
+// unfinished states created, at or after since (zero: any time), by
+// RetryJob's rules; running and completed jobs are refused up front. It
+// calls done after each retry and stops at the first error. dryRun only
+// reports.
 func (o *Ops) RetryMatching(ctx context.Context, f JobFilter, since time.Time, dryRun bool, done func(Job)) (int, error) {
-	if len(f.States) == 0 {
-		return 0, fmt.Errorf("%w: a bulk retry needs a state", ErrBadRequest)
+	for _, s := range f.States {
+		switch s {
+		case rivertype.JobStateRunning:
+			return 0, fmt.Errorf("%w: running jobs cannot be retried", ErrBadRequest)
+		case rivertype.JobStateCompleted:
+			return 0, fmt.Errorf("%w: completed jobs are not retried; replay their webhooks (relay inbox replay)", ErrBadRequest)
+		}
 	}
-	if slices.Contains(f.States, rivertype.JobStateRunning) {
-		return 0, fmt.Errorf("%w: running jobs cannot be retried", ErrBadRequest)
+	return o.eachMatching(ctx, "retry", f, since, dryRun, o.RetryJob, done)
+}
+
+// DeleteMatching deletes every job in the filter's states finalized at or
+// after since (zero: any time), by DeleteJob's rules; only the finished
+// states (discarded, cancelled, completed) are accepted. It calls done after
+// each delete and stops at the first error. dryRun only reports.
+func (o *Ops) DeleteMatching(ctx context.Context, f JobFilter, since time.Time, dryRun bool, done func(Job)) (int, error) {
+	for _, s := range f.States {
+		if !finished(s) {
+			return 0, fmt.Errorf("%w: %s jobs would still run and are not deleted; cancel them first", ErrBadRequest, s)
+		}
+	}
+	return o.eachMatching(ctx, "delete", f, since, dryRun, o.DeleteJob, done)
+}
+
+// eachMatching pages through the jobs in the filter's states (all of them,
+// Limit is the page size) and applies act to each one finalized, or for
+// unfinished states created, at or after since.
+func (o *Ops) eachMatching(ctx context.Context, verb string, f JobFilter, since time.Time, dryRun bool,
+	act func(context.Context, int64) (Job, error), done func(Job)) (int, error) {
+	if len(f.States) == 0 {
+		return 0, fmt.Errorf("%w: a bulk %s needs a state", ErrBadRequest, verb)
 	}
 	if f.Limit == 0 {
 		f.Limit = 500
@@ -192,7 +311,7 @@ func (o *Ops) RetryMatching(ctx context.Context, f JobFilter, since time.Time, d
 	for {
 		res, err := o.Client.JobList(ctx, p)
 		if err != nil {
-			return n, fmt.Errorf("list jobs to retry: %w", err)
+			return n, fmt.Errorf("list jobs to %s: %w", verb, err)
 		}
 		for _, r := range res.Jobs {
 			at := r.CreatedAt
@@ -204,7 +323,7 @@ func (o *Ops) RetryMatching(ctx context.Context, f JobFilter, since time.Time, d
 			}
 			j := jobFromRow(r)
 			if !dryRun {
-				if j, err = o.RetryJob(ctx, r.ID); err != nil {
+				if j, err = act(ctx, r.ID); err != nil {
 					return n, err
 				}
 			}
@@ -214,8 +333,8 @@ func (o *Ops) RetryMatching(ctx context.Context, f JobFilter, since time.Time, d
 		if len(res.Jobs) == 0 || res.LastCursor == nil {
 			return n, nil
 		}
-		// The cursor, not the state, moves the page on: retried jobs leave
-		// the state, ones that could not be retried must not come back.
+		// The cursor, not the state, moves the page on: jobs acted on leave
+		// the state, ones that were passed over must not come back.
 		p = p.After(res.LastCursor)
 	}
 }
@@ -282,7 +401,7 @@ type InboxDetail struct {
 func (o *Ops) ShowInbox(ctx context.Context, webhookID string, unmasked bool) (*InboxDetail, error) {
 	e, err := inbox.Get(ctx, o.Pool, webhookID)
 	if errors.Is(err, inbox.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+		return nil, webhookNotFound(webhookID)
 	}
 	if err != nil {
 		return nil, err
@@ -322,7 +441,7 @@ func (o *Ops) Replay(ctx context.Context, webhookID string) (int64, error) {
 	// Checked here too so the caller gets a clear error it can map to 409.
 	e, err := inbox.Get(ctx, o.Pool, webhookID)
 	if errors.Is(err, inbox.ErrNotFound) {
-		return 0, fmt.Errorf("replay %q: %w: %w", webhookID, ErrNotFound, err)
+		return 0, webhookNotFound(webhookID)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("replay %q: %w", webhookID, err)
@@ -331,8 +450,12 @@ func (o *Ops) Replay(ctx context.Context, webhookID string) (int64, error) {
 		return 0, fmt.Errorf("replay %q (%q): %w", webhookID, e.EventType, ErrNotReplayable)
 	}
 	id, err := jobs.Replay(ctx, o.Pool, o.Client, webhookID)
-	if errors.Is(err, inbox.ErrNotFound) {
-		return 0, fmt.Errorf("%w: %w", ErrNotFound, err)
+	if errors.Is(err, inbox.ErrNotFound) { // deleted since the check above
+		return 0, webhookNotFound(webhookID)
 	}
 	return id, err
+}
+
+func webhookNotFound(webhookID string) error {
+	return errorf(ErrNotFound, "webhook %q not found in the inbox", webhookID)
 }

@@ -48,6 +48,8 @@ const jobsUsage = `usage:
   relay jobs retry ID...
   relay jobs retry --state discarded [--since DURATION] [--dry-run]
   relay jobs cancel ID...
+  relay jobs delete ID...
+  relay jobs delete --state discarded [--since DURATION] [--dry-run]
 `
 
 const inboxUsage = `usage:
@@ -57,7 +59,7 @@ const inboxUsage = `usage:
 `
 
 // openOps connects for an admin command. The River client is insert-only:
-// it lists, retries, cancels and enqueues, and never works jobs; the
+// it lists, retries, cancels, deletes and enqueues, and never works jobs; the
 // running relay serve does that.
 func openOps(ctx context.Context, getenv func(string) string) (*admin.Ops, func(), error) {
 	cfg, err := parseConfig(getenv, false)
@@ -131,10 +133,10 @@ func jobsCmd(ctx context.Context, args []string, getenv func(string) string, std
 		fs.StringVar(&state, "state", "", "only jobs in these states (comma-separated): available, running, retryable, scheduled, discarded, cancelled, completed, pending")
 		fs.StringVar(&kind, "kind", "", "only jobs of this kind (polar_event, inbox_retention)")
 		fs.IntVar(&limit, "limit", 50, "at most this many jobs")
-	case "retry":
-		fs.StringVar(&state, "state", "", "retry every job in this state instead of listed ids")
+	case "retry", "delete":
+		fs.StringVar(&state, "state", "", sub+" every job in this state instead of listed ids")
 		fs.DurationVar(&since, "since", 0, "with --state: only jobs finalized within this long, e.g. 24h")
-		fs.BoolVar(&dryRun, "dry-run", false, "with --state: list what would be retried")
+		fs.BoolVar(&dryRun, "dry-run", false, "with --state: list what would be done")
 	case "cancel":
 	default:
 		fmt.Fprint(stdout, jobsUsage)
@@ -155,10 +157,10 @@ func jobsCmd(ctx context.Context, args []string, getenv func(string) string, std
 	switch {
 	case sub == "list" && len(pos) > 0:
 		return fmt.Errorf("jobs list takes no arguments, got %q", pos)
-	case sub == "retry" && (len(ids) == 0) == (len(states) == 0):
+	case (sub == "retry" || sub == "delete") && (len(ids) == 0) == (len(states) == 0):
 		fs.Usage()
-		return errors.New("jobs retry needs job ids or --state, not both")
-	case sub == "retry" && (since != 0 || dryRun) && len(states) == 0:
+		return fmt.Errorf("jobs %s needs job ids or --state, not both", sub)
+	case (sub == "retry" || sub == "delete") && (since != 0 || dryRun) && len(states) == 0:
 		return errors.New("--since and --dry-run go with --state")
 	case sub == "cancel" && len(ids) == 0:
 		fs.Usage()
@@ -183,38 +185,53 @@ func jobsCmd(ctx context.Context, args []string, getenv func(string) string, std
 		}
 		printJobs(stdout, list)
 		return nil
-	case "retry":
+	case "retry", "delete":
+		bulk, one, verb, dryVerb := ops.RetryMatching, ops.RetryJob, "retried", "would retry"
+		if sub == "delete" {
+			bulk, one, verb, dryVerb = ops.DeleteMatching, ops.DeleteJob, "deleted", "would delete"
+		}
 		if len(states) > 0 {
 			var after time.Time
 			if since > 0 {
 				after = time.Now().Add(-since)
 			}
-			verb := "retried"
 			if dryRun {
-				verb = "would retry"
+				verb = dryVerb
 			}
-			n, err := ops.RetryMatching(ctx, admin.JobFilter{States: states}, after, dryRun, func(j admin.Job) {
-				fmt.Fprintf(stdout, "%s job %d (%s %s)\n", verb, j.ID, j.Kind, orDash(j.WebhookID))
+			n, err := bulk(ctx, admin.JobFilter{States: states}, after, dryRun, func(j admin.Job) {
+				fmt.Fprintf(stdout, "%s job %d (%s %s, %s)\n", verb, j.ID, j.Kind, orDash(j.WebhookID), j.State)
 			})
-			fmt.Fprintf(stdout, "%s %d job(s)\n", verb, n)
+			if err == nil || n > 0 {
+				fmt.Fprintf(stdout, "%s %d job(s)\n", verb, n)
+			}
 			return err
 		}
 		return eachID(ids, func(id int64) error {
-			j, err := ops.RetryJob(ctx, id)
+			j, err := one(ctx, id)
 			if err == nil {
-				fmt.Fprintf(stdout, "retried job %d (%s %s): now %s\n", j.ID, j.Kind, orDash(j.WebhookID), j.State)
+				fmt.Fprintf(stdout, "%s job %d (%s %s): %s\n", verb, j.ID, j.Kind, orDash(j.WebhookID), jobOutcome(sub, j.State))
 			}
 			return err
 		})
 	default: // cancel
 		return eachID(ids, func(id int64) error {
 			j, err := ops.CancelJob(ctx, id)
-			if err == nil {
-				fmt.Fprintf(stdout, "cancel requested for job %d (%s %s): now %s\n", j.ID, j.Kind, orDash(j.WebhookID), j.State)
+			if err == nil && j.State == "running" {
+				fmt.Fprintf(stdout, "cancel requested for job %d (%s %s): it is running and stops when its worker sees the request\n", j.ID, j.Kind, orDash(j.WebhookID))
+			} else if err == nil {
+				fmt.Fprintf(stdout, "cancelled job %d (%s %s): now %s\n", j.ID, j.Kind, orDash(j.WebhookID), j.State)
 			}
 			return err
 		})
 	}
+}
+
+// jobOutcome says where a retried job is now, or what a deleted one was.
+func jobOutcome(sub, state string) string {
+	if sub == "delete" {
+		return "was " + state
+	}
+	return "now " + state
 }
 
 func parseIDs(args []string) ([]int64, error) {

@@ -116,6 +116,54 @@ func (p *relayProc) processedOnce(t *testing.T, s testkit.Shop, webhookID string
 	}
 }
 
+// insertJob writes a polar_event job for webhookID in the given state, as
+// River would have left it; an unfinished one is due in an hour, so that no
+// worker takes it meanwhile.
+func insertJob(t *testing.T, pool *pgxpool.Pool, webhookID, state string) int64 {
+	t.Helper()
+	var id int64
+	err := pool.QueryRow(context.Background(), `INSERT INTO river_job
+			(kind, args, state, attempt, attempted_at, scheduled_at, finalized_at, max_attempts, queue, priority)
+		VALUES ('polar_event', jsonb_build_object('webhook_id', $1::text, 'event_type', 'order.paid'), $2::river_job_state,
+			1, now(), now() + interval '1 hour', CASE WHEN $2 IN ('completed', 'discarded', 'cancelled') THEN now() END, 1, 'default', 1)
+		RETURNING id`, webhookID, state).Scan(&id)
+	if err != nil {
+		t.Fatalf("insert %s job: %v", state, err)
+	}
+	return id
+}
+
+// jobState returns the job's state, or "absent".
+func jobState(t *testing.T, pool *pgxpool.Pool, id int64) string {
+	t.Helper()
+	var state string
+	if err := pool.QueryRow(context.Background(), `SELECT coalesce((SELECT state::text FROM river_job WHERE id = $1), 'absent')`, id).Scan(&state); err != nil {
+		t.Fatal(err)
+	}
+	return state
+}
+
+// waitLockWait polls until a session of this database waits in a SELECT ...
+// FOR UPDATE for a lock another transaction holds.
+func waitLockWait(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no session waited for the job's row lock within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestAdminRetryReplayAndAuth(t *testing.T) {
 	p := startRelay(t, map[string]string{
 		"RELAY_ADMIN_TOKEN": testToken, "RELAY_ADMIN_USER": testUser, "RELAY_ADMIN_PASSWORD": testPassword,
@@ -126,6 +174,7 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 			{"GET", "/admin/api/jobs", ""},
 			{"POST", "/admin/api/jobs/1/retry", ""},
 			{"POST", "/admin/api/jobs/1/cancel", ""},
+			{"DELETE", "/admin/api/jobs/1", ""},
 			{"GET", "/admin/api/inbox", ""},
 			{"GET", "/admin/api/inbox/msg_x", ""},
 			{"POST", "/admin/api/inbox/msg_x/replay", ""},
@@ -146,7 +195,8 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 		}
 		for _, r := range routes {
 			for name, auth := range auths {
-				code, body, challenge := doReq(t, r.method, p.admin+r.path, auth, r.body)
+				code, body, hdr := doReq(t, r.method, p.admin+r.path, auth, r.body)
+				challenge := strings.Join(hdr.Values("WWW-Authenticate"), ", ")
 				if code != http.StatusUnauthorized || !strings.Contains(challenge, "Basic") {
 					t.Errorf("%s %s with %s credentials: %d (WWW-Authenticate %q), want 401 with a challenge; %s", r.method, r.path, name, code, challenge, body)
 				}
@@ -222,22 +272,39 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 		for _, c := range []struct {
 			method, path string
 			want         int
+			msg, allow   string // the error says msg; a 405 names the allowed methods
 		}{
-			{"POST", "/admin/api/jobs/999999/retry", http.StatusNotFound},
-			{"POST", "/admin/api/jobs/999999/cancel", http.StatusNotFound},
-			{"POST", "/admin/api/jobs/abc/retry", http.StatusBadRequest},
-			{"GET", "/admin/api/jobs?state=dead", http.StatusBadRequest},
-			{"GET", "/admin/api/jobs?limit=0x", http.StatusBadRequest},
-			{"GET", "/admin/api/jobs?limit=100000", http.StatusBadRequest},
-			{"GET", "/admin/api/inbox?status=lost", http.StatusBadRequest},
-			{"GET", "/admin/api/inbox/msg_unknown", http.StatusNotFound},
-			{"POST", "/admin/api/inbox/msg_unknown/replay", http.StatusNotFound},
-			{"GET", "/admin/api/nonexistent", http.StatusNotFound},
+			{"POST", "/admin/api/jobs/999999/retry", http.StatusNotFound, "job 999999 not found", ""},
+			{"POST", "/admin/api/jobs/999999/cancel", http.StatusNotFound, "job 999999 not found", ""},
+			{"DELETE", "/admin/api/jobs/999999", http.StatusNotFound, "job 999999 not found", ""},
+			{"POST", "/admin/api/jobs/abc/retry", http.StatusBadRequest, "not a positive integer", ""},
+			{"DELETE", "/admin/api/jobs/abc", http.StatusBadRequest, "not a positive integer", ""},
+			{"GET", "/admin/api/jobs?state=dead", http.StatusBadRequest, "unknown job state", ""},
+			{"GET", "/admin/api/jobs?limit=0x", http.StatusBadRequest, "not a whole number", ""},
+			{"GET", "/admin/api/jobs?limit=100000", http.StatusBadRequest, "want 1 to", ""},
+			{"GET", "/admin/api/inbox?status=lost", http.StatusBadRequest, "unknown inbox status", ""},
+			{"GET", "/admin/api/inbox/msg_unknown", http.StatusNotFound, `webhook "msg_unknown" not found`, ""},
+			{"POST", "/admin/api/inbox/msg_unknown/replay", http.StatusNotFound, `webhook "msg_unknown" not found`, ""},
+			{"GET", "/admin/api/nonexistent", http.StatusNotFound, "no such admin route", ""},
+			{"DELETE", "/admin/api/nonexistent", http.StatusNotFound, "no such admin route", ""},
+			// A known route asked with another method.
+			{"GET", "/admin/api/jobs/1/retry", http.StatusMethodNotAllowed, "GET is not allowed", "POST"},
+			{"DELETE", "/admin/api/jobs/1/cancel", http.StatusMethodNotAllowed, "DELETE is not allowed", "POST"},
+			{"GET", "/admin/api/jobs/1", http.StatusMethodNotAllowed, "GET is not allowed", "DELETE"},
+			{"POST", "/admin/api/jobs", http.StatusMethodNotAllowed, "POST is not allowed", "GET, HEAD"},
+			{"DELETE", "/admin/api/inbox/msg_x", http.StatusMethodNotAllowed, "DELETE is not allowed", "GET, HEAD"},
+			{"GET", "/admin/api/inbox/msg_x/replay", http.StatusMethodNotAllowed, "GET is not allowed", "POST"},
 		} {
-			code, body, _ := doReq(t, c.method, p.admin+c.path, bearer(testToken), "")
+			code, body, hdr := doReq(t, c.method, p.admin+c.path, bearer(testToken), "")
 			var e struct{ Error string }
-			if code != c.want || json.Unmarshal([]byte(body), &e) != nil || e.Error == "" {
-				t.Errorf("%s %s: %d %s, want %d with a JSON error", c.method, c.path, code, body, c.want)
+			if code != c.want || json.Unmarshal([]byte(body), &e) != nil || !strings.Contains(e.Error, c.msg) {
+				t.Errorf("%s %s: %d %s, want %d with a JSON error saying %q", c.method, c.path, code, body, c.want, c.msg)
+			}
+			if strings.Contains(e.Error, "not found: not found") {
+				t.Errorf("%s %s: error %q says it twice", c.method, c.path, e.Error)
+			}
+			if got := hdr.Get("Allow"); got != c.allow {
+				t.Errorf("%s %s: Allow %q, want %q", c.method, c.path, got, c.allow)
 			}
 		}
 	})
@@ -308,17 +375,164 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 	})
 
 	t.Run("cancel", func(t *testing.T) {
-		// A job that cannot start yet: scheduled an hour ahead.
-		var id int64
-		if err := p.pool.QueryRow(context.Background(), `INSERT INTO river_job (kind, args, state, scheduled_at, max_attempts, queue, priority)
-			VALUES ('polar_event', '{"webhook_id":"msg_later"}', 'scheduled', now() + interval '1 hour', 1, 'default', 1) RETURNING id`).Scan(&id); err != nil {
-			t.Fatal(err)
-		}
+		id := insertJob(t, p.pool, "msg_later", "scheduled")
 		out, err := p.cli(t, "jobs", "cancel", strconv.FormatInt(id, 10), "999999")
-		if err == nil || !strings.Contains(out, "now cancelled") {
-			t.Fatalf("jobs cancel: %v (want an error for the unknown id)\n%s", err, out)
+		if err == nil || err.Error() != "job 999999 not found" || !strings.Contains(out, fmt.Sprintf("cancelled job %d (polar_event msg_later): now cancelled", id)) {
+			t.Fatalf("jobs cancel: %v (want \"job 999999 not found\" for the unknown id)\n%s", err, out)
 		}
 		waitJob(t, p.pool, "msg_later", "cancelled")
+	})
+
+	t.Run("retry, cancel and delete refuse what the job's state rules out", func(t *testing.T) {
+		done := insertJob(t, p.pool, "msg_done", "completed")
+		running := insertJob(t, p.pool, "msg_running", "running")
+		later := insertJob(t, p.pool, "msg_sched", "scheduled")
+		dead := insertJob(t, p.pool, "msg_dead", "discarded")
+		gone := insertJob(t, p.pool, "msg_gone", "cancelled")
+		states := map[int64]string{done: "completed", running: "running", later: "scheduled", dead: "discarded", gone: "cancelled"}
+		n := func(id int64) string { return strconv.FormatInt(id, 10) }
+		for _, c := range []struct {
+			args []string
+			err  string
+		}{
+			{[]string{"jobs", "retry", n(done)}, fmt.Sprintf("job %d already completed, not retried; to apply its event again, replay its webhook: relay inbox replay msg_done", done)},
+			{[]string{"jobs", "retry", n(running)}, fmt.Sprintf("job %d is running; it cannot be retried before it finishes", running)},
+			{[]string{"jobs", "cancel", n(done)}, fmt.Sprintf("job %d already completed, nothing to cancel", done)},
+			{[]string{"jobs", "cancel", n(dead)}, fmt.Sprintf("job %d already discarded, nothing to cancel", dead)},
+			{[]string{"jobs", "cancel", n(gone)}, fmt.Sprintf("job %d already cancelled, nothing to cancel", gone)},
+			{[]string{"jobs", "delete", n(running)}, fmt.Sprintf("job %d is running; it cannot be deleted (cancel it, or wait for it to finish)", running)},
+			{[]string{"jobs", "delete", n(later)}, fmt.Sprintf("job %d is scheduled and would still run; cancel it before deleting it", later)},
+			{[]string{"jobs", "retry", "999999"}, "job 999999 not found"},
+			{[]string{"jobs", "delete", "999999"}, "job 999999 not found"},
+			{[]string{"jobs", "retry", "--state", "completed"}, "bad request: completed jobs are not retried; replay their webhooks (relay inbox replay)"},
+			{[]string{"jobs", "retry", "--state", "discarded,running"}, "bad request: running jobs cannot be retried"},
+			{[]string{"jobs", "delete", "--state", "discarded,scheduled"}, "bad request: scheduled jobs would still run and are not deleted; cancel them first"},
+		} {
+			out, err := p.cli(t, c.args...)
+			if err == nil || err.Error() != c.err || out != "" {
+				t.Errorf("relay %v: error %v, printed %q; want exactly the error %q", c.args, err, out, c.err)
+			}
+		}
+		api := []struct{ method, path, err string }{
+			{"POST", fmt.Sprintf("/admin/api/jobs/%d/retry", done), "already completed, not retried"},
+			{"POST", fmt.Sprintf("/admin/api/jobs/%d/cancel", dead), "already discarded, nothing to cancel"},
+			{"DELETE", fmt.Sprintf("/admin/api/jobs/%d", later), "would still run"},
+			{"DELETE", fmt.Sprintf("/admin/api/jobs/%d", running), "is running"},
+		}
+		for _, c := range api {
+			code, body, _ := doReq(t, c.method, p.admin+c.path, bearer(testToken), "")
+			if code != http.StatusConflict || !strings.Contains(body, c.err) {
+				t.Errorf("%s %s: %d %s, want 409 saying %q", c.method, c.path, code, body, c.err)
+			}
+		}
+		for id, want := range states {
+			if got := jobState(t, p.pool, id); got != want {
+				t.Errorf("job %d is %s after the refusals, want it left %s", id, got, want)
+			}
+		}
+
+		// What the states allow: a running job is asked to stop, a finished
+		// one can be deleted, an unfinished one once it is cancelled.
+		out, err := p.cli(t, "jobs", "cancel", n(running))
+		if err != nil || !strings.Contains(out, fmt.Sprintf("cancel requested for job %d (polar_event msg_running): it is running", running)) {
+			t.Errorf("cancel a running job: %v\n%s", err, out)
+		}
+		for _, c := range [][]string{{"delete", n(dead)}, {"cancel", n(later)}, {"delete", n(later)}} {
+			if out, err := p.cli(t, append([]string{"jobs"}, c...)...); err != nil {
+				t.Errorf("jobs %v: %v\n%s", c, err, out)
+			}
+		}
+		for _, id := range []int64{dead, later} {
+			if got := jobState(t, p.pool, id); got != "absent" {
+				t.Errorf("job %d is %s, want it deleted", id, got)
+			}
+		}
+	})
+
+	t.Run("a job that finishes meanwhile is neither retried over nor said to be cancelled", func(t *testing.T) {
+		for _, sub := range []string{"retry", "cancel"} {
+			id := insertJob(t, p.pool, "msg_race_"+sub, "scheduled")
+			ctx := context.Background()
+			tx, err := p.pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// As a worker completing the job does, hold its row until commit.
+			if _, err := tx.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE id = $1`, id); err != nil {
+				t.Fatal(err)
+			}
+			type result struct {
+				out string
+				err error
+			}
+			res := make(chan result, 1)
+			go func() {
+				var out bytes.Buffer
+				err := run(ctx, []string{"jobs", sub, strconv.FormatInt(id, 10)}, envFunc(p.env), &out)
+				res <- result{out.String(), err}
+			}()
+			waitLockWait(t, p.pool)
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var r result
+			select {
+			case r = <-res:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("jobs %s did not return within 30s of the commit", sub)
+			}
+			if r.err == nil || !strings.Contains(r.err.Error(), fmt.Sprintf("job %d already completed", id)) {
+				t.Errorf("jobs %s of a job completed meanwhile: error %v, printed %q; want \"already completed\"", sub, r.err, r.out)
+			}
+			if got := jobState(t, p.pool, id); got != "completed" {
+				t.Errorf("jobs %s of a job completed meanwhile left it %s, want completed", sub, got)
+			}
+		}
+	})
+
+	t.Run("delete acknowledges dead jobs handled by other means", func(t *testing.T) {
+		s, id := p.discarded(t, "msg_del_cli")
+		out, err := p.cli(t, "jobs", "delete", strconv.FormatInt(id, 10))
+		if err != nil || !strings.Contains(out, fmt.Sprintf("deleted job %d (polar_event msg_del_cli): was discarded", id)) {
+			t.Fatalf("jobs delete: %v\n%s", err, out)
+		}
+		if got := jobState(t, p.pool, id); got != "absent" {
+			t.Fatalf("deleted job %d is %s", id, got)
+		}
+		// The stored webhook stays: replaying it still books the sale, once.
+		if out, err := p.cli(t, "inbox", "replay", "msg_del_cli"); err != nil {
+			t.Fatalf("replay after delete: %v\n%s", err, out)
+		}
+		waitJob(t, p.pool, "msg_del_cli", "completed")
+		if status, n := shopState(t, p.pool, s); status != "completed" || n != 1 {
+			t.Errorf("replay after delete: session %s with %d bookings, want completed with exactly 1", status, n)
+		}
+
+		_, id = p.discarded(t, "msg_del_api")
+		path := fmt.Sprintf("%s/admin/api/jobs/%d", p.admin, id)
+		code, body, _ := doReq(t, "DELETE", path, bearer(testToken), "")
+		if code != http.StatusOK || !strings.Contains(body, `"state": "discarded"`) || !strings.Contains(body, "msg_del_api") {
+			t.Fatalf("API delete: %d %s", code, body)
+		}
+		if code, body, _ = doReq(t, "DELETE", path, bearer(testToken), ""); code != http.StatusNotFound || !strings.Contains(body, fmt.Sprintf("job %d not found", id)) {
+			t.Errorf("API delete again: %d %s, want 404", code, body)
+		}
+
+		_, id1 := p.discarded(t, "msg_del_bulk1")
+		_, id2 := p.discarded(t, "msg_del_bulk2")
+		out, err = p.cli(t, "jobs", "delete", "--state", "discarded", "--since", "1h", "--dry-run")
+		if err != nil || !strings.Contains(out, "would delete 2 job(s)") || jobState(t, p.pool, id1) != "discarded" {
+			t.Fatalf("dry run: %v\n%s", err, out)
+		}
+		out, err = p.cli(t, "jobs", "delete", "--state", "discarded", "--since", "1h")
+		if err != nil || !strings.Contains(out, "deleted 2 job(s)") {
+			t.Fatalf("bulk delete: %v\n%s", err, out)
+		}
+		for _, id := range []int64{id1, id2} {
+			if got := jobState(t, p.pool, id); got != "absent" {
+				t.Errorf("job %d is %s after the bulk delete", id, got)
+			}
+		}
 	})
 
 	for _, s := range []string{"Sam Shopper", "shopper@example.com", "x@example.com", testToken, testPassword} {
@@ -364,6 +578,7 @@ func TestAdminConfig(t *testing.T) {
 		t.Errorf("default retention: %v, %v", cfg, err)
 	}
 	for _, args := range [][]string{{"jobs"}, {"jobs", "retry"}, {"jobs", "retry", "1", "--state", "discarded"}, {"jobs", "cancel"},
+		{"jobs", "delete"}, {"jobs", "delete", "1", "--state", "discarded"}, {"jobs", "delete", "1", "--dry-run"},
 		{"jobs", "list", "--state", "dead"}, {"inbox", "show"}, {"inbox", "replay"}, {"inbox", "frob"}} {
 		var out bytes.Buffer
 		if err := run(context.Background(), args, envFunc(nil), &out); err == nil {

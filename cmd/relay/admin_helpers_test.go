@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -55,8 +54,8 @@ func waitJob(t *testing.T, pool *pgxpool.Pool, webhookID string, states ...strin
 }
 
 // doReq sends a request with optional auth and JSON body, returning status,
-// body and the WWW-Authenticate header.
-func doReq(t *testing.T, method, url string, auth func(*http.Request), body string) (int, string, string) {
+// body and headers.
+func doReq(t *testing.T, method, url string, auth func(*http.Request), body string) (int, string, http.Header) {
 	t.Helper()
 	var r io.Reader
 	if body != "" {
@@ -78,7 +77,7 @@ func doReq(t *testing.T, method, url string, auth func(*http.Request), body stri
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), strings.Join(resp.Header.Values("WWW-Authenticate"), ", ")
+	return resp.StatusCode, string(b), resp.Header
 }
 
 func bearer(token string) func(*http.Request) {

@@ -17,7 +17,7 @@ commands:
   serve     run the webhook receiver and the worker pool [--role all|receiver|worker]
   migrate   apply relay's and River's database migrations
   send      sign a payload as Polar does and POST it
-  jobs      list, retry or cancel River jobs (relay jobs --help)
+  jobs      list, retry, cancel or delete River jobs (relay jobs --help)
   inbox     list, show or replay stored webhooks (relay inbox --help)
 `
 
