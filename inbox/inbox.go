@@ -34,6 +34,10 @@ type Event struct {
 	Body             []byte
 	JobID            *int64
 	Error            *string
+	// WorkspaceID and Environment say whose endpoint secret verified the
+	// delivery; both empty for the platform's own endpoint.
+	WorkspaceID string
+	Environment string
 }
 
 // DB is what the inbox runs its statements on: a pool, a connection or a
@@ -69,8 +73,8 @@ func QueueInsert(b *pgx.Batch, events ...*Event) {
 }
 
 const insertSQL = `
-	INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error)
-	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bytea[], $7::text[])
+	INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error, workspace_id, environment)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bytea[], $7::text[], $8::uuid[], $9::text[])
 	ON CONFLICT (webhook_id) DO NOTHING
 	RETURNING id, webhook_id, received_at`
 
@@ -79,11 +83,20 @@ func insertArgs(events []*Event) []any {
 	ids, types, statuses := make([]string, n), make([]string, n), make([]string, n)
 	hookTimes, eventTimes := make([]time.Time, n), make([]*time.Time, n)
 	bodies, notes := make([][]byte, n), make([]*string, n)
+	workspaces, environments := make([]*string, n), make([]*string, n)
 	for i, e := range events {
 		ids[i], types[i], statuses[i] = e.WebhookID, e.EventType, e.Status
 		hookTimes[i], eventTimes[i], bodies[i], notes[i] = e.WebhookTimestamp, e.EventTimestamp, e.Body, e.Error
+		workspaces[i], environments[i] = nullable(e.WorkspaceID), nullable(e.Environment)
 	}
-	return []any{ids, types, statuses, hookTimes, eventTimes, bodies, notes}
+	return []any{ids, types, statuses, hookTimes, eventTimes, bodies, notes, workspaces, environments}
+}
+
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // readInserted reads insertSQL's rows into the events they belong to.
@@ -121,7 +134,7 @@ func readInserted(rows pgx.Rows, events []*Event) ([]bool, error) {
 // job's arguments, its own or a batch's, so that storing a webhook costs no
 // second write.
 const columns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
-	received_at, processed_at, body,
+	received_at, processed_at, body, coalesce(workspace_id::text, ''), coalesce(environment, ''),
 	coalesce(job_id, (SELECT max(j.id) FROM river_job j
 		WHERE j.args @> jsonb_build_object('webhook_id', webhook_id)
 		   OR j.args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', webhook_id))))),
@@ -129,12 +142,12 @@ const columns = `id, webhook_id, event_type, status, webhook_timestamp, event_ti
 
 // storedColumns reads a row as stored, without looking for its job.
 const storedColumns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
-	received_at, processed_at, body, job_id, error`
+	received_at, processed_at, body, coalesce(workspace_id::text, ''), coalesce(environment, ''), job_id, error`
 
 func scan(row pgx.Row) (*Event, error) {
 	var e Event
 	err := row.Scan(&e.ID, &e.WebhookID, &e.EventType, &e.Status, &e.WebhookTimestamp, &e.EventTimestamp,
-		&e.ReceivedAt, &e.ProcessedAt, &e.Body, &e.JobID, &e.Error)
+		&e.ReceivedAt, &e.ProcessedAt, &e.Body, &e.WorkspaceID, &e.Environment, &e.JobID, &e.Error)
 	return &e, err
 }
 
