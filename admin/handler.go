@@ -17,6 +17,7 @@ import (
 	"github.com/riverqueue/river"
 	"riverqueue.com/riverui"
 
+	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
 )
 
@@ -40,6 +41,7 @@ func (c Credentials) Configured() bool {
 type Options struct {
 	Credentials Credentials
 	Logger      *slog.Logger
+	Endpoints   *endpoints.Store // nil: no /admin/api/endpoints routes
 }
 
 // Handler serves the JSON API under /admin/api/ and River UI under
@@ -76,6 +78,7 @@ func NewHandler(pool *pgxpool.Pool, client *river.Client[pgx.Tx], opts Options) 
 	mux.HandleFunc("GET /admin/api/inbox", a.listInbox)
 	mux.HandleFunc("GET /admin/api/inbox/{webhook_id}", a.showInbox)
 	mux.HandleFunc("POST /admin/api/inbox/{webhook_id}/replay", a.replay)
+	mountEndpoints(mux, a, opts.Endpoints)
 	mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {
 		// This pattern matches every method, so ServeMux never answers 405
 		// under /admin/ by itself: ask it which methods the path has.

@@ -15,6 +15,11 @@ if [ -z "${POLAR_WEBHOOK_SECRET:-}" ] && [ -z "${POLAR_WEBHOOK_SECRET_FILE:-}" ]
   export POLAR_WEBHOOK_SECRET=polar_whs_development_secret
   echo "relay: development webhook secret: $POLAR_WEBHOOK_SECRET"
 fi
+if [ -z "${RELAY_SECRETS_KEY:-}" ] && [ -z "${RELAY_SECRETS_KEY_FILE:-}" ]; then
+  # Fixed, so that secrets added to .data/pg stay readable across runs.
+  export RELAY_SECRETS_KEY=cmVsYXktZGV2ZWxvcG1lbnQtc2VjcmV0cy1rZXktMDE=
+  echo "relay: development secrets key (RELAY_SECRETS_KEY): $RELAY_SECRETS_KEY"
+fi
 if [ -z "${RELAY_ADMIN_TOKEN:-}" ] && [ -z "${RELAY_ADMIN_USER:-}" ]; then
   export RELAY_ADMIN_USER=admin RELAY_ADMIN_PASSWORD=relay-development
   echo "relay: River UI at http://${RELAY_ADMIN_ADDR:-127.0.0.1:9091}/riverui/ (user admin, password relay-development)"

@@ -19,6 +19,7 @@ commands:
   send      sign a payload as Polar does and POST it
   jobs      list, retry, cancel or delete River jobs (relay jobs --help)
   inbox     list, show or replay stored webhooks (relay inbox --help)
+  endpoints add, list, remove or rekey workspaces' webhook secrets (relay endpoints --help)
 `
 
 func main() {
@@ -48,6 +49,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return jobsCmd(ctx, rest, getenv, stdout)
 	case "inbox":
 		return inboxCmd(ctx, rest, getenv, stdout)
+	case "endpoints":
+		return endpointsCmd(ctx, rest, getenv, os.Stdin, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
