@@ -156,8 +156,8 @@ func TestDrainPassesOldestFirstAndRemovesOnlyAfterCommit(t *testing.T) {
 	// Every field the inbox stores comes back as it went in.
 	g := got[1][0]
 	if g.WebhookID != first.WebhookID || g.EventType != first.EventType || g.Status != first.Status ||
-		!g.WebhookTimestamp.Equal(first.WebhookTimestamp) || !g.EventTimestamp.Equal(at) ||
-		!bytes.Equal(g.Body, first.Body) || *g.Error != note {
+		!g.WebhookTimestamp.Equal(first.WebhookTimestamp) || g.EventTimestamp == nil || !g.EventTimestamp.Equal(at) ||
+		!bytes.Equal(g.Body, first.Body) || g.Error == nil || *g.Error != note {
 		t.Errorf("round trip: got %+v, want %+v", g, first)
 	}
 	if e := got[1][1]; e.EventTimestamp != nil || e.Error != nil || len(e.Body) != 0 || e.Status != inbox.StatusIgnored {
