@@ -54,14 +54,18 @@ func inboxBodies(t *testing.T, pool *pgxpool.Pool) (map[string][]byte, int) {
 }
 
 // A delivery spooled twice, and one spooled and also redelivered straight
-// into the inbox once the database was back, are each stored once.
+// into the inbox once the database was back, are each stored once; every
+// other spooled one is stored too.
 func TestDrainIntoInboxStoresEachWebhookOnce(t *testing.T) {
 	pool := testdb.NewPool(t)
 	s := open(t, t.TempDir(), Options{})
-	a, b, c := event("msg_a", 300), event("msg_b", 300), event("msg_c", 300)
-	a.Body = append(a.Body, "\x00\xff bytes as signed"...)
-	appendAll(t, s, a, b, event("msg_b", 300), c)
-	if _, err := inbox.Insert(t.Context(), pool, event("msg_c", 300)); err != nil {
+	spooled := []*inbox.Event{event("msg_a", 300), event("msg_b", 300), event("msg_b", 300),
+		event("msg_c", 300), event("msg_d", 300), event("msg_e", 300)}
+	spooled[0].Body = append(spooled[0].Body, "\x00\xff bytes as signed"...)
+	appendAll(t, s, spooled...)
+	direct := event("msg_c", 300)
+	direct.Body = append(direct.Body, "delivered directly"...)
+	if _, err := inbox.Insert(t.Context(), pool, direct); err != nil {
 		t.Fatal(err)
 	}
 
@@ -77,8 +81,15 @@ func TestDrainIntoInboxStoresEachWebhookOnce(t *testing.T) {
 		total += n
 	}
 	bodies, rows := inboxBodies(t, pool)
-	if rows != 3 || total != 4 || !bytes.Equal(bodies["msg_a"], a.Body) || bodies["msg_b"] == nil || bodies["msg_c"] == nil {
-		t.Fatalf("after draining 4 spooled (%d): %d inbox rows %v; want msg_a, msg_b, msg_c once each", total, rows, bodies)
+	want := map[string][]byte{"msg_a": spooled[0].Body, "msg_b": spooled[1].Body, "msg_c": direct.Body,
+		"msg_d": spooled[4].Body, "msg_e": spooled[5].Body}
+	if total != len(spooled) || rows != len(want) {
+		t.Fatalf("drained %d of %d spooled into %d inbox rows, want %d", total, len(spooled), rows, len(want))
+	}
+	for id, body := range want {
+		if !bytes.Equal(bodies[id], body) {
+			t.Errorf("inbox body of %s is %q, want %q", id, bodies[id], body)
+		}
 	}
 	if left := storedIDs(t, s); len(left) != 0 {
 		t.Fatalf("committed events still spooled: %v", left)
