@@ -223,10 +223,15 @@ func (s *Spool) Append(ctx context.Context, ev *inbox.Event) error {
 	}
 	// A full spool refuses without waiting for a transaction; appends racing
 	// for the last space are decided inside their transactions.
-	if st, err := s.Stats(); err != nil {
+	var used int64
+	if err := s.view(func(tx *bolt.Tx) error {
+		_, used = readTotals(tx.Bucket(bucketTotals))
+		return nil
+	}); err != nil {
 		return fmt.Errorf("spool webhook %s: %w", ev.WebhookID, err)
-	} else if st.Bytes+int64(len(ev.Body)) > s.maxBytes {
-		return fmt.Errorf("spool webhook %s: %w (%d of %d bytes used)", ev.WebhookID, ErrFull, st.Bytes, s.maxBytes)
+	}
+	if used+int64(len(ev.Body)) > s.maxBytes {
+		return fmt.Errorf("spool webhook %s: %w (%d of %d bytes used)", ev.WebhookID, ErrFull, used, s.maxBytes)
 	}
 	// The body is copied because a write may outlive this call (ctx ends
 	// first), and bbolt reads values until its commit.
@@ -302,7 +307,7 @@ type Stats struct {
 // commit: one read transaction, no scan.
 func (s *Spool) Stats() (Stats, error) {
 	st := Stats{MaxBytes: s.maxBytes}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		st.Events, st.Bytes = readTotals(tx.Bucket(bucketTotals))
 		_, v := tx.Bucket(bucketRecords).Cursor().First()
 		if v == nil {
@@ -315,9 +320,6 @@ func (s *Spool) Stats() (Stats, error) {
 		st.Oldest = rec.SpooledAt
 		return nil
 	})
-	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
-		err = ErrClosed
-	}
 	if err != nil {
 		return Stats{}, fmt.Errorf("read spool stats: %w", err)
 	}
@@ -357,7 +359,7 @@ func (s *Spool) Drain(ctx context.Context, commit CommitFunc, max int) (int, err
 
 // oldest reads the events Drain passes on, with their keys.
 func (s *Spool) oldest(max int) (keys [][]byte, events []*inbox.Event, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		bodies := tx.Bucket(bucketBodies)
 		c := tx.Bucket(bucketRecords).Cursor()
 		read := 0
@@ -372,13 +374,19 @@ func (s *Spool) oldest(max int) (keys [][]byte, events []*inbox.Event, err error
 		}
 		return nil
 	})
-	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
-		err = ErrClosed
-	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("read spooled webhooks: %w", err)
 	}
 	return keys, events, nil
+}
+
+// view is s.db.View, failing with ErrClosed after Close.
+func (s *Spool) view(fn func(*bolt.Tx) error) error {
+	err := s.db.View(fn)
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	return err
 }
 
 // decode makes the event stored under key of its record and body, copying
