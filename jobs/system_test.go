@@ -2,6 +2,7 @@ package jobs_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -35,6 +36,7 @@ type system struct {
 type systemOpts struct {
 	clients     int // River clients working the same queue; default 1
 	maxAttempts int // default 5
+	maxWorkers  int // per client; default 10
 }
 
 func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
@@ -42,6 +44,9 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	o.clients = max(o.clients, 1)
 	if o.maxAttempts == 0 {
 		o.maxAttempts = 5
+	}
+	if o.maxWorkers == 0 {
+		o.maxWorkers = 10
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
@@ -52,15 +57,16 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range o.clients {
+	for i := range o.clients {
 		workers := river.NewWorkers()
 		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond})
 		river.AddWorker(workers, eventWorker)
 		river.AddWorker(workers, jobs.NewBatchWorker(eventWorker))
 		client := testkit.StartRiver(t, pool, &river.Config{
+			ID:          fmt.Sprintf("client_%d", i),
 			Logger:      logger,
 			MaxAttempts: o.maxAttempts,
-			Queues:      map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
+			Queues:      map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: o.maxWorkers}},
 			Workers:     workers,
 		})
 		s.clients = append(s.clients, client)

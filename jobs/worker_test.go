@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testdb"
@@ -112,25 +113,67 @@ func TestConcurrentDuplicatesAndAllOrderEventsBookOnce(t *testing.T) {
 	}
 }
 
+// TestTwoRiverClientsBookOnce works one queue with two River clients. The
+// shops' sessions are locked while the jobs arrive, so that every job a
+// client takes waits: a client holds at most its two workers' worth, and
+// the other client must take the rest. Then both have worked jobs for
+// certain, and each sale is still booked once.
 func TestTwoRiverClientsBookOnce(t *testing.T) {
 	pool := testdb.NewPool(t)
-	sys := startSystem(t, pool, systemOpts{clients: 2})
+	sys := startSystem(t, pool, systemOpts{clients: 2, maxWorkers: 2})
+	ctx := context.Background()
 	var shops []shop
-	var ids []string
-	for i := range 5 {
+	var sessions []string
+	for range 5 {
 		s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 		shops = append(shops, s)
+		sessions = append(sessions, s.Session)
+	}
+	lock, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx) //nolint:errcheck // released below
+	if _, err := lock.Exec(ctx, `SELECT 1 FROM inventory_checkout_sessions WHERE id = ANY($1::uuid[]) FOR UPDATE`, sessions); err != nil {
+		t.Fatal(err)
+	}
+
+	var ids []string
+	for i, s := range shops {
 		for _, f := range []string{"order.created.pending.json", "order.updated.paid.json", "order.paid.json"} {
 			id := fmt.Sprintf("msg_%d_%s", i, f)
 			body := event(t, f, s, fmt.Sprintf("ord_two_%d", i), nil)
 			ids = append(ids, id)
 			var wg sync.WaitGroup
 			for range 10 {
-				wg.Go(func() { sys.post(t, id, body) })
+				wg.Go(func() {
+					if code := sys.post(t, id, body); code != http.StatusOK {
+						t.Errorf("delivery %s: status %d, want 200", id, code)
+					}
+				})
 			}
 			wg.Wait()
 		}
 	}
+	workingClients := func() int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT attempted_by[array_length(attempted_by, 1)])
+			FROM river_job WHERE state = 'running'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for workingClients() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 30 s, jobs are running on %d client(s), want both", workingClients())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
 	for id, state := range sys.waitJobs(t, ids...) {
 		if state != "completed" {
 			t.Errorf("job of %s: %s, want completed", id, state)
@@ -142,11 +185,37 @@ func TestTwoRiverClientsBookOnce(t *testing.T) {
 		}
 	}
 	var workers int
-	if err := pool.QueryRow(context.Background(), `
-		SELECT count(DISTINCT attempted_by[1]) FROM river_job`).Scan(&workers); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT count(DISTINCT attempted_by[1]) FROM river_job`).Scan(&workers); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("jobs worked by %d distinct clients", workers)
+	if workers != 2 {
+		t.Errorf("jobs were first worked by %d distinct clients, want 2", workers)
+	}
+}
+
+// TestEveryQueryModeReceivesAndBooks runs the receiver and a worker in each
+// of pgx's query modes (DATABASE_URL's default_query_exec_mode): a paid
+// order and its duplicate are stored, worked and booked once.
+func TestEveryQueryModeReceivesAndBooks(t *testing.T) {
+	for name, mode := range testdb.QueryExecModes() {
+		t.Run(name, func(t *testing.T) {
+			pool := testdb.NewPoolWith(t, func(c *pgxpool.Config) { c.ConnConfig.DefaultQueryExecMode = mode })
+			sys := startSystem(t, pool, systemOpts{})
+			s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+			body := event(t, "order.updated.paid.json", s, "ord_mode", nil)
+			sys.send(t, "msg_mode", body)
+			sys.send(t, "msg_mode", body)
+			if state := sys.waitJobs(t, "msg_mode")["msg_mode"]; state != "completed" {
+				t.Fatalf("job: %s, want completed", state)
+			}
+			if b := bookings(t, pool, s); len(b) != 1 || b[0].amount != 4950 {
+				t.Errorf("bookings = %+v, want exactly one of 4950", b)
+			}
+			if got := session(t, pool, s); got.status != "completed" {
+				t.Errorf("session = %+v, want completed", got)
+			}
+		})
+	}
 }
 
 func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {

@@ -36,6 +36,7 @@ import (
 const secret = "polar_whs_test_secret_0123456789"
 
 type harness struct {
+	rc      *receiver.Receiver
 	pool    *pgxpool.Pool
 	srv     *httptest.Server
 	reg     *prometheus.Registry
@@ -48,6 +49,7 @@ type setup struct {
 	secrets    []string
 	inserter   func(river.JobArgs) error // fails the job insert after River made it
 	pool       *pgxpool.Pool
+	logs       io.Writer // the receiver's log, as text; default discarded
 }
 
 func newHarness(t *testing.T, s setup) *harness {
@@ -77,16 +79,20 @@ func newHarness(t *testing.T, s setup) *harness {
 	if s.inserter != nil {
 		inserter = failingInserter{client, s.inserter}
 	}
-	s.opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		s.opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	logs := s.logs
+	if logs == nil {
+		logs = io.Discard
 	}
+	if testing.Verbose() {
+		logs = io.MultiWriter(logs, os.Stderr)
+	}
+	s.opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	s.opts.GroupCommit = !s.perRequest
 	rc := receiver.New(pool, inserter, verifier, metrics, s.opts)
 	t.Cleanup(rc.Close)
 	srv := httptest.NewServer(rc)
 	t.Cleanup(srv.Close)
-	return &harness{pool: pool, srv: srv, reg: reg, secrets: s.secrets}
+	return &harness{rc: rc, pool: pool, srv: srv, reg: reg, secrets: s.secrets}
 }
 
 // bothModes runs a test with group commit and with a transaction per request.
@@ -141,7 +147,8 @@ func (h *harness) post(t *testing.T, id string, body []byte, edit func(*http.Req
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("post: %v", err)
+		t.Errorf("post: %v", err) // not Fatal: tests post from goroutines
+		return 0, ""
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -542,8 +549,14 @@ func TestAllowedCIDRs(t *testing.T) {
 	}
 }
 
+// TestGroupCommitIsolatesABadRow makes a bad row share a transaction with
+// good ones, for certain: the one committer is held on a table lock while
+// the other requests queue behind it, so that they are committed as one
+// batch. That batch fails; its events are retried one by one, the bad one
+// alone answered 503.
 func TestGroupCommitIsolatesABadRow(t *testing.T) {
-	h := newHarness(t, setup{opts: receiver.Options{Committers: 1, MaxBatch: 64}})
+	logs := &testkit.SyncBuffer{}
+	h := newHarness(t, setup{opts: receiver.Options{Committers: 1, MaxBatch: 64}, logs: logs})
 	ctx := context.Background()
 	if _, err := h.pool.Exec(ctx, `
 		CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -552,27 +565,48 @@ func TestGroupCommitIsolatesABadRow(t *testing.T) {
 			FOR EACH ROW WHEN (NEW.webhook_id = 'msg_poison') EXECUTE FUNCTION poison();`); err != nil {
 		t.Fatal(err)
 	}
+	lock, err := h.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx) //nolint:errcheck // released below
+	if _, err := lock.Exec(ctx, `LOCK TABLE webhook_inbox IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+
 	body := fixture(t, "order.paid.json")
-	const n = 40
+	const n = 40 // the one held on the lock, then a batch of n-1 with the bad row in it
 	codes := make(map[string]int)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range n {
-		id := fmt.Sprintf("msg_batch_%d", i)
-		if i == n/2 {
-			id = "msg_poison"
-		}
+	post := func(id string) {
 		wg.Go(func() {
-			<-start
 			code, _ := h.post(t, id, body, nil)
 			mu.Lock()
 			codes[id] = code
 			mu.Unlock()
 		})
 	}
-	close(start)
+	post("msg_batch_lead")
+	waitUntil(t, "the committer waits on the lock", func() bool {
+		var waiting int
+		err := h.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting)
+		return err == nil && waiting == 1
+	})
+	for i := range n - 1 {
+		id := fmt.Sprintf("msg_batch_%d", i)
+		if i == n/2 {
+			id = "msg_poison"
+		}
+		post(id)
+	}
+	waitUntil(t, "the other requests queue", func() bool { return receiver.QueuedStores(h.rc) == n-1 })
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	wg.Wait()
+
 	for id, code := range codes {
 		want := http.StatusOK
 		if id == "msg_poison" {
@@ -585,9 +619,33 @@ func TestGroupCommitIsolatesABadRow(t *testing.T) {
 	if rows, jobs := h.totals(t); rows != n-1 || jobs != n-1 {
 		t.Errorf("stored %d rows and %d jobs, want %d of each", rows, jobs, n-1)
 	}
+	// The batch of n-1 failed together, then each good event was committed
+	// in a transaction of its own.
+	if want := fmt.Sprintf("group commit failed, retrying its events one by one\" events=%d", n-1); !strings.Contains(logs.String(), want) {
+		t.Errorf("the bad row did not fail a shared batch: no %q in the log:\n%s", want, logs.String())
+	}
+	var txs int
+	if err := h.pool.QueryRow(ctx, `SELECT count(DISTINCT xmin::text) FROM webhook_inbox WHERE webhook_id <> 'msg_batch_lead'`).Scan(&txs); err != nil {
+		t.Fatal(err)
+	}
+	if txs != n-2 {
+		t.Errorf("the batch's %d good rows were committed in %d transactions, want one each", n-2, txs)
+	}
 	// The failed transactions gave their connections back.
 	if acquired := h.pool.Stat().AcquiredConns(); acquired != 0 {
 		t.Errorf("%d connections still acquired", acquired)
+	}
+}
+
+// waitUntil polls cond until it holds, failing the test after 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
