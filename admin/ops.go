@@ -370,7 +370,7 @@ func (o *Ops) ListInbox(ctx context.Context, p inbox.ListParams) ([]InboxEvent, 
 		return nil, err
 	}
 	p.Limit = limit
-	if p.Status != "" && !slices.Contains([]string{inbox.StatusPending, inbox.StatusProcessed, inbox.StatusIgnored, inbox.StatusInvalid}, p.Status) {
+	if p.Status != "" && !slices.Contains([]string{inbox.StatusPending, inbox.StatusProcessed, inbox.StatusIgnored, inbox.StatusInvalid, inbox.StatusRefused}, p.Status) {
 		return nil, fmt.Errorf("%w: unknown inbox status %q", ErrBadRequest, p.Status)
 	}
 	events, err := inbox.List(ctx, o.Pool, p)

@@ -19,6 +19,7 @@ const (
 	StatusProcessed = "processed" // its job finished
 	StatusIgnored   = "ignored"   // a type relay does not act on
 	StatusInvalid   = "invalid"   // verified, but not a readable event
+	StatusRefused   = "refused"   // its job found it can never apply, and was cancelled
 )
 
 // Event is one stored delivery.
@@ -187,6 +188,18 @@ func MarkProcessed(ctx context.Context, db DB, id, jobID int64, note string) err
 		UPDATE webhook_inbox SET status = 'processed', processed_at = now(), job_id = $2, error = $3
 		WHERE id = $1`, id, jobID, errText); err != nil {
 		return fmt.Errorf("mark inbox row %d processed: %w", id, err)
+	}
+	return nil
+}
+
+// MarkRefused records that job refused the row's event for good, with a
+// short reason (no payload data). It runs after the job's own transaction
+// rolled back, so that the refusal is visible on the row.
+func MarkRefused(ctx context.Context, db DB, webhookID string, jobID int64, reason string) error {
+	if _, err := db.Exec(ctx, `
+		UPDATE webhook_inbox SET status = 'refused', processed_at = now(), job_id = $2, error = $3
+		WHERE webhook_id = $1 AND status = 'pending'`, webhookID, jobID, reason); err != nil {
+		return fmt.Errorf("mark inbox row %q refused: %w", webhookID, err)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ type Metrics struct {
 	duration  *prometheus.HistogramVec
 	lag       *prometheus.HistogramVec
 	bookings  *prometheus.CounterVec
+	foreign   *prometheus.CounterVec
 }
 
 // NewMetrics registers the workers' collectors with reg.
@@ -35,8 +36,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "relay_ledger_bookings_total",
 			Help: "Ledger outcomes of paid and refunded orders, by result.",
 		}, []string{"result"}),
+		foreign: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_boundary_refusals_total",
+			Help: "Events refused because they would change a session outside the workspace or environment whose secret verified them, by reason (workspace, environment).",
+		}, []string{"reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.processed, m.duration, m.lag, m.bookings} {
+	for _, c := range []prometheus.Collector{m.processed, m.duration, m.lag, m.bookings, m.foreign} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -55,8 +60,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		ledger.SkippedWalletWorkspace, ledger.SkippedCurrency, BookingReversed} {
 		m.bookings.WithLabelValues(r)
 	}
+	m.foreign.WithLabelValues(boundaryWorkspace)
+	m.foreign.WithLabelValues(boundaryEnvironment)
 	return m, nil
 }
 
 // BookingReversed counts refunds booked as reversals.
 const BookingReversed = "reversed"
+
+// Reasons an event crossed the boundary of the endpoint that verified it.
+const (
+	boundaryWorkspace   = "workspace"
+	boundaryEnvironment = "environment"
+)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 
+	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
@@ -24,11 +25,18 @@ import (
 
 const secret = "polar_whs_jobs_test_secret"
 
+// testSecretsKey is RELAY_SECRETS_KEY for the workspace endpoints' secrets.
+const testSecretsKey = "cmVsYXktam9icy10ZXN0LXNlY3JldHMta2V5LTAwMDE="
+
 // system is relay end to end: the HTTP receiver in front, real River
 // clients working the queue behind, one real database.
 type system struct {
 	pool    *pgxpool.Pool
-	url     string
+	url     string // the platform's endpoint
+	wsURL   string // + "/" + workspace id: a workspace's endpoint
+	secrets *endpoints.Store
+	cache   *endpoints.Cache
+	logs    *testkit.SyncBuffer
 	reg     *prometheus.Registry
 	clients []*river.Client[pgx.Tx]
 }
@@ -48,11 +56,12 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	if o.maxWorkers == 0 {
 		o.maxWorkers = 10
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s := &system{pool: pool, reg: prometheus.NewRegistry(), logs: &testkit.SyncBuffer{}}
+	var logs io.Writer = s.logs
 	if testing.Verbose() {
-		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		logs = io.MultiWriter(logs, os.Stderr)
 	}
-	s := &system{pool: pool, reg: prometheus.NewRegistry()}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
 	jobMetrics, err := jobs.NewMetrics(s.reg)
 	if err != nil {
 		t.Fatal(err)
@@ -79,9 +88,33 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(receiver.New(pool, s.clients[0], verifier, recvMetrics, receiver.Options{Logger: logger}))
+	rc := receiver.New(pool, s.clients[0], verifier, recvMetrics, receiver.Options{Logger: logger})
+	t.Cleanup(rc.Close)
+	keys, err := endpoints.ParseKeyring(func(k string) string {
+		if k == endpoints.EnvKey {
+			return testSecretsKey
+		}
+		return ""
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.secrets = endpoints.NewStore(pool, keys)
+	cache, err := endpoints.NewCache(pool, keys, endpoints.CacheOptions{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Close)
+	s.cache = cache
+	mux := http.NewServeMux()
+	mux.Handle("/", rc)
+	mux.Handle("/webhooks/polar/{workspace_id}", rc.Workspaces(cache))
+	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	s.url = srv.URL
+	s.url, s.wsURL = srv.URL, srv.URL+"/webhooks/polar"
 	return s
 }
 

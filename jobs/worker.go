@@ -122,6 +122,7 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		err = fmt.Errorf("no checkout session yet for this storefront order (attempt %d of %d): %w", job.Attempt, job.MaxAttempts, err)
 	case permanent(err):
 		errResult = ResultRefused
+		w.refuse(ctx, job, err)
 		err = river.JobCancel(err)
 	}
 	w.report(ctx, job.JobRow, job.Args, res, time.Since(start), errResult, err)
@@ -134,7 +135,29 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 // permanent reports whether an event can never apply, however often retried.
 func permanent(err error) bool {
 	return errors.Is(err, ledger.ErrWorkspaceMismatch) || errors.Is(err, ledger.ErrInvalidInput) ||
+		errors.Is(err, ledger.ErrForeignWorkspace) || errors.Is(err, ledger.ErrForeignEnvironment) ||
 		errors.Is(err, errMalformed) || errors.Is(err, inbox.ErrNotFound)
+}
+
+// refuse records a refusal on the event's inbox row, where an admin sees it,
+// and counts an event that reached across its endpoint's workspace or
+// environment. The job's transaction has rolled back: this is a statement
+// of its own, and the job is cancelled whether or not it succeeds.
+func (w *EventWorker) refuse(ctx context.Context, job *river.Job[EventArgs], err error) {
+	switch {
+	case errors.Is(err, ledger.ErrForeignWorkspace):
+		w.metrics.foreign.WithLabelValues(boundaryWorkspace).Inc()
+	case errors.Is(err, ledger.ErrForeignEnvironment):
+		w.metrics.foreign.WithLabelValues(boundaryEnvironment).Inc()
+	}
+	note := "refused: " + err.Error()
+	if len(note) > 500 {
+		note = note[:500]
+	}
+	if err := inbox.MarkRefused(ctx, w.pool, job.Args.WebhookID, job.ID, note); err != nil {
+		w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "could not record a refusal on the inbox row",
+			slog.Int64("job_id", job.ID), slog.String("webhook_id", job.Args.WebhookID), slog.String("error", err.Error()))
+	}
 }
 
 // completeTx completes job in tx, with the effects of its work.
@@ -187,35 +210,41 @@ func (w *EventWorker) apply(ctx context.Context, tx pgx.Tx, event *inbox.Event) 
 	if err != nil {
 		return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
 	}
+	// A delivery to a workspace's own endpoint may change only that
+	// workspace's sessions of the environment whose secret verified it.
+	var scope *ledger.Scope
+	if event.WorkspaceID != "" {
+		scope = &ledger.Scope{WorkspaceID: event.WorkspaceID, Environment: event.Environment}
+	}
 	switch env.Type {
 	case "order.created", "order.updated", "order.paid", "order.refunded":
 		order, err := polar.ParseOrder(env.Data)
 		if err != nil {
 			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
-		return applyOrder(ctx, tx, order)
+		return applyOrder(ctx, tx, order, scope)
 	case "checkout.created", "checkout.updated", "checkout.expired":
 		checkout, err := polar.ParseCheckout(env.Data)
 		if err != nil {
 			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
-		return applyCheckout(ctx, tx, checkout)
+		return applyCheckout(ctx, tx, checkout, scope)
 	case "refund.created", "refund.updated":
 		refund, err := polar.ParseRefund(env.Data)
 		if err != nil {
 			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
-		return applyRefund(ctx, tx, refund)
+		return applyRefund(ctx, tx, refund, scope)
 	}
 	return applied{result: ResultNoop, note: "event type not acted on"}, nil
 }
 
-func applyOrder(ctx context.Context, tx pgx.Tx, order polar.Order) (applied, error) {
+func applyOrder(ctx context.Context, tx pgx.Tx, order polar.Order, scope *ledger.Scope) (applied, error) {
 	ref, ok := order.Metadata.Storefront()
 	if !ok {
 		return applied{result: ResultNoop, note: "not a storefront sale"}, nil
 	}
-	session := ledger.SessionRef{SessionID: ref.CheckoutSessionID, WorkspaceID: ref.WorkspaceID}
+	session := ledger.SessionRef{SessionID: ref.CheckoutSessionID, WorkspaceID: ref.WorkspaceID, Scope: scope}
 	if order.CheckoutID != nil {
 		session.ExternalCheckoutID = *order.CheckoutID
 	}
@@ -244,7 +273,7 @@ func applyOrder(ctx context.Context, tx pgx.Tx, order polar.Order) (applied, err
 	return res, nil
 }
 
-func applyCheckout(ctx context.Context, tx pgx.Tx, checkout polar.Checkout) (applied, error) {
+func applyCheckout(ctx context.Context, tx pgx.Tx, checkout polar.Checkout, scope *ledger.Scope) (applied, error) {
 	ref, ok := checkout.Metadata.Storefront()
 	if !ok {
 		return applied{result: ResultNoop, note: "not a storefront checkout"}, nil
@@ -253,7 +282,7 @@ func applyCheckout(ctx context.Context, tx pgx.Tx, checkout polar.Checkout) (app
 		return applied{result: ResultNoop, note: "checkout status not acted on"}, nil
 	}
 	expired, err := ledger.ExpireSession(ctx, tx, ledger.SessionRef{
-		SessionID: ref.CheckoutSessionID, WorkspaceID: ref.WorkspaceID, ExternalCheckoutID: checkout.ID,
+		SessionID: ref.CheckoutSessionID, WorkspaceID: ref.WorkspaceID, ExternalCheckoutID: checkout.ID, Scope: scope,
 	})
 	if errors.Is(err, ledger.ErrSessionNotFound) {
 		// A checkout that never became a session has nothing to expire.
@@ -268,7 +297,7 @@ func applyCheckout(ctx context.Context, tx pgx.Tx, checkout polar.Checkout) (app
 	return applied{result: ResultOK, note: "session expired"}, nil
 }
 
-func applyRefund(ctx context.Context, tx pgx.Tx, refund polar.Refund) (applied, error) {
+func applyRefund(ctx context.Context, tx pgx.Tx, refund polar.Refund, scope *ledger.Scope) (applied, error) {
 	if refund.Status != "succeeded" {
 		return applied{result: ResultNoop, note: "refund not succeeded"}, nil
 	}
@@ -279,6 +308,7 @@ func applyRefund(ctx context.Context, tx pgx.Tx, refund polar.Refund) (applied, 
 		Currency:         refund.Currency,
 		Description:      "Refund of Polar order " + refund.OrderID,
 		At:               time.Now(),
+		Scope:            scope,
 	})
 	if errors.Is(err, ledger.ErrSessionNotFound) {
 		// Refunds carry no storefront metadata; the order's own events carry

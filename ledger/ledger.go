@@ -70,7 +70,43 @@ var (
 	// session than the one the reference finds, or that session records
 	// another order. Nothing is changed. It wraps ErrInvalidInput.
 	ErrOrderConflict = fmt.Errorf("%w: order and session do not match", ErrInvalidInput)
+	// ErrForeignWorkspace means the session belongs to another workspace than
+	// the call's Scope: whatever the reference says, the caller may not
+	// change it. Nothing is changed.
+	ErrForeignWorkspace = errors.New("ledger: session of another workspace than the caller's")
+	// ErrForeignEnvironment means the session was created in another
+	// environment than the call's Scope (a sandbox payment for a production
+	// session). Nothing is changed.
+	ErrForeignEnvironment = errors.New("ledger: session of another environment than the caller's")
 )
+
+// Environments a session is created in.
+const (
+	Production = "production"
+	Sandbox    = "sandbox"
+)
+
+// Scope is the authority a call comes with: it may change only sessions of
+// WorkspaceID created in Environment. A nil Scope checks neither.
+type Scope struct {
+	WorkspaceID string
+	Environment string
+}
+
+// check refuses a session outside the scope.
+func (sc *Scope) check(s *Session) error {
+	switch {
+	case sc == nil:
+		return nil
+	case !strings.EqualFold(sc.WorkspaceID, s.WorkspaceID):
+		return fmt.Errorf("%w: checkout session %s belongs to workspace %s, the call may change workspace %s only",
+			ErrForeignWorkspace, s.ID, s.WorkspaceID, sc.WorkspaceID)
+	case sc.Environment != s.Environment:
+		return fmt.Errorf("%w: checkout session %s of workspace %s was created in %s, the call comes from %s",
+			ErrForeignEnvironment, s.ID, s.WorkspaceID, s.Environment, sc.Environment)
+	}
+	return nil
+}
 
 // orderKey is the unique index that records an order on one session at most.
 const orderKey = "inventory_checkout_sessions_polar_order_key"
@@ -90,6 +126,9 @@ type SessionRef struct {
 	SessionID          string
 	WorkspaceID        string
 	ExternalCheckoutID string
+	// Scope, when set, limits the sessions the call may change, however
+	// the session was found.
+	Scope *Scope
 }
 
 // Session is a checkout session as the ledger sees it.
@@ -105,15 +144,16 @@ type Session struct {
 	FinanceTransactionID *string
 	RefundedAmount       int64
 	CompletedAt          *time.Time
+	Environment          string // Production or Sandbox
 }
 
 const sessionColumns = `id::text, ws_id::text, status, total_amount, currency, polar_checkout_id,
-	polar_order_id, polar_status, finance_transaction_id::text, refunded_amount, completed_at`
+	polar_order_id, polar_status, finance_transaction_id::text, refunded_amount, completed_at, polar_environment`
 
 func scanSession(row pgx.Row) (*Session, error) {
 	var s Session
 	err := row.Scan(&s.ID, &s.WorkspaceID, &s.Status, &s.TotalAmount, &s.Currency, &s.ExternalCheckoutID,
-		&s.ExternalOrderID, &s.ExternalStatus, &s.FinanceTransactionID, &s.RefundedAmount, &s.CompletedAt)
+		&s.ExternalOrderID, &s.ExternalStatus, &s.FinanceTransactionID, &s.RefundedAmount, &s.CompletedAt, &s.Environment)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrSessionNotFound
 	}
@@ -172,6 +212,9 @@ func lockSession(ctx context.Context, db DB, ref SessionRef, order string) (*Ses
 			}
 			return nil, fmt.Errorf("find checkout session by checkout id: %w", err)
 		}
+	}
+	if err := ref.Scope.check(s); err != nil {
+		return nil, err
 	}
 	if ref.WorkspaceID != "" && !strings.EqualFold(ref.WorkspaceID, s.WorkspaceID) {
 		return nil, ErrWorkspaceMismatch

@@ -38,6 +38,8 @@ type Refund struct {
 	Currency         string
 	Description      string
 	At               time.Time
+	// Scope, when set, limits the sessions the refund may change.
+	Scope *Scope
 }
 
 // Outcome says what a call changed.
@@ -143,6 +145,9 @@ func ApplyRefund(ctx context.Context, db DB, r Refund) (Outcome, error) {
 			return Outcome{}, err
 		}
 		return Outcome{}, fmt.Errorf("find checkout session by order: %w", err)
+	}
+	if err := r.Scope.check(s); err != nil {
+		return Outcome{}, err
 	}
 	if !strings.EqualFold(r.Currency, s.Currency) {
 		return Outcome{}, fmt.Errorf("%w: refund currency differs from the sale's", ErrInvalidInput)

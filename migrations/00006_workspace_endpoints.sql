@@ -1,4 +1,11 @@
 -- +goose Up
+-- A refused event (it can never apply: another workspace's session, a
+-- sandbox payment for a production session, malformed data) is kept as such.
+ALTER TABLE webhook_inbox
+    DROP CONSTRAINT webhook_inbox_status_check,
+    ADD CONSTRAINT webhook_inbox_status_check
+        CHECK (status IN ('pending', 'processed', 'ignored', 'invalid', 'refused'));
+
 -- Which workspace's endpoint a delivery came through and the environment of
 -- the secret that verified it; both NULL for the platform's own endpoint.
 ALTER TABLE webhook_inbox
@@ -20,3 +27,8 @@ ALTER TABLE inventory_checkout_sessions
 -- +goose Down
 ALTER TABLE inventory_checkout_sessions DROP COLUMN polar_environment;
 ALTER TABLE webhook_inbox DROP COLUMN environment, DROP COLUMN workspace_id;
+UPDATE webhook_inbox SET status = 'processed' WHERE status = 'refused';
+ALTER TABLE webhook_inbox
+    DROP CONSTRAINT webhook_inbox_status_check,
+    ADD CONSTRAINT webhook_inbox_status_check
+        CHECK (status IN ('pending', 'processed', 'ignored', 'invalid'));

@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
@@ -78,13 +79,54 @@ type result struct {
 	outcome   string
 	eventType string // a bounded label
 	webhookID string
+	workspace string // of a workspace endpoint's verified delivery
 	reason    string // short, safe to show the caller
 	err       error  // internal detail, logged only
 }
 
+// WorkspaceVerifier verifies a delivery to a workspace's own endpoint with
+// that workspace's secrets, and says which environment's secret did;
+// *endpoints.Cache is one.
+type WorkspaceVerifier interface {
+	Verify(workspaceID string, body []byte, header http.Header) (polar.Delivery, string, error)
+}
+
+// verifyFunc verifies a request's body; it returns the delivery and, for a
+// workspace's endpoint, the workspace and environment it was verified for.
+// A failure's status is 401 unless it says otherwise.
+type verifyFunc func(r *http.Request, body []byte) (polar.Delivery, string, string, error)
+
+// ServeHTTP is the platform's endpoint, verified with its own secrets.
 func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rc.serve(w, r, func(r *http.Request, body []byte) (polar.Delivery, string, string, error) {
+		d, err := rc.verifier.Verify(body, r.Header)
+		return d, "", "", err
+	})
+}
+
+// Workspaces returns the endpoint of every workspace, at a pattern with a
+// {workspace_id} wildcard: each delivery is verified with that workspace's
+// secrets only, and stored with the workspace and the environment whose
+// secret verified it. A workspace id that is not a UUID gets 404.
+func (rc *Receiver) Workspaces(v WorkspaceVerifier) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc.serve(w, r, func(r *http.Request, body []byte) (polar.Delivery, string, string, error) {
+			ws, err := endpoints.ParseWorkspace(r.PathValue("workspace_id"))
+			if err != nil {
+				return polar.Delivery{}, "", "", errUnknownEndpoint
+			}
+			d, env, err := v.Verify(ws, body, r.Header)
+			return d, ws, env, err
+		})
+	})
+}
+
+// errUnknownEndpoint answers 404: the path names no workspace.
+var errUnknownEndpoint = errors.New("no such endpoint")
+
+func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request, verify verifyFunc) {
 	start := time.Now()
-	res := rc.handle(w, r)
+	res := rc.handle(w, r, verify)
 	elapsed := time.Since(start)
 
 	rc.metrics.received.WithLabelValues(res.eventType, res.outcome).Inc()
@@ -112,13 +154,16 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.Int("status", res.status),
 		slog.Duration("duration", elapsed),
 	}
+	if res.workspace != "" {
+		attrs = append(attrs, slog.String("workspace_id", res.workspace))
+	}
 	if res.err != nil {
 		attrs = append(attrs, slog.String("error", res.err.Error()))
 	}
 	rc.opts.Logger.LogAttrs(r.Context(), level, "webhook", attrs...)
 }
 
-func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request) result {
+func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request, verify verifyFunc) result {
 	res := result{eventType: labelUnverified, webhookID: r.Header.Get(polar.HeaderID)}
 	fail := func(status int, outcome, reason string, err error) result {
 		res.status, res.outcome, res.reason, res.err = status, outcome, reason, err
@@ -146,17 +191,24 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request) result {
 		return fail(http.StatusBadRequest, OutcomeBadRequest, "could not read body", fmt.Errorf("read body: %w", err))
 	}
 
-	delivery, err := rc.verifier.Verify(body, r.Header)
-	if err != nil {
+	delivery, workspace, environment, err := verify(r, body)
+	switch {
+	case errors.Is(err, errUnknownEndpoint):
+		return fail(http.StatusNotFound, OutcomeNotFound, err.Error(), nil)
+	case errors.Is(err, endpoints.ErrNotReady):
+		return fail(http.StatusServiceUnavailable, OutcomeUnavailable, "temporarily unavailable", err)
+	case err != nil:
 		return fail(http.StatusUnauthorized, OutcomeUnauthorized, err.Error(), nil)
 	}
+	res.workspace = workspace
 	if len(delivery.ID) > 255 || !utf8.ValidString(delivery.ID) || strings.ContainsRune(delivery.ID, 0) {
 		return fail(http.StatusBadRequest, OutcomeBadRequest, "malformed webhook-id", nil)
 	}
 
 	// From here on the sender is Polar: a body it signed is stored whatever it
 	// says, since a retry of the same bytes cannot fix it.
-	event := &inbox.Event{WebhookID: delivery.ID, WebhookTimestamp: delivery.Timestamp, Body: body}
+	event := &inbox.Event{WebhookID: delivery.ID, WebhookTimestamp: delivery.Timestamp, Body: body,
+		WorkspaceID: workspace, Environment: environment}
 	env, perr := polar.ParseEnvelope(body)
 	switch {
 	case perr != nil:

@@ -93,7 +93,7 @@ func Sweep(ctx context.Context, pool *pgxpool.Pool, keep time.Duration, batch in
 		tag, err := pool.Exec(ctx, `
 			WITH doomed AS (
 				SELECT i.id FROM webhook_inbox i
-				WHERE i.status IN ('processed', 'ignored', 'invalid')
+				WHERE i.status IN ('processed', 'ignored', 'invalid', 'refused')
 				  AND i.received_at < now() - make_interval(secs => $1)
 				  AND NOT EXISTS (
 					SELECT 1 FROM river_job j

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,6 +21,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
+	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/migrations"
 	"github.com/relayhq/relay/opsmetrics"
@@ -65,6 +67,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return errors.New("the database has pending migrations: run `relay migrate` first")
 	}
 
+	// Workspace endpoint secrets: a key that cannot read them stops relay
+	// here, not at the first delivery.
+	keyring, err := endpoints.ParseKeyring(getenv)
+	if err != nil {
+		return err
+	}
+	secrets := endpoints.NewStore(pool, keyring)
+	if err := secrets.Check(ctx); err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(opsmetrics.NewCollector(pool, logger))
@@ -88,7 +101,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		fmt.Fprintln(w, "ok")
 	}))
 	admin.Handle("GET /readyz", readyHandler(pool))
-	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, logger); err != nil {
+	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, logger); err != nil {
 		return err
 	}
 	servers := []*namedServer{{name: "admin", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
@@ -111,8 +124,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			Committers:     cfg.Committers,
 		})
 		defer rc.Close() // after the servers have shut down: in-flight requests need it
+		cache, err := endpoints.NewCache(pool, keyring, endpoints.CacheOptions{PollOnly: cfg.PollOnly, Logger: logger, Registerer: reg})
+		if err != nil {
+			return fmt.Errorf("workspace endpoints: %w", err)
+		}
+		if err := cache.Start(ctx); err != nil {
+			return fmt.Errorf("load workspace endpoint secrets: %w", err)
+		}
+		defer cache.Close()
 		webhooks := http.NewServeMux()
 		webhooks.Handle(cfg.WebhookPath, rc)
+		webhooks.Handle(strings.TrimSuffix(cfg.WebhookPath, "/")+"/{workspace_id}", rc.Workspaces(cache))
 		servers = append(servers, &namedServer{name: "webhooks", addr: cfg.HTTPAddr, srv: newServer(webhooks, cfg, logger)})
 	}
 	for _, s := range servers {

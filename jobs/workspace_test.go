@@ -1,0 +1,260 @@
+package jobs_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/relayhq/relay/endpoints"
+	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/polar"
+)
+
+const (
+	secretA        = "polar_whs_workspace_a_production_1"
+	secretA2       = "whsec_workspaceARotatedSecret0123456789abcdefgh"
+	secretASandbox = "polar_whs_workspace_a_sandbox_0001"
+	secretB        = "polar_whs_workspace_b_production_1"
+)
+
+// postTo delivers body to a workspace's endpoint signed with secret.
+func (s *system) postTo(t *testing.T, workspace, secret, webhookID string, body []byte) int {
+	t.Helper()
+	code, err := testkit.Post(http.DefaultClient, s.wsURL+"/"+workspace, secret, webhookID, body)
+	if err != nil {
+		t.Errorf("post %s: %v", webhookID, err)
+	}
+	return code
+}
+
+func (s *system) addSecret(t *testing.T, workspace, environment, secret string) endpoints.Secret {
+	t.Helper()
+	sec, err := s.secrets.Add(context.Background(), workspace, environment, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the cache to have it, as every replica will within 5 s.
+	body := []byte(`{}`)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, env, err := s.cache.Verify(workspace, body, polar.SignedHeaders(secret, "msg_probe", time.Now(), body))
+		if err == nil && env == environment {
+			return sec
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cache does not verify with a secret added 5 s ago: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// inboxRow is what the inbox holds of a delivery.
+type inboxRow struct {
+	status, workspace, environment, note string
+}
+
+func inboxOf(t *testing.T, s *system, webhookID string) (inboxRow, bool) {
+	t.Helper()
+	var r inboxRow
+	err := s.pool.QueryRow(context.Background(), `
+		SELECT status, coalesce(workspace_id::text, ''), coalesce(environment, ''), coalesce(error, '')
+		FROM webhook_inbox WHERE webhook_id = $1`, webhookID).Scan(&r.status, &r.workspace, &r.environment, &r.note)
+	if err != nil {
+		return r, false
+	}
+	return r, true
+}
+
+// eventually polls post until it answers want, for at most the 5 seconds in
+// which a change to the secrets must reach every replica.
+func eventually(t *testing.T, what string, want int, post func() int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := post()
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: status %d 5 s after the change, want %d", what, got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestWorkspaceEndpointsVerifyWithTheirOwnSecretsOnly(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	a := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	b := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	oldA := sys.addSecret(t, a.WS, endpoints.Production, secretA)
+	sys.addSecret(t, b.WS, endpoints.Production, secretB)
+	body := event(t, "order.updated.paid.json", a, "ord_ws_a", nil)
+
+	// Another workspace's secret, on either endpoint, stores nothing.
+	if code := sys.postTo(t, a.WS, secretB, "msg_ws_wrong", body); code != http.StatusUnauthorized {
+		t.Errorf("A's endpoint, B's secret: status %d, want 401", code)
+	}
+	if code := sys.postTo(t, b.WS, secretA, "msg_ws_wrong", body); code != http.StatusUnauthorized {
+		t.Errorf("B's endpoint, A's secret: status %d, want 401", code)
+	}
+	if code := sys.postTo(t, a.WS, secret, "msg_ws_wrong", body); code != http.StatusUnauthorized {
+		t.Errorf("A's endpoint, the platform's secret: status %d, want 401", code)
+	}
+	if _, ok := inboxOf(t, sys, "msg_ws_wrong"); ok {
+		t.Error("a delivery that did not verify was stored")
+	}
+
+	// Its own secret passes, and the row says whose it was.
+	if code := sys.postTo(t, a.WS, secretA, "msg_ws_a", body); code != http.StatusOK {
+		t.Fatalf("A's endpoint, A's secret: status %d, want 200", code)
+	}
+	if state := sys.waitJobs(t, "msg_ws_a")["msg_ws_a"]; state != "completed" {
+		t.Fatalf("job: %s, want completed", state)
+	}
+	if row, _ := inboxOf(t, sys, "msg_ws_a"); row.workspace != a.WS || row.environment != endpoints.Production {
+		t.Errorf("inbox row = %+v, want workspace %s, production", row, a.WS)
+	}
+	if bk := bookings(t, pool, a); len(bk) != 1 || bk[0].amount != 4950 {
+		t.Errorf("A's bookings = %+v, want one of 4950", bk)
+	}
+
+	// Rotation: old and new both pass, then the old one is removed and fails.
+	sys.addSecret(t, a.WS, endpoints.Production, secretA2)
+	eventually(t, "the new secret", http.StatusOK, func() int { return sys.postTo(t, a.WS, secretA2, "msg_ws_rot_new", body) })
+	if code := sys.postTo(t, a.WS, secretA, "msg_ws_rot_old", body); code != http.StatusOK {
+		t.Errorf("the old secret while rotating: status %d, want 200", code)
+	}
+	if _, err := sys.secrets.Remove(context.Background(), oldA.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the removed secret", http.StatusUnauthorized, func() int { return sys.postTo(t, a.WS, secretA, "msg_ws_rot_gone", body) })
+	if code := sys.postTo(t, a.WS, secretA2, "msg_ws_rot_after", body); code != http.StatusOK {
+		t.Errorf("the new secret after rotating: status %d, want 200", code)
+	}
+
+	// Not a UUID: no such endpoint. A workspace without secrets: 401.
+	if code := sys.postTo(t, "shop-a", secretA, "msg_ws_404", body); code != http.StatusNotFound {
+		t.Errorf("a workspace id that is not a UUID: status %d, want 404", code)
+	}
+	c := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	if code := sys.postTo(t, c.WS, secretA, "msg_ws_none", body); code != http.StatusUnauthorized {
+		t.Errorf("a workspace without secrets: status %d, want 401", code)
+	}
+}
+
+// TestWorkspaceSecretCannotReachAnotherWorkspace is the attack: workspace
+// A's owner signs, with A's own secret, an order whose metadata names
+// workspace B and B's session. Through A's endpoint it is stored, refused
+// and visible; through B's it does not verify. B's session and ledger never
+// change.
+func TestWorkspaceSecretCannotReachAnotherWorkspace(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	a := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	b := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	sys.addSecret(t, a.WS, endpoints.Production, secretA)
+	sys.addSecret(t, b.WS, endpoints.Production, secretB)
+	forged := event(t, "order.updated.paid.json", b, "ord_forged", nil) // B's wsId, checkoutId and Polar checkout
+
+	if code := sys.postTo(t, b.WS, secretA, "msg_forged_b", forged); code != http.StatusUnauthorized {
+		t.Errorf("to B's endpoint: status %d, want 401", code)
+	}
+	if _, ok := inboxOf(t, sys, "msg_forged_b"); ok {
+		t.Error("the forgery posted to B's endpoint was stored")
+	}
+
+	sys.send(t, "msg_unrelated", event(t, "customer.created.json", a, "", nil)) // the platform endpoint still works
+	if code := sys.postTo(t, a.WS, secretA, "msg_forged", forged); code != http.StatusOK {
+		t.Fatalf("to A's endpoint: status %d, want 200 (verified, stored)", code)
+	}
+	if state := sys.waitJobs(t, "msg_forged")["msg_forged"]; state != "cancelled" {
+		t.Fatalf("job: %s, want cancelled (refused)", state)
+	}
+	if got := session(t, pool, b); got.status != "reserved" || got.polarOrder != nil || got.txID != nil {
+		t.Errorf("B's session changed: %+v", got)
+	}
+	if bk := bookings(t, pool, b); len(bk) != 0 {
+		t.Errorf("B's ledger changed: %+v", bk)
+	}
+	row, _ := inboxOf(t, sys, "msg_forged")
+	if row.status != "refused" || row.workspace != a.WS || !strings.Contains(row.note, b.WS) || !strings.Contains(row.note, a.WS) {
+		t.Errorf("inbox row = %+v, want refused, workspace A, a note naming both workspaces", row)
+	}
+	if n := sys.metric(t, "relay_boundary_refusals_total", map[string]string{"reason": "workspace"}); n != 1 {
+		t.Errorf("relay_boundary_refusals_total{reason=workspace} = %v, want 1", n)
+	}
+	logs := sys.logs.String()
+	var line string
+	for l := range strings.SplitSeq(logs, "\n") {
+		if strings.Contains(l, "msg_forged") && strings.Contains(l, "result=refused") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, a.WS) || !strings.Contains(line, b.WS) {
+		t.Errorf("no log line of the refusal names both workspaces: %q", line)
+	}
+	for _, pii := range []string{"@", "Jane", "Doe"} {
+		if strings.Contains(line, pii) {
+			t.Errorf("the refusal's log line holds payload data %q: %s", pii, line)
+		}
+	}
+}
+
+// TestSandboxSecretNeverBooksAProductionSession: Polar's sandbox takes test
+// cards, so a sale verified by a sandbox secret must not complete or book a
+// production session; it does complete the sandbox session it was for.
+func TestSandboxSecretNeverBooksAProductionSession(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	prod := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	sys.addSecret(t, prod.WS, endpoints.Sandbox, secretASandbox)
+	sys.addSecret(t, prod.WS, endpoints.Production, secretA)
+
+	if code := sys.postTo(t, prod.WS, secretASandbox, "msg_sandbox_prod", event(t, "order.updated.paid.json", prod, "ord_sb", nil)); code != http.StatusOK {
+		t.Fatalf("status %d, want 200", code)
+	}
+	if state := sys.waitJobs(t, "msg_sandbox_prod")["msg_sandbox_prod"]; state != "cancelled" {
+		t.Fatalf("job: %s, want cancelled (refused)", state)
+	}
+	if got := session(t, pool, prod); got.status != "reserved" || got.txID != nil {
+		t.Errorf("the production session changed: %+v", got)
+	}
+	if row, _ := inboxOf(t, sys, "msg_sandbox_prod"); row.status != "refused" || row.environment != endpoints.Sandbox {
+		t.Errorf("inbox row = %+v, want refused, sandbox", row)
+	}
+	if n := sys.metric(t, "relay_boundary_refusals_total", map[string]string{"reason": "environment"}); n != 1 {
+		t.Errorf("relay_boundary_refusals_total{reason=environment} = %v, want 1", n)
+	}
+
+	// The same workspace's sandbox session is the sandbox secret's to complete.
+	sandbox := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	if _, err := pool.Exec(context.Background(), `UPDATE inventory_checkout_sessions SET polar_environment = 'sandbox' WHERE id = $1`, sandbox.Session); err != nil {
+		t.Fatal(err)
+	}
+	sys.addSecret(t, sandbox.WS, endpoints.Sandbox, secretASandbox)
+	if code := sys.postTo(t, sandbox.WS, secretASandbox, "msg_sandbox_ok", event(t, "order.updated.paid.json", sandbox, "ord_sb_ok", nil)); code != http.StatusOK {
+		t.Fatalf("status %d, want 200", code)
+	}
+	if state := sys.waitJobs(t, "msg_sandbox_ok")["msg_sandbox_ok"]; state != "completed" {
+		t.Fatalf("job: %s, want completed", state)
+	}
+	if got := session(t, pool, sandbox); got.status != "completed" {
+		t.Errorf("the sandbox session = %+v, want completed", got)
+	}
+	// And a production secret cannot complete a sandbox session either.
+	other := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	if _, err := pool.Exec(context.Background(), `UPDATE inventory_checkout_sessions SET polar_environment = 'sandbox' WHERE id = $1`, other.Session); err != nil {
+		t.Fatal(err)
+	}
+	sys.addSecret(t, other.WS, endpoints.Production, secretB)
+	if code := sys.postTo(t, other.WS, secretB, "msg_prod_sandbox", event(t, "order.updated.paid.json", other, "ord_ps", nil)); code != http.StatusOK {
+		t.Fatalf("status %d, want 200", code)
+	}
+	if state := sys.waitJobs(t, "msg_prod_sandbox")["msg_prod_sandbox"]; state != "cancelled" {
+		t.Errorf("job: %s, want cancelled (refused)", state)
+	}
+}
