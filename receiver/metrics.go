@@ -17,7 +17,7 @@ const (
 	OutcomeTooLarge         = "too_large"
 	OutcomeBadRequest       = "bad_request"
 	OutcomeMethodNotAllowed = "method_not_allowed"
-	OutcomeNotFound         = "not_found" // a workspace endpoint whose id is not a UUID
+	OutcomeNotFound         = "not_found"   // a workspace endpoint whose id is not a UUID
 	OutcomeUnavailable      = "unavailable" // store failed or too slow: 503
 )
 
