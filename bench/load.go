@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -112,8 +113,12 @@ type generator struct {
 	client   *http.Client
 	url      string
 	sessions []session // when set, event i pays sessions[i]
+	tenants  []tenant  // when set, event i goes to tenants[i]'s endpoint, signed with its secret
 	run      string
 }
+
+// tenant is a workspace with its own endpoint and secret.
+type tenant struct{ ws, secret string }
 
 func newGenerator(t *template) *generator {
 	return &generator{tmpl: t, run: fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffffff)}
@@ -151,16 +156,22 @@ func (g *generator) event(phase int64, i int64) (string, []byte) {
 
 // delivery is one signed event, ready to send.
 type delivery struct {
+	url    string // empty: the generator's
 	body   []byte
 	header http.Header
 }
 
 func (g *generator) delivery(phase, i int64) delivery {
 	id, body := g.event(phase, i)
-	h := polar.SignedHeaders(benchSecret, id, time.Now(), body)
+	secret, url := benchSecret, ""
+	if g.tenants != nil {
+		t := g.tenants[int(i)%len(g.tenants)]
+		secret, url = t.secret, g.url+"/"+t.ws
+	}
+	h := polar.SignedHeaders(secret, id, time.Now(), body)
 	h.Set("Content-Type", "application/json")
 	h.Set("User-Agent", "relay-bench")
-	return delivery{body: body, header: h}
+	return delivery{url: url, body: body, header: h}
 }
 
 // outcome of one delivery.
@@ -171,7 +182,7 @@ type outcome struct {
 }
 
 func (g *generator) post(ctx context.Context, d delivery) (int, string) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.url, bytes.NewReader(d.body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cmp.Or(d.url, g.url), bytes.NewReader(d.body))
 	if err != nil {
 		return 0, err.Error()
 	}

@@ -43,6 +43,7 @@ type options struct {
 	procWorkers      int
 	sessions         int
 	workspaces       int
+	tenants          int
 	drainMax         time.Duration
 	relayEnv         envList
 }
@@ -82,6 +83,7 @@ func main() {
 	flag.IntVar(&o.procWorkers, "process-workers", 50, "RELAY_WORKERS in the processing run")
 	flag.IntVar(&o.sessions, "sessions", 20000, "checkout sessions seeded for the processing run")
 	flag.IntVar(&o.workspaces, "workspaces", 100, "storefront workspaces the sessions belong to")
+	flag.IntVar(&o.tenants, "tenants", 1000, "workspaces with endpoints of their own in the multi-tenant ack run")
 	flag.DurationVar(&o.drainMax, "drain-max", 60*time.Second, "how long processing may lag behind sending before giving up")
 	flag.Var(&o.relayEnv, "relay-env", "KEY=VALUE added to the environment of every relay started, after the harness's own (repeatable), e.g. RELAY_GROUP_COMMITTERS=2")
 	flag.Parse()
@@ -225,6 +227,20 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	rep.RelayMax = relayMax
+	// The same closed loop spread over many workspaces' endpoints, each
+	// verified with its own secret from the endpoints cache.
+	tenants, err := seedTenants(ctx, pool, o.tenants)
+	if err != nil {
+		return err
+	}
+	gen.tenants = tenants
+	if rep.MultiTenant, err = ack(fmt.Sprintf("%d workspaces' endpoints", len(tenants)), map[string]string{
+		"RELAY_WORKERS": "1", "RELAY_SECRETS_KEY": benchSecretsKey,
+	}, false); err != nil {
+		return err
+	}
+	rep.Tenants = len(tenants)
+	gen.tenants = nil
 	if _, err := ack("RELAY_GROUP_COMMIT=off", map[string]string{
 		"RELAY_WORKERS": "1", "RELAY_GROUP_COMMIT": "off",
 	}, false); err != nil {

@@ -21,6 +21,8 @@ type report struct {
 	Rows              []row
 	Ceiling           float64 // pgbench tps at Concurrency
 	RelayMax          float64 // relay closed loop, default pool
+	MultiTenant       float64 // the same, spread over Tenants workspaces' endpoints
+	Tenants           int
 	P99At50           time.Duration
 	P99At50Set        bool
 	Process           []*processResult // at the target rate, then above it
@@ -112,6 +114,11 @@ func (r *report) targets() string {
 		r.RelayMax, r.Ceiling, ratio, verdict)
 	if r.P99At50Set {
 		fmt.Fprintf(&b, "| p99 ack latency ≤ 25 ms at 50%% of max | %s ms | %s |\n", msf(r.P99At50), met(r.P99At50 <= 25*time.Millisecond))
+	}
+	if r.Tenants > 0 && r.RelayMax > 0 {
+		ratio := r.MultiTenant / r.RelayMax
+		fmt.Fprintf(&b, "| %d workspaces' endpoints within 10%% of the single endpoint's ack rate | %.0f acks/s vs %.0f = %.2f× | %s |\n",
+			r.Tenants, r.MultiTenant, r.RelayMax, ratio, met(ratio >= 0.9))
 	}
 	if len(r.Process) == 2 {
 		// The rate relay sustains is read where more is offered than that;

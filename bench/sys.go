@@ -19,7 +19,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relayhq/relay/endpoints"
 )
 
 // clkTck is USER_HZ, the unit of /proc's CPU times; 100 on every mainstream
@@ -286,6 +289,9 @@ func freePort() (string, error) {
 
 const benchSecret = "polar_whs_bench_secret_not_for_production"
 
+// benchSecretsKey is RELAY_SECRETS_KEY for the multi-tenant run's secrets.
+const benchSecretsKey = "rjB2P68PGi7ybnJOEAhh/KgLJcFxFqaWugQTp2FLGgA="
+
 var relayRuns int
 
 func startRelay(ctx context.Context, o options, label string, extra map[string]string) (*relayProc, error) {
@@ -528,6 +534,38 @@ func seed(ctx context.Context, pool *pgxpool.Pool, n, workspaces int) ([]session
 	}
 	if len(out) != n {
 		return nil, errors.New("seed: wrong number of sessions")
+	}
+	return out, nil
+}
+
+// seedTenants creates n workspaces, each with a production secret of its
+// own stored as relay stores one (encrypted with benchSecretsKey).
+func seedTenants(ctx context.Context, pool *pgxpool.Pool, n int) ([]tenant, error) {
+	keys, err := endpoints.ParseKeyring(func(k string) string {
+		if k == endpoints.EnvKey {
+			return benchSecretsKey
+		}
+		return ""
+	})
+	if err != nil {
+		return nil, err
+	}
+	store := endpoints.NewStore(pool, keys)
+	rows, err := pool.Query(ctx, `INSERT INTO workspaces (name) SELECT 'Bench tenant ' || g FROM generate_series(1, $1::int) g RETURNING id::text`, n)
+	if err != nil {
+		return nil, fmt.Errorf("seed tenants: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("seed tenants: %w", err)
+	}
+	log.Printf("seeding %d workspaces with endpoint secrets of their own", n)
+	out := make([]tenant, len(ids))
+	for i, ws := range ids {
+		out[i] = tenant{ws: ws, secret: fmt.Sprintf("polar_whs_bench_tenant_%06d_secret", i)}
+		if _, err := store.Add(ctx, ws, endpoints.Production, out[i].secret); err != nil {
+			return nil, fmt.Errorf("seed tenant secret: %w", err)
+		}
 	}
 	return out, nil
 }
