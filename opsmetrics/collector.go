@@ -80,7 +80,7 @@ func NewCollector(pool *pgxpool.Pool, logger *slog.Logger) prometheus.Collector 
 		kind:   jobs.EventArgs{}.Kind(),
 
 		jobStates:     []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"},
-		inboxStatuses: []string{"pending", "processed", "ignored", "invalid"},
+		inboxStatuses: []string{"pending", "processed", "ignored", "invalid", "refused"},
 		queryNames:    []string{queryJobs, queryOldestAvailable, queryInbox},
 		errors:        make(map[string]*atomic.Uint64),
 

@@ -84,7 +84,7 @@ func TestCollector(t *testing.T) {
 			t.Errorf("empty database: relay_jobs{state=%q} = %v, want 0", state, v)
 		}
 	}
-	for _, status := range []string{"pending", "processed", "ignored", "invalid"} {
+	for _, status := range []string{"pending", "processed", "ignored", "invalid", "refused"} {
 		if v := mustValue(t, got, "relay_inbox_events", map[string]string{"status": status}); v != 0 {
 			t.Errorf("empty database: relay_inbox_events{status=%q} = %v, want 0", status, v)
 		}
