@@ -235,7 +235,7 @@ func run(ctx context.Context, o options) error {
 	}
 	gen.tenants = tenants
 	if rep.MultiTenant, err = ack(fmt.Sprintf("%d workspaces' endpoints", len(tenants)), map[string]string{
-		"RELAY_WORKERS": "1", "RELAY_SECRETS_KEY": benchSecretsKey,
+		"RELAY_WORKERS": "1",
 	}, false); err != nil {
 		return err
 	}

@@ -315,6 +315,7 @@ func startRelay(ctx context.Context, o options, label string, extra map[string]s
 	env = append(env,
 		"DATABASE_URL="+o.dbURL,
 		"POLAR_WEBHOOK_SECRET="+benchSecret,
+		"RELAY_SECRETS_KEY="+benchSecretsKey, // the multi-tenant run's secrets stay stored
 		"RELAY_HTTP_ADDR="+httpAddr,
 		"RELAY_ADMIN_ADDR="+adminAddr,
 		"RELAY_SHUTDOWN_TIMEOUT=5s",
