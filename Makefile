@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: build run test vet check-ops bench fuzz soak
+.PHONY: build run test test-deps vet check-ops bench fuzz soak
 
 build:
 	$(GO) build -o bin/relay ./cmd/relay
@@ -13,7 +13,7 @@ FAULT_FIGURES ?= $(or $(TMPDIR),/tmp)/relay-fault-figures.txt
 
 # Runs every test against a throwaway PostgreSQL cluster (the fault suite
 # in faults/ starts its own), then prints what the fault suite proved.
-test: vet check-ops
+test: vet check-ops test-deps
 	rm -f $(FAULT_FIGURES)
 	RELAY_FAULT_REPORT=$(FAULT_FIGURES) ./scripts/with-test-postgres.sh $(GO) test -race -count=1 -timeout 15m ./...
 	@echo "fault suite:" && cat $(FAULT_FIGURES)
@@ -26,6 +26,12 @@ soak:
 
 vet:
 	$(GO) vet ./...
+
+# What the tests run besides PostgreSQL: PgBouncer (cmd/relay's
+# transaction-pooling test starts one); as root, Debian's package is
+# installed when it is missing.
+test-deps:
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || ./scripts/apt-install.sh pgbouncer
 
 # Checks the Prometheus config, alert rules and their unit tests; installs
 # Debian's prometheus package first when promtool is missing (the end-to-end

@@ -6,10 +6,16 @@ cd "$(dirname "$0")/.."
 
 if [ -z "${DATABASE_URL:-}" ]; then
   port=${RELAY_DEV_PG_PORT:-54329}
-  scripts/pg.sh start .data/pg "$port"
+  if ! scripts/pg.sh start .data/pg "$port"; then
+    echo "relay: PostgreSQL did not start on port $port (log: .data/pg/server.log); if the port is taken, set RELAY_DEV_PG_PORT" >&2
+    exit 1
+  fi
+  # A server left running by an earlier make run keeps the port it has.
+  port=$(sed -n 4p .data/pg/postmaster.pid)
   DATABASE_URL=$(scripts/pg.sh url "$port")
   export DATABASE_URL
   echo "relay: local PostgreSQL in .data/pg on port $port (stop it: scripts/pg.sh stop .data/pg)"
+  echo "relay: for bin/relay jobs, inbox and endpoints, and psql, in another terminal: export DATABASE_URL='$DATABASE_URL'"
 fi
 if [ -z "${POLAR_WEBHOOK_SECRET:-}" ] && [ -z "${POLAR_WEBHOOK_SECRET_FILE:-}" ]; then
   export POLAR_WEBHOOK_SECRET=polar_whs_development_secret
@@ -25,6 +31,7 @@ if [ -z "${RELAY_ADMIN_TOKEN:-}" ] && [ -z "${RELAY_ADMIN_USER:-}" ]; then
   echo "relay: River UI at http://${RELAY_ADMIN_ADDR:-127.0.0.1:9091}/riverui/ (user admin, password relay-development)"
 fi
 export LOG_FORMAT=${LOG_FORMAT:-text}
+echo "relay: webhooks on ${RELAY_HTTP_ADDR:-:8080}${RELAY_WEBHOOK_PATH:-/webhooks/polar}, admin listener (/metrics, /healthz, /readyz, River UI) on ${RELAY_ADMIN_ADDR:-127.0.0.1:9091}; RELAY_HTTP_ADDR and RELAY_ADMIN_ADDR move them (bin/relay send reads RELAY_HTTP_ADDR too)"
 
 go build -o bin/relay ./cmd/relay
 bin/relay migrate

@@ -109,11 +109,18 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// subFlags returns a subcommand's flag set, printing usage to stdout.
+// subFlags returns a subcommand's flag set, printing usage to stdout. The
+// flag package's own line for a bad flag is dropped: the error is returned,
+// and main prints it once.
 func subFlags(name, usage string, stdout io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	fs.Usage = func() { fmt.Fprint(stdout, usage); fs.PrintDefaults() }
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		fmt.Fprint(stdout, usage)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
 	return fs
 }
 

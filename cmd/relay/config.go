@@ -55,6 +55,12 @@ const (
 	roleWorker   = "worker"   // works jobs, serves no webhook listener
 )
 
+// Defaults that relay send shares with relay serve.
+const (
+	defaultHTTPAddr    = ":8080"
+	defaultWebhookPath = "/webhooks/polar"
+)
+
 // env reads one variable with a default.
 type env func(string) string
 
@@ -69,9 +75,9 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	e := env(getenv)
 	c := &config{
 		DatabaseURL: e.str("DATABASE_URL", ""),
-		HTTPAddr:    e.str("RELAY_HTTP_ADDR", ":8080"),
+		HTTPAddr:    e.str("RELAY_HTTP_ADDR", defaultHTTPAddr),
 		AdminAddr:   e.str("RELAY_ADMIN_ADDR", "127.0.0.1:9091"),
-		WebhookPath: e.str("RELAY_WEBHOOK_PATH", "/webhooks/polar"),
+		WebhookPath: e.str("RELAY_WEBHOOK_PATH", defaultWebhookPath),
 		LogFormat:   e.str("LOG_FORMAT", "json"),
 	}
 	var errs []error
@@ -168,6 +174,8 @@ func readSecrets(e env) ([]string, error) {
 	return out, nil
 }
 
+// intVar and durationVar return the default for a value they cannot parse,
+// so that the range checks after them do not report it a second time.
 func intVar(e env, key string, def int, errs *[]error) int {
 	v := e.str(key, "")
 	if v == "" {
@@ -176,6 +184,7 @@ func intVar(e env, key string, def int, errs *[]error) int {
 	n, err := strconv.Atoi(v)
 	if err != nil {
 		*errs = append(*errs, fmt.Errorf("%s: %q is not a whole number", key, v))
+		return def
 	}
 	return n
 }
@@ -202,6 +211,7 @@ func durationVar(e env, key string, def time.Duration, errs *[]error) time.Durat
 	d, err := time.ParseDuration(v)
 	if err != nil {
 		*errs = append(*errs, fmt.Errorf("%s: %q is not a duration such as 5s", key, v))
+		return def
 	}
 	return d
 }

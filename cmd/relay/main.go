@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +35,14 @@ func main() {
 
 // run is the whole program, so tests can drive it like a shell would.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	err := command(ctx, args, getenv, stdout)
+	if errors.Is(err, flag.ErrHelp) { // -h: the usage asked for is printed
+		return nil
+	}
+	return err
+}
+
+func command(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stdout, usage)
 		return fmt.Errorf("no command given")

@@ -10,8 +10,12 @@ import (
 )
 
 func migrate(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	if len(args) > 0 {
-		return fmt.Errorf("migrate takes no arguments, got %q", args)
+	fs := subFlags("migrate", "usage: relay migrate\n", stdout)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("migrate takes no arguments, got %q", fs.Args())
 	}
 	cfg, err := parseConfig(getenv, false)
 	if err != nil {

@@ -7,9 +7,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -18,18 +18,15 @@ import (
 	"github.com/relayhq/relay/polar"
 )
 
+const sendUsage = "usage: relay send [--url URL] [--secret S] [--id ID] [--type T] FILE|-\n"
+
 func send(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("send", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	target := fs.String("url", "http://127.0.0.1:8080/webhooks/polar", "webhook endpoint")
+	fs := subFlags("send", sendUsage, stdout)
+	target := fs.String("url", localWebhookURL(getenv), "webhook endpoint; the default is where relay serve listens by RELAY_HTTP_ADDR and RELAY_WEBHOOK_PATH")
 	secret := fs.String("secret", "", "webhook secret (default: the first of POLAR_WEBHOOK_SECRET)")
 	id := fs.String("id", "", "webhook-id (default: a new random id; reuse one to redeliver)")
 	eventType := fs.String("type", "", "replace the payload's event type")
 	timeout := fs.Duration("timeout", 15*time.Second, "request timeout")
-	fs.Usage = func() {
-		fmt.Fprintln(stdout, "usage: relay send [--url URL] [--secret S] [--id ID] [--type T] FILE|-")
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -79,6 +76,24 @@ func send(ctx context.Context, args []string, getenv func(string) string, stdout
 		return fmt.Errorf("server answered %s", resp.Status)
 	}
 	return nil
+}
+
+// localWebhookURL is where relay serve, run here with the same environment,
+// takes webhooks. A listener on every interface is reached on loopback.
+func localWebhookURL(getenv func(string) string) string {
+	e := env(getenv)
+	addr, path := e.str("RELAY_HTTP_ADDR", defaultHTTPAddr), e.str("RELAY_WEBHOOK_PATH", defaultWebhookPath)
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil { // serve refuses it too; let the request say so
+		return "http://" + addr + path
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return "http://" + net.JoinHostPort(host, port) + path
 }
 
 func readPayload(name string) ([]byte, error) {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,8 +30,7 @@ import (
 )
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stdout)
+	fs := subFlags("serve", "usage: relay serve [--role all|receiver|worker]\n", stdout)
 	role := fs.String("role", "", "all, receiver or worker (default: RELAY_ROLE, else all)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -104,7 +102,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, logger); err != nil {
 		return err
 	}
-	servers := []*namedServer{{name: "admin", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
+	servers := []*namedServer{{name: "admin", addrVar: "RELAY_ADMIN_ADDR", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
 
 	// A worker-only replica serves no public listener.
 	var rc *receiver.Receiver
@@ -135,12 +133,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		webhooks := http.NewServeMux()
 		webhooks.Handle(cfg.WebhookPath, rc)
 		webhooks.Handle(strings.TrimSuffix(cfg.WebhookPath, "/")+"/{workspace_id}", rc.Workspaces(cache))
-		servers = append(servers, &namedServer{name: "webhooks", addr: cfg.HTTPAddr, srv: newServer(webhooks, cfg, logger)})
+		servers = append(servers, &namedServer{name: "webhooks", addrVar: "RELAY_HTTP_ADDR", addr: cfg.HTTPAddr, srv: newServer(webhooks, cfg, logger)})
 	}
 	for _, s := range servers {
 		if s.ln, err = net.Listen("tcp", s.addr); err != nil {
 			closeListeners(servers)
-			return fmt.Errorf("listen on %s for %s: %w", s.addr, s.name, err)
+			return fmt.Errorf("listen on %s for %s (%s sets the address): %w", s.addr, s.name, s.addrVar, err)
 		}
 	}
 
@@ -223,6 +221,7 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 
 type namedServer struct {
 	name, addr string
+	addrVar    string // the variable that sets addr
 	srv        *http.Server
 	ln         net.Listener
 }
