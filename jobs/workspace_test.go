@@ -30,6 +30,16 @@ func (s *system) postTo(t *testing.T, workspace, secret, webhookID string, body 
 	return code
 }
 
+// deliverTo posts to a workspace's endpoint, requires 200 and returns the
+// final state of the delivery's job.
+func (s *system) deliverTo(t *testing.T, workspace, secret, webhookID string, body []byte) string {
+	t.Helper()
+	if code := s.postTo(t, workspace, secret, webhookID, body); code != http.StatusOK {
+		t.Fatalf("delivery %s: status %d, want 200", webhookID, code)
+	}
+	return s.waitJobs(t, webhookID)[webhookID]
+}
+
 func (s *system) addSecret(t *testing.T, workspace, environment, secret string) endpoints.Secret {
 	t.Helper()
 	sec, err := s.secrets.Add(context.Background(), workspace, environment, secret)
@@ -214,10 +224,7 @@ func TestSandboxSecretNeverBooksAProductionSession(t *testing.T) {
 	sys.addSecret(t, prod.WS, endpoints.Sandbox, secretASandbox)
 	sys.addSecret(t, prod.WS, endpoints.Production, secretA)
 
-	if code := sys.postTo(t, prod.WS, secretASandbox, "msg_sandbox_prod", event(t, "order.updated.paid.json", prod, "ord_sb", nil)); code != http.StatusOK {
-		t.Fatalf("status %d, want 200", code)
-	}
-	if state := sys.waitJobs(t, "msg_sandbox_prod")["msg_sandbox_prod"]; state != "cancelled" {
+	if state := sys.deliverTo(t, prod.WS, secretASandbox, "msg_sandbox_prod", event(t, "order.updated.paid.json", prod, "ord_sb", nil)); state != "cancelled" {
 		t.Fatalf("job: %s, want cancelled (refused)", state)
 	}
 	if got := session(t, pool, prod); got.status != "reserved" || got.txID != nil {
@@ -231,30 +238,18 @@ func TestSandboxSecretNeverBooksAProductionSession(t *testing.T) {
 	}
 
 	// The same workspace's sandbox session is the sandbox secret's to complete.
-	sandbox := testkit.SeedShop(t, pool, testkit.ShopOptions{})
-	if _, err := pool.Exec(context.Background(), `UPDATE inventory_checkout_sessions SET polar_environment = 'sandbox' WHERE id = $1`, sandbox.Session); err != nil {
-		t.Fatal(err)
-	}
+	sandbox := testkit.SeedShop(t, pool, testkit.ShopOptions{Sandbox: true})
 	sys.addSecret(t, sandbox.WS, endpoints.Sandbox, secretASandbox)
-	if code := sys.postTo(t, sandbox.WS, secretASandbox, "msg_sandbox_ok", event(t, "order.updated.paid.json", sandbox, "ord_sb_ok", nil)); code != http.StatusOK {
-		t.Fatalf("status %d, want 200", code)
-	}
-	if state := sys.waitJobs(t, "msg_sandbox_ok")["msg_sandbox_ok"]; state != "completed" {
+	if state := sys.deliverTo(t, sandbox.WS, secretASandbox, "msg_sandbox_ok", event(t, "order.updated.paid.json", sandbox, "ord_sb_ok", nil)); state != "completed" {
 		t.Fatalf("job: %s, want completed", state)
 	}
 	if got := session(t, pool, sandbox); got.status != "completed" {
 		t.Errorf("the sandbox session = %+v, want completed", got)
 	}
 	// And a production secret cannot complete a sandbox session either.
-	other := testkit.SeedShop(t, pool, testkit.ShopOptions{})
-	if _, err := pool.Exec(context.Background(), `UPDATE inventory_checkout_sessions SET polar_environment = 'sandbox' WHERE id = $1`, other.Session); err != nil {
-		t.Fatal(err)
-	}
+	other := testkit.SeedShop(t, pool, testkit.ShopOptions{Sandbox: true})
 	sys.addSecret(t, other.WS, endpoints.Production, secretB)
-	if code := sys.postTo(t, other.WS, secretB, "msg_prod_sandbox", event(t, "order.updated.paid.json", other, "ord_ps", nil)); code != http.StatusOK {
-		t.Fatalf("status %d, want 200", code)
-	}
-	if state := sys.waitJobs(t, "msg_prod_sandbox")["msg_prod_sandbox"]; state != "cancelled" {
+	if state := sys.deliverTo(t, other.WS, secretB, "msg_prod_sandbox", event(t, "order.updated.paid.json", other, "ord_ps", nil)); state != "cancelled" {
 		t.Errorf("job: %s, want cancelled (refused)", state)
 	}
 }

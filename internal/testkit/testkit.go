@@ -115,6 +115,7 @@ func Event(tb testing.TB, fixture string, sale Sale, edit func(data map[string]a
 type Shop struct {
 	WS, Wallet, Category, Product, Session, PolarCheckout string
 	second                                                string // the second line's product
+	environment                                           string // the session's polar_environment
 }
 
 // ShopOptions vary a Shop.
@@ -123,6 +124,7 @@ type ShopOptions struct {
 	WalletCurrency string // default "USD"
 	MixedCategory  bool   // the second line's product has another category
 	LateSession    bool   // the session id is chosen but the session not written: OpenSession does
+	Sandbox        bool   // the session was created in Polar's sandbox (polar_environment)
 }
 
 // SeedShop writes a Shop.
@@ -139,7 +141,10 @@ func SeedShop(tb testing.TB, pool *pgxpool.Pool, o ShopOptions) Shop {
 		}
 		return id
 	}
-	s := Shop{PolarCheckout: fmt.Sprintf("chk_%d", time.Now().UnixNano())}
+	s := Shop{PolarCheckout: fmt.Sprintf("chk_%d", time.Now().UnixNano()), environment: "production"}
+	if o.Sandbox {
+		s.environment = "sandbox"
+	}
 	s.WS = q(`INSERT INTO workspaces (name) VALUES ('Demo shop') RETURNING id::text`)
 	s.Wallet = q(`INSERT INTO workspace_wallets (ws_id, name, currency) VALUES ($1, 'Main', $2) RETURNING id::text`, s.WS, o.WalletCurrency)
 	if !o.NoWallet {
@@ -165,11 +170,11 @@ func (s Shop) OpenSession(tb testing.TB, pool *pgxpool.Pool) {
 	tb.Helper()
 	if _, err := pool.Exec(context.Background(), `
 		WITH session AS (
-			INSERT INTO inventory_checkout_sessions (id, ws_id, status, total_amount, currency, polar_checkout_id)
-			VALUES ($1, $2, 'reserved', 4950, 'usd', $3) RETURNING id)
+			INSERT INTO inventory_checkout_sessions (id, ws_id, status, total_amount, currency, polar_checkout_id, polar_environment)
+			VALUES ($1, $2, 'reserved', 4950, 'usd', $3, $6) RETURNING id)
 		INSERT INTO inventory_checkout_lines (checkout_session_id, product_id, quantity, unit_amount)
 		SELECT id, p.product, p.quantity, 1650 FROM session, (VALUES ($4::uuid, 2), ($5::uuid, 1)) AS p(product, quantity)`,
-		s.Session, s.WS, s.PolarCheckout, s.Product, s.second); err != nil {
+		s.Session, s.WS, s.PolarCheckout, s.Product, s.second, s.environment); err != nil {
 		tb.Fatalf("open checkout session: %v", err)
 	}
 }
