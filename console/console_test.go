@@ -214,4 +214,3 @@ func TestStreamAcrossReplicas(t *testing.T) {
 	stale := subscribe(t, other.URL+"/admin/api/stream", strconv.FormatInt(old, 10))
 	stale.waitLine(t, "a reset", func(l string) bool { return l == "event: reset" })
 }
-
