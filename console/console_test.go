@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -118,7 +119,7 @@ func TestPagesShowWhatRelayDid(t *testing.T) {
 	if code != http.StatusAccepted || json.Unmarshal([]byte(body), &out) != nil || out.JobID == 0 {
 		t.Fatalf("replay: %d %s, want 202 with a job", code, body)
 	}
-	waitPage(t, s.admin.URL+"/admin/deliveries/msg_paid", "already booked: 49.50 USD booked")
+	waitPage(t, s.admin.URL+"/admin/deliveries/msg_paid", "already booked (49.50 USD), nothing new")
 	var bookings int
 	if err := s.pool.QueryRow(t.Context(), `SELECT count(*) FROM wallet_transactions`).Scan(&bookings); err != nil || bookings != 1 {
 		t.Errorf("bookings after a replay: %d (%v), want 1", bookings, err)
@@ -197,7 +198,7 @@ func TestStreamAcrossReplicas(t *testing.T) {
 		t.Fatalf("replay: %d %s", code, body)
 	}
 	stream.waitLine(t, "msg_live's replay applied", func(l string) bool {
-		return strings.Contains(l, `"webhook_id":"msg_live"`) && strings.Contains(l, `"effect":"already booked: 49.50 USD booked"`)
+		return strings.Contains(l, `"webhook_id":"msg_live"`) && strings.Contains(l, `"effect":"already booked (49.50 USD), nothing new"`)
 	})
 	stream.cancel()
 
@@ -213,4 +214,20 @@ func TestStreamAcrossReplicas(t *testing.T) {
 	old := time.Now().Add(-time.Hour).UnixMicro()
 	stale := subscribe(t, other.URL+"/admin/api/stream", strconv.FormatInt(old, 10))
 	stale.waitLine(t, "a reset", func(l string) bool { return l == "event: reset" })
+}
+
+// The admin listener's read and write timeouts end ordinary requests; a
+// stream outlives them, heartbeat after heartbeat.
+func TestStreamOutlivesServerTimeouts(t *testing.T) {
+	s := startSystem(t, 3)
+	srv := httptest.NewUnstartedServer(s.replica(t, console.Options{Heartbeat: 100 * time.Millisecond}))
+	srv.Config.ReadTimeout, srv.Config.WriteTimeout = 300*time.Millisecond, 300*time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	stream := subscribe(t, srv.URL+"/admin/api/stream", "")
+	start := time.Now()
+	for i := 0; time.Since(start) < time.Second; i++ {
+		stream.waitLine(t, fmt.Sprintf("heartbeat %d after %s", i+1, time.Since(start).Round(time.Millisecond)),
+			func(l string) bool { return l == ": heartbeat" })
+	}
 }

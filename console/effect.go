@@ -25,7 +25,7 @@ func describe(d *Delivery) (effect string, attention bool) {
 			}
 			return "refused: " + reason(j.LastError), true
 		case "discarded":
-			return fmt.Sprintf("dead after %d attempts: %s", j.Attempt, reason(j.LastError)), true
+			return fmt.Sprintf("dead after %d %s: %s", j.Attempt, plural(j.Attempt, "attempt", "attempts"), reason(j.LastError)), true
 		case "retryable":
 			return fmt.Sprintf("waiting, attempt %d of %d: %s", j.Attempt, j.MaxAttempts, reason(j.LastError)), false
 		case "running":
@@ -46,21 +46,24 @@ func describe(d *Delivery) (effect string, attention bool) {
 // processed describes a processed delivery by the outcome its job noted.
 func processed(d *Delivery) string {
 	s := d.Sale
-	booked := func() string {
-		if s == nil || s.Booking == nil {
-			return "booked"
-		}
-		out := Money(s.Booking.Amount, s.Booking.Currency) + " booked"
+	amount, reversed := "", ""
+	if s != nil && s.Booking != nil {
+		amount = Money(s.Booking.Amount, s.Booking.Currency)
 		if r := s.Reversed(); r > 0 {
-			out += ", " + Money(r, s.Booking.Currency) + " reversed"
+			reversed = ", " + Money(r, s.Booking.Currency) + " reversed"
 		}
-		return out
 	}
 	switch d.Note {
 	case ledger.Booked:
-		return "session completed, " + booked()
+		if amount == "" {
+			return "session completed, booked"
+		}
+		return "session completed, " + amount + " booked" + reversed
 	case ledger.AlreadyBooked:
-		return "already booked: " + booked()
+		if amount == "" {
+			return "already booked, nothing new"
+		}
+		return "already booked (" + amount + reversed + "), nothing new"
 	case ledger.NotPaid:
 		status := ""
 		if s != nil && s.PolarStatus != "" {

@@ -34,11 +34,21 @@
     return m;
   }
 
+  // rendered holds the server's HTML of each live region on the page, so
+  // that a refresh replaces only the regions that changed: a button being
+  // clicked is not swapped away under the pointer for nothing.
+  const rendered = new WeakMap();
+  for (const el of document.querySelectorAll('[data-live][id]')) rendered.set(el, el.outerHTML);
+
   function swap(doc) {
     const before = rowTexts();
     for (const fresh of doc.querySelectorAll('[data-live][id]')) {
       const old = document.getElementById(fresh.id);
-      if (old) old.replaceWith(document.adoptNode(fresh));
+      const html = fresh.outerHTML;
+      if (!old || rendered.get(old) === html) continue;
+      const el = document.adoptNode(fresh);
+      rendered.set(el, html);
+      old.replaceWith(el);
     }
     for (const el of document.querySelectorAll('[data-key]')) {
       if (before.get(el.dataset.key) !== el.textContent) el.classList.add('changed');
