@@ -238,13 +238,10 @@ const maxCatchUp = 15 * time.Minute
 // Delivery as JSON, comment heartbeats, and "reset" when the client must
 // reload because it missed too much.
 func (c *Console) stream(w http.ResponseWriter, r *http.Request) {
+	// The admin listener's write timeout is for requests that end: this one
+	// lives on, each write with its own deadline (net/http already lifts
+	// the read deadline once the request is read).
 	rc := http.NewResponseController(w)
-	// The admin listener's read and write timeouts are for requests that
-	// end: this one lives on, each write with its own deadline.
-	if err := rc.SetReadDeadline(time.Time{}); err != nil {
-		http.Error(w, "streaming is not supported here", http.StatusInternalServerError)
-		return
-	}
 	ch, leave := c.hub.subscribe()
 	defer leave()
 
