@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: build run test vet check-ops bench fuzz soak
+.PHONY: build run test vet check-ops need-chromium bench fuzz soak
 
 build:
 	$(GO) build -o bin/relay ./cmd/relay
@@ -13,7 +13,7 @@ FAULT_FIGURES ?= $(or $(TMPDIR),/tmp)/relay-fault-figures.txt
 
 # Runs every test against a throwaway PostgreSQL cluster (the fault suite
 # in faults/ starts its own), then prints what the fault suite proved.
-test: vet check-ops
+test: vet check-ops need-chromium
 	rm -f $(FAULT_FIGURES)
 	RELAY_FAULT_REPORT=$(FAULT_FIGURES) ./scripts/with-test-postgres.sh $(GO) test -race -count=1 -timeout 15m ./...
 	@echo "fault suite:" && cat $(FAULT_FIGURES)
@@ -32,6 +32,11 @@ vet:
 # test in deploy/e2e runs its prometheus server too).
 check-ops:
 	./scripts/promtool.sh
+
+# The console's browser test (console/) drives Debian's chromium; as root
+# this installs the package when /usr/bin/chromium is missing.
+need-chromium:
+	./scripts/need-chromium.sh
 
 FUZZTIME ?= 30s
 
