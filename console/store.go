@@ -482,12 +482,16 @@ func (s *store) changes(ctx context.Context, since time.Time, limit int) ([]stri
 		SELECT webhook_id FROM webhook_inbox
 		WHERE status IN ('pending', 'processed', 'ignored', 'invalid') AND received_at > $1
 		UNION
-		SELECT coalesce(j.args->>'webhook_id', e->>'webhook_id') FROM river_job j
+		SELECT coalesce(j.args->>'webhook_id', e->>'webhook_id') FROM (
+			-- Each branch on an index of River's whose first column is the
+			-- state, so a poll reads what changed, not every job kept.
+			SELECT args FROM river_job
+			WHERE state IN ('completed', 'discarded', 'cancelled') AND finalized_at > $1 AND kind = ANY($3)
+			UNION ALL
+			SELECT args FROM river_job
+			WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled') AND kind = ANY($3)
+			  AND (created_at > $1 OR attempted_at > $1 OR (scheduled_at > $1 AND scheduled_at <= now()))) j
 		LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(j.args->'events') = 'array' THEN j.args->'events' END) e ON true
-		WHERE j.kind = ANY($3) AND (
-			(j.state IN ('completed', 'discarded', 'cancelled') AND j.finalized_at > $1)
-			OR (j.state IN ('available', 'pending', 'retryable', 'running', 'scheduled')
-			    AND (j.created_at > $1 OR j.attempted_at > $1 OR (j.scheduled_at > $1 AND j.scheduled_at <= now()))))
 		LIMIT $2`, since, limit, eventKinds)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("find changes: %w", err)
