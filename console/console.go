@@ -17,8 +17,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/relayhq/relay/admin"
 )
 
@@ -76,9 +74,6 @@ func New(ops *admin.Ops, opts Options) (*Console, error) {
 	}
 	return &Console{ops: ops, store: &store{pool: ops.Pool}, opts: opts, hub: newHub(), pages: pages, files: static}, nil
 }
-
-// Pool is the database the console reads.
-func (c *Console) Pool() *pgxpool.Pool { return c.store.pool }
 
 // Mount adds the console's routes to mux: the pages under /admin/ and the
 // stream at /admin/api/stream. The caller puts mux behind the admin
