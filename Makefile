@@ -28,10 +28,10 @@ vet:
 	$(GO) vet ./...
 
 # What the tests run besides PostgreSQL: PgBouncer (cmd/relay's
-# transaction-pooling test starts one); as root, Debian's package is
-# installed when it is missing.
+# transaction-pooling test starts one) and chromium (the console's browser
+# test); as root, Debian's packages are installed when they are missing.
 test-deps:
-	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || ./scripts/apt-install.sh pgbouncer
+	./scripts/apt-install.sh pgbouncer chromium
 
 # Checks the Prometheus config, alert rules and their unit tests; installs
 # Debian's prometheus package first when promtool is missing (the end-to-end

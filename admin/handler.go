@@ -42,6 +42,9 @@ type Options struct {
 	Credentials Credentials
 	Logger      *slog.Logger
 	Endpoints   *endpoints.Store // nil: no /admin/api/endpoints routes
+	// Console adds its routes under /admin/ (package console), behind the
+	// same credentials; nil: none.
+	Console interface{ Mount(*http.ServeMux) }
 }
 
 // Handler serves the JSON API under /admin/api/ and River UI under
@@ -79,6 +82,9 @@ func NewHandler(pool *pgxpool.Pool, client *river.Client[pgx.Tx], opts Options) 
 	mux.HandleFunc("GET /admin/api/inbox/{webhook_id}", a.showInbox)
 	mux.HandleFunc("POST /admin/api/inbox/{webhook_id}/replay", a.replay)
 	mountEndpoints(mux, a, opts.Endpoints)
+	if opts.Console != nil {
+		opts.Console.Mount(mux)
+	}
 	mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {
 		// This pattern matches every method, so ServeMux never answers 405
 		// under /admin/ by itself: ask it which methods the path has.

@@ -28,7 +28,7 @@ if [ -z "${RELAY_SECRETS_KEY:-}" ] && [ -z "${RELAY_SECRETS_KEY_FILE:-}" ]; then
 fi
 if [ -z "${RELAY_ADMIN_TOKEN:-}" ] && [ -z "${RELAY_ADMIN_USER:-}" ]; then
   export RELAY_ADMIN_USER=admin RELAY_ADMIN_PASSWORD=relay-development
-  echo "relay: River UI at http://${RELAY_ADMIN_ADDR:-127.0.0.1:9091}/riverui/ (user admin, password relay-development)"
+  echo "relay: console at http://${RELAY_ADMIN_ADDR:-127.0.0.1:9091}/admin/, River UI at /riverui/ (user admin, password relay-development)"
 fi
 export LOG_FORMAT=${LOG_FORMAT:-text}
 echo "relay: webhooks on ${RELAY_HTTP_ADDR:-:8080}${RELAY_WEBHOOK_PATH:-/webhooks/polar}, admin listener (/metrics, /healthz, /readyz, River UI) on ${RELAY_ADMIN_ADDR:-127.0.0.1:9091}; RELAY_HTTP_ADDR and RELAY_ADMIN_ADDR move them (bin/relay send reads RELAY_HTTP_ADDR too)"

@@ -20,6 +20,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/relayhq/relay/admin"
+	"github.com/relayhq/relay/console"
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
 )
@@ -32,7 +33,12 @@ func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxp
 		logger.Warn("admin API and River UI are disabled: set RELAY_ADMIN_TOKEN or RELAY_ADMIN_USER and RELAY_ADMIN_PASSWORD to enable them")
 		return nil
 	}
-	h, err := admin.NewHandler(pool, client, admin.Options{Credentials: creds, Logger: logger, Endpoints: secrets})
+	con, err := console.New(&admin.Ops{Pool: pool, Client: client}, console.Options{Logger: logger})
+	if err != nil {
+		return err
+	}
+	go con.Run(ctx) // the console's live stream; ends its streams when ctx ends
+	h, err := admin.NewHandler(pool, client, admin.Options{Credentials: creds, Logger: logger, Console: con, Endpoints: secrets})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,539 @@
+package console
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/polar"
+)
+
+// The console's reads. They only SELECT: every change goes through
+// admin.Ops, which applies relay's rules.
+
+// Delivery is one stored webhook as the console lists it: what came in,
+// what its newest job is doing, and the sale it concerns.
+type Delivery struct {
+	ID          int64      `json:"id"`
+	WebhookID   string     `json:"webhook_id"`
+	EventType   string     `json:"event_type"`
+	Status      string     `json:"status"`
+	WorkspaceID string     `json:"workspace_id,omitempty"` // the endpoint's; empty: the platform's
+	Workspace   string     `json:"workspace"`              // its name, or "platform"
+	Environment string     `json:"environment,omitempty"`
+	ReceivedAt  time.Time  `json:"received_at"`
+	ProcessedAt *time.Time `json:"processed_at,omitempty"`
+	Note        string     `json:"note,omitempty"`
+	Job         *Job       `json:"job,omitempty"`
+	Sale        *Sale      `json:"sale,omitempty"`
+	// Effect is what the delivery did to the ledger, in words.
+	Effect string `json:"effect"`
+	// Attention is true when an operator should look: a dead or refused job.
+	Attention bool `json:"attention"`
+
+	refs saleRefs
+}
+
+// Job is a River job with every attempt's error.
+type Job struct {
+	ID          int64          `json:"id"`
+	Kind        string         `json:"kind"`
+	State       string         `json:"state"`
+	Attempt     int            `json:"attempt"`
+	MaxAttempts int            `json:"max_attempts"`
+	CreatedAt   time.Time      `json:"created_at"`
+	FinalizedAt *time.Time     `json:"finalized_at,omitempty"`
+	LastError   string         `json:"last_error,omitempty"`
+	Errors      []AttemptError `json:"-"`
+	WebhookID   string         `json:"-"` // the first event's, for a batch
+	EventType   string         `json:"-"`
+	Events      int            `json:"-"` // events the job carries
+}
+
+// AttemptError is one failed attempt of a job.
+type AttemptError struct {
+	Attempt int       `json:"attempt"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error"`
+}
+
+// Sale is the checkout session a delivery concerns, with its bookings.
+type Sale struct {
+	SessionID     string     `json:"session_id"`
+	WorkspaceID   string     `json:"workspace_id"`
+	Workspace     string     `json:"workspace"`
+	Status        string     `json:"status"`
+	Amount        int64      `json:"amount"`
+	Currency      string     `json:"currency"`
+	Environment   string     `json:"environment"`
+	PolarCheckout string     `json:"polar_checkout_id,omitempty"`
+	PolarOrder    string     `json:"polar_order_id,omitempty"`
+	PolarStatus   string     `json:"polar_status,omitempty"`
+	Refunded      int64      `json:"refunded_amount"`
+	CompletedAt   *time.Time `json:"completed_at,omitempty"`
+	Booking       *Booking   `json:"booking,omitempty"`
+	Reversals     []Booking  `json:"reversals,omitempty"`
+
+	financeTxn string
+	createdAt  time.Time
+}
+
+// Reversed is the total of the sale's reversals, as a positive amount.
+func (s *Sale) Reversed() int64 {
+	var n int64
+	for _, r := range s.Reversals {
+		n -= r.Amount
+	}
+	return n
+}
+
+// Booking is a wallet transaction: a sale's booking or a reversal.
+type Booking struct {
+	ID          string    `json:"id"`
+	Wallet      string    `json:"wallet"`
+	Amount      int64     `json:"amount"`
+	Currency    string    `json:"currency"`
+	Description string    `json:"description"`
+	TakenAt     time.Time `json:"taken_at"`
+	Reverses    string    `json:"reverses,omitempty"`
+}
+
+// saleRefs are the ids in a body that lead to its checkout session, found
+// as the ledger finds it: the session id, else the order, else the checkout.
+type saleRefs struct{ session, order, checkout string }
+
+func refsOf(eventType string, body []byte) saleRefs {
+	if len(body) == 0 || !polar.Handled(eventType) {
+		return saleRefs{}
+	}
+	env, err := polar.ParseEnvelope(body)
+	if err != nil {
+		return saleRefs{}
+	}
+	var data struct {
+		ID         string         `json:"id"`
+		CheckoutID string         `json:"checkout_id"`
+		OrderID    string         `json:"order_id"`
+		Metadata   polar.Metadata `json:"metadata"`
+	}
+	if json.Unmarshal(env.Data, &data) != nil {
+		return saleRefs{}
+	}
+	var r saleRefs
+	if ref, ok := data.Metadata.Storefront(); ok && isUUID(ref.CheckoutSessionID) {
+		r.session = strings.ToLower(ref.CheckoutSessionID)
+	}
+	switch {
+	case strings.HasPrefix(eventType, "order."):
+		r.order, r.checkout = data.ID, data.CheckoutID
+	case strings.HasPrefix(eventType, "checkout."):
+		r.checkout = data.ID
+	case strings.HasPrefix(eventType, "refund."):
+		r.order = data.OrderID
+	}
+	return r
+}
+
+// store runs the console's reads.
+type store struct {
+	pool *pgxpool.Pool
+}
+
+// eventKinds are the job kinds that carry webhooks.
+var eventKinds = []string{jobs.EventArgs{}.Kind(), jobs.EventBatchArgs{}.Kind()}
+
+// jobColumns read a river_job row aliased j; errors come as one JSON array.
+const jobColumns = `j.id, j.kind, j.state, j.attempt, j.max_attempts, j.created_at, j.finalized_at,
+	coalesce(to_jsonb(j.errors), '[]'::jsonb),
+	coalesce(j.args->>'webhook_id', j.args->'events'->0->>'webhook_id', ''),
+	coalesce(j.args->>'event_type', j.args->'events'->0->>'event_type', ''),
+	coalesce(jsonb_array_length(CASE WHEN jsonb_typeof(j.args->'events') = 'array' THEN j.args->'events' END), 1)`
+
+func scanJob(row pgx.Row) (*Job, error) {
+	var j Job
+	var errs []byte
+	if err := row.Scan(&j.ID, &j.Kind, &j.State, &j.Attempt, &j.MaxAttempts, &j.CreatedAt, &j.FinalizedAt,
+		&errs, &j.WebhookID, &j.EventType, &j.Events); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(errs, &j.Errors); err != nil {
+		return nil, fmt.Errorf("read errors of job %d: %w", j.ID, err)
+	}
+	if n := len(j.Errors); n > 0 {
+		j.LastError = j.Errors[n-1].Error
+	}
+	return &j, nil
+}
+
+// deliveryColumns read an inbox row aliased i with its newest job: the one
+// recorded on it, else, while it is pending, the newest job that carries it
+// (a row learns its job only when the job processes it).
+const deliveryColumns = `i.id, i.webhook_id, i.event_type, i.status, i.received_at, i.processed_at,
+	coalesce(i.error, ''), coalesce(i.workspace_id::text, ''), coalesce(i.environment, ''), coalesce(w.name, ''),
+	CASE WHEN i.status IN ('pending', 'processed') THEN i.body END,
+	j.id IS NOT NULL, ` + jobColumns + `
+	FROM webhook_inbox i
+	LEFT JOIN workspaces w ON w.id = i.workspace_id
+	LEFT JOIN LATERAL (SELECT * FROM river_job j WHERE j.id = coalesce(i.job_id, CASE WHEN i.status = 'pending' THEN
+		(SELECT max(x.id) FROM river_job x
+		 WHERE x.args @> jsonb_build_object('webhook_id', i.webhook_id)
+		    OR x.args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', i.webhook_id)))) END)) j ON true`
+
+func (s *store) queryDeliveries(ctx context.Context, where string, args ...any) ([]*Delivery, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+deliveryColumns+` `+where, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list deliveries: %w", err)
+	}
+	defer rows.Close()
+	var out []*Delivery
+	for rows.Next() {
+		var (
+			d      Delivery
+			body   []byte
+			hasJob bool
+			j      Job
+			errs   []byte
+		)
+		// The job's columns may all be NULL: scan them into nullable holders.
+		var (
+			jid, jattempt, jmax, jevents *int64
+			jkind, jstate, jhook, jtype  *string
+			jcreated, jfinal             *time.Time
+		)
+		if err := rows.Scan(&d.ID, &d.WebhookID, &d.EventType, &d.Status, &d.ReceivedAt, &d.ProcessedAt,
+			&d.Note, &d.WorkspaceID, &d.Environment, &d.Workspace, &body, &hasJob,
+			&jid, &jkind, &jstate, &jattempt, &jmax, &jcreated, &jfinal, &errs, &jhook, &jtype, &jevents); err != nil {
+			return nil, fmt.Errorf("list deliveries: %w", err)
+		}
+		if d.WorkspaceID == "" {
+			d.Workspace = "platform"
+		} else if d.Workspace == "" {
+			d.Workspace = d.WorkspaceID
+		}
+		if hasJob {
+			j = Job{ID: *jid, Kind: *jkind, State: *jstate, Attempt: int(*jattempt), MaxAttempts: int(*jmax),
+				CreatedAt: *jcreated, FinalizedAt: jfinal, WebhookID: *jhook, EventType: *jtype, Events: int(*jevents)}
+			if err := json.Unmarshal(errs, &j.Errors); err != nil {
+				return nil, fmt.Errorf("read errors of job %d: %w", j.ID, err)
+			}
+			if n := len(j.Errors); n > 0 {
+				j.LastError = j.Errors[n-1].Error
+			}
+			d.Job = &j
+		}
+		d.refs = refsOf(d.EventType, body)
+		out = append(out, &d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list deliveries: %w", err)
+	}
+	if err := s.attachSales(ctx, out); err != nil {
+		return nil, err
+	}
+	for _, d := range out {
+		d.Effect, d.Attention = describe(d)
+	}
+	return out, nil
+}
+
+// Filter selects deliveries. Zero values mean no filter.
+type Filter struct {
+	Status    string
+	EventType string
+	Workspace string // a workspace id, or "platform"
+	// Search is a webhook id, or an id the body carries as a JSON string
+	// (a Polar order or checkout id, a session id).
+	Search string
+	Before int64 // rows older than this inbox id: the next page
+	Limit  int
+}
+
+// search looks at bodies, which no index covers: it gets this long before
+// the console says to narrow it down.
+const searchTimeout = 5 * time.Second
+
+func (s *store) list(ctx context.Context, f Filter) ([]*Delivery, error) {
+	if f.Limit <= 0 {
+		f.Limit = 50
+	}
+	var needle []byte
+	if f.Search != "" {
+		q, _ := json.Marshal(f.Search) // the id as a JSON string: quotes included, no prefix matches
+		needle = q
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, searchTimeout)
+		defer cancel()
+	}
+	out, err := s.queryDeliveries(ctx, `
+		WHERE ($1 = '' OR i.status = $1) AND ($2 = '' OR i.event_type = $2)
+		  AND ($3 = '' OR ($3 = 'platform' AND i.workspace_id IS NULL) OR i.workspace_id::text = $3)
+		  AND ($4 = '' OR i.webhook_id = $4 OR position($5::bytea IN i.body) > 0)
+		  AND ($6 = 0 OR i.id < $6)
+		ORDER BY i.id DESC LIMIT $7`,
+		f.Status, f.EventType, strings.ToLower(f.Workspace), f.Search, needle, f.Before, f.Limit)
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return nil, fmt.Errorf("%w: searching bodies for %q took longer than %s; filter by status or type too", errSearchTimeout, f.Search, searchTimeout)
+	}
+	return out, err
+}
+
+var errSearchTimeout = errors.New("search timed out")
+
+// byWebhookIDs returns the deliveries of the ids that exist, newest first.
+func (s *store) byWebhookIDs(ctx context.Context, ids []string) ([]*Delivery, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	return s.queryDeliveries(ctx, `WHERE i.webhook_id = ANY($1) ORDER BY i.id DESC`, ids)
+}
+
+// attachSales finds each delivery's checkout session and its bookings, in
+// two queries for all of them.
+func (s *store) attachSales(ctx context.Context, ds []*Delivery) error {
+	var sessions, orders, checkouts []string
+	for _, d := range ds {
+		if d.refs.session != "" {
+			sessions = append(sessions, d.refs.session)
+		}
+		if d.refs.order != "" {
+			orders = append(orders, d.refs.order)
+		}
+		if d.refs.checkout != "" {
+			checkouts = append(checkouts, d.refs.checkout)
+		}
+	}
+	if len(sessions)+len(orders)+len(checkouts) == 0 {
+		return nil
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT s.id::text, s.ws_id::text, w.name, s.status, s.total_amount, s.currency, s.polar_environment,
+		       coalesce(s.polar_checkout_id, ''), coalesce(s.polar_order_id, ''), coalesce(s.polar_status, ''),
+		       coalesce(s.finance_transaction_id::text, ''), s.refunded_amount, s.completed_at, s.created_at
+		FROM inventory_checkout_sessions s JOIN workspaces w ON w.id = s.ws_id
+		WHERE s.id = ANY($1::uuid[]) OR s.polar_order_id = ANY($2) OR s.polar_checkout_id = ANY($3)`,
+		sessions, orders, checkouts)
+	if err != nil {
+		return fmt.Errorf("find checkout sessions: %w", err)
+	}
+	var found []*Sale
+	for rows.Next() {
+		var x Sale
+		if err := rows.Scan(&x.SessionID, &x.WorkspaceID, &x.Workspace, &x.Status, &x.Amount, &x.Currency, &x.Environment,
+			&x.PolarCheckout, &x.PolarOrder, &x.PolarStatus, &x.financeTxn, &x.Refunded, &x.CompletedAt, &x.createdAt); err != nil {
+			rows.Close()
+			return fmt.Errorf("find checkout sessions: %w", err)
+		}
+		x.Currency = strings.ToUpper(x.Currency)
+		found = append(found, &x)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("find checkout sessions: %w", err)
+	}
+	if err := s.attachBookings(ctx, found); err != nil {
+		return err
+	}
+	for _, d := range ds {
+		d.Sale = matchSale(d.refs, found)
+	}
+	return nil
+}
+
+// matchSale picks the session as the ledger does: named, else recording
+// the order, else the newest with the checkout id.
+func matchSale(r saleRefs, sales []*Sale) *Sale {
+	var byOrder, byCheckout *Sale
+	for _, x := range sales {
+		switch {
+		case r.session != "" && x.SessionID == r.session:
+			return x
+		case r.order != "" && x.PolarOrder == r.order:
+			byOrder = x
+		case r.checkout != "" && x.PolarCheckout == r.checkout:
+			if byCheckout == nil || x.createdAt.After(byCheckout.createdAt) {
+				byCheckout = x
+			}
+		}
+	}
+	if byOrder != nil {
+		return byOrder
+	}
+	return byCheckout
+}
+
+func (s *store) attachBookings(ctx context.Context, sales []*Sale) error {
+	var ids []string
+	for _, x := range sales {
+		if x.financeTxn != "" {
+			ids = append(ids, x.financeTxn)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT t.id::text, wl.name, t.amount, t.currency, t.description, t.taken_at, coalesce(t.reverses_id::text, '')
+		FROM wallet_transactions t JOIN workspace_wallets wl ON wl.id = t.wallet_id
+		WHERE t.id = ANY($1::uuid[]) OR t.reverses_id = ANY($1::uuid[])
+		ORDER BY t.created_at, t.id`, ids)
+	if err != nil {
+		return fmt.Errorf("find bookings: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var b Booking
+		if err := rows.Scan(&b.ID, &b.Wallet, &b.Amount, &b.Currency, &b.Description, &b.TakenAt, &b.Reverses); err != nil {
+			return fmt.Errorf("find bookings: %w", err)
+		}
+		b.Currency = strings.ToUpper(b.Currency)
+		for _, x := range sales {
+			switch {
+			case b.ID == x.financeTxn:
+				x.Booking = &b
+			case b.Reverses != "" && b.Reverses == x.financeTxn:
+				x.Reversals = append(x.Reversals, b)
+			}
+		}
+	}
+	return rows.Err()
+}
+
+// jobsOf returns every job that carries the webhook, alone or in a batch,
+// oldest first.
+func (s *store) jobsOf(ctx context.Context, webhookID string) ([]*Job, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM river_job j
+		WHERE j.args @> jsonb_build_object('webhook_id', $1::text)
+		   OR j.args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', $1::text)))
+		ORDER BY j.id`, webhookID)
+	if err != nil {
+		return nil, fmt.Errorf("jobs of %q: %w", webhookID, err)
+	}
+	defer rows.Close()
+	var out []*Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("jobs of %q: %w", webhookID, err)
+		}
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
+// jobsIn returns the newest jobs in state finalized (or, unfinished,
+// created) at or after since, and how many there are in all; refusedOnly
+// keeps those that failed with an error (relay's refusals, not an
+// operator's cancel).
+func (s *store) jobsIn(ctx context.Context, state string, since time.Time, limit int, withErrorOnly bool) ([]*Job, int, error) {
+	const where = ` FROM river_job j WHERE j.state = $1 AND coalesce(j.finalized_at, j.created_at) >= $2
+		AND (NOT $3 OR (j.kind = ANY($4) AND cardinality(j.errors) > 0))`
+	var total int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*)`+where, state, since, withErrorOnly, eventKinds).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count %s jobs: %w", state, err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+where+` ORDER BY j.id DESC LIMIT $5`, state, since, withErrorOnly, eventKinds, limit)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %s jobs: %w", state, err)
+	}
+	defer rows.Close()
+	var out []*Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list %s jobs: %w", state, err)
+		}
+		out = append(out, j)
+	}
+	return out, total, rows.Err()
+}
+
+// unbooked returns the newest processed deliveries whose sale completed
+// without a booking (no default wallet, ...), at or after since.
+func (s *store) unbooked(ctx context.Context, since time.Time, limit int) ([]*Delivery, int, error) {
+	const where = ` FROM webhook_inbox i WHERE i.status = 'processed' AND i.received_at >= $1 AND i.error LIKE 'skipped\_%'`
+	var total int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*)`+where, since).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count unbooked sales: %w", err)
+	}
+	ds, err := s.queryDeliveries(ctx, `WHERE i.status = 'processed' AND i.received_at >= $1 AND i.error LIKE 'skipped\_%'
+		ORDER BY i.id DESC LIMIT $2`, since, limit)
+	return ds, total, err
+}
+
+// changes returns the webhook ids whose delivery or job changed after since
+// (by the database's clock), at most limit, and the database's time when it
+// looked. Row times are those of their transactions' starts, so a caller
+// asks again from a little before the time it got, and sees some changes
+// twice.
+func (s *store) changes(ctx context.Context, since time.Time, limit int) ([]string, time.Time, error) {
+	var now time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now); err != nil {
+		return nil, time.Time{}, fmt.Errorf("read the database clock: %w", err)
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT webhook_id FROM webhook_inbox
+		WHERE status IN ('pending', 'processed', 'ignored', 'invalid') AND received_at > $1
+		UNION
+		SELECT coalesce(j.args->>'webhook_id', e->>'webhook_id') FROM (
+			-- Each branch on an index of River's whose first column is the
+			-- state, so a poll reads what changed, not every job kept.
+			SELECT args FROM river_job
+			WHERE state IN ('completed', 'discarded', 'cancelled') AND finalized_at > $1 AND kind = ANY($3)
+			UNION ALL
+			SELECT args FROM river_job
+			WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled') AND kind = ANY($3)
+			  AND (created_at > $1 OR attempted_at > $1 OR (scheduled_at > $1 AND scheduled_at <= now()))) j
+		LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(j.args->'events') = 'array' THEN j.args->'events' END) e ON true
+		LIMIT $2`, since, limit, eventKinds)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("find changes: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[*string])
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("find changes: %w", err)
+	}
+	out := make([]string, 0, len(ids))
+	seen := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		if id != nil && !seen[*id] {
+			seen[*id] = true
+			out = append(out, *id)
+		}
+	}
+	return out, now, nil
+}
+
+// workspaces are the filter's choices: the platform's endpoint, then every
+// workspace by name.
+func (s *store) workspaces(ctx context.Context) ([]option, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id::text, name FROM workspaces ORDER BY name, id LIMIT 500`)
+	if err != nil {
+		return nil, fmt.Errorf("list workspaces: %w", err)
+	}
+	defer rows.Close()
+	out := []option{{Value: "platform", Label: "platform"}}
+	for rows.Next() {
+		var o option
+		if err := rows.Scan(&o.Value, &o.Label); err != nil {
+			return nil, fmt.Errorf("list workspaces: %w", err)
+		}
+		o.Label += " (" + o.Value[:8] + ")"
+		out = append(out, o)
+	}
+	return out, rows.Err()
+}
+
+// isUUID reports whether s is a UUID, which a session id must be before it
+// goes into a uuid[] parameter.
+func isUUID(s string) bool {
+	var u pgtype.UUID
+	return u.Scan(s) == nil
+}
