@@ -16,6 +16,8 @@ func describe(d *Delivery) (effect string, attention bool) {
 		return "ignored: relay does not act on " + d.EventType, false
 	case "invalid":
 		return "invalid: not a readable event, nothing done", false
+	case "refused":
+		return "refused: " + reason(strings.TrimPrefix(d.Note, "refused: ")), true
 	}
 	if j := d.Job; j != nil && d.Status == "pending" {
 		switch j.State {
@@ -92,6 +94,10 @@ func reason(err string) string {
 		return "no error recorded"
 	case strings.Contains(err, ledger.ErrWorkspaceMismatch.Error()):
 		return "workspace mismatch"
+	case strings.Contains(err, ledger.ErrForeignWorkspace.Error()):
+		return "another workspace's session than the verifying endpoint's"
+	case strings.Contains(err, ledger.ErrForeignEnvironment.Error()):
+		return "a session of another environment (sandbox/production) than the verifying secret's"
 	case strings.Contains(err, ledger.ErrOrderConflict.Error()):
 		return "order and session do not match"
 	case strings.Contains(err, ledger.ErrSessionNotFound.Error()):
