@@ -55,7 +55,14 @@ func processed(d *Delivery) string {
 			reversed = ", " + Money(r, s.Booking.Currency) + " reversed"
 		}
 	}
-	switch d.Note {
+	note, reversal, _ := strings.Cut(d.Note, "; ") // "already_booked; reversed 1650 USD"
+	if reversal != "" && note == ledger.AlreadyBooked {
+		if amount == "" {
+			return "refund: " + reversal
+		}
+		return "refund: " + Money(s.Reversed(), s.Booking.Currency) + " reversed of " + amount
+	}
+	switch note {
 	case ledger.Booked:
 		if amount == "" {
 			return "session completed, booked"

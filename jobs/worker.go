@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -269,8 +270,15 @@ func applyOrder(ctx context.Context, tx pgx.Tx, order polar.Order, scope *ledger
 	}
 	if out.Reversed > 0 {
 		res.bookings = append(res.bookings, BookingReversed)
+		res.note += reversalNote(out)
 	}
 	return res, nil
+}
+
+// reversalNote says on an inbox row what reversal its event booked, after
+// the booking result: "already_booked; reversed 1650 USD".
+func reversalNote(out ledger.Outcome) string {
+	return fmt.Sprintf("; reversed %d %s", out.Reversed, strings.ToUpper(out.Session.Currency))
 }
 
 func applyCheckout(ctx context.Context, tx pgx.Tx, checkout polar.Checkout, scope *ledger.Scope) (applied, error) {
@@ -318,9 +326,10 @@ func applyRefund(ctx context.Context, tx pgx.Tx, refund polar.Refund, scope *led
 	if err != nil {
 		return applied{}, err
 	}
-	res := applied{result: ResultOK, sessionID: out.Session.ID}
+	res := applied{result: ResultOK, sessionID: out.Session.ID, note: "refund recorded"}
 	if out.Reversed > 0 {
 		res.bookings = append(res.bookings, BookingReversed)
+		res.note += reversalNote(out)
 	}
 	return res, nil
 }

@@ -315,6 +315,13 @@ func TestRefundsReverseOnce(t *testing.T) {
 	if b := bookings(t, pool, s); len(b) != 2 || b[1].amount != -1650 || b[1].reverses == nil {
 		t.Fatalf("after a partial refund of 1500+150: bookings = %+v, want the sale and a reversal of -1650", b)
 	}
+	var note string
+	if err := pool.QueryRow(context.Background(), `SELECT error FROM webhook_inbox WHERE webhook_id = 'msg_partial'`).Scan(&note); err != nil {
+		t.Fatal(err)
+	}
+	if note != "already_booked; reversed 1650 USD" {
+		t.Errorf("the refund's inbox note = %q, want it to name the reversal it booked", note)
+	}
 
 	// The full refund arrives three ways, some twice; and the stale partial again.
 	sys.send(t, "msg_full", event(t, "order.updated.refunded.json", s, "ord_r", nil))
