@@ -37,6 +37,7 @@ const secret = "polar_whs_test_secret_0123456789"
 
 type harness struct {
 	pool    *pgxpool.Pool
+	rc      *receiver.Receiver
 	srv     *httptest.Server
 	reg     *prometheus.Registry
 	secrets []string
@@ -86,7 +87,7 @@ func newHarness(t *testing.T, s setup) *harness {
 	t.Cleanup(rc.Close)
 	srv := httptest.NewServer(rc)
 	t.Cleanup(srv.Close)
-	return &harness{pool: pool, srv: srv, reg: reg, secrets: s.secrets}
+	return &harness{pool: pool, rc: rc, srv: srv, reg: reg, secrets: s.secrets}
 }
 
 // bothModes runs a test with group commit and with a transaction per request.
