@@ -24,6 +24,7 @@ if [ -z "${RELAY_ADMIN_TOKEN:-}" ] && [ -z "${RELAY_ADMIN_USER:-}" ]; then
   export RELAY_ADMIN_USER=admin RELAY_ADMIN_PASSWORD=relay-development
   echo "relay: River UI at http://${RELAY_ADMIN_ADDR:-127.0.0.1:9091}/riverui/ (user admin, password relay-development)"
 fi
+export RELAY_SPOOL_DIR=${RELAY_SPOOL_DIR-.data/spool} # webhooks wait here while PostgreSQL is down; RELAY_SPOOL_DIR= turns it off
 export LOG_FORMAT=${LOG_FORMAT:-text}
 
 go build -o bin/relay ./cmd/relay
