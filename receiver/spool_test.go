@@ -4,11 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -172,18 +169,10 @@ func TestFullSpoolAnswers503(t *testing.T) {
 // A disk that fails the spool's write gets 503, never 200: the test mounts a
 // small tmpfs (it needs root, as CI has) and fills it.
 func TestSpoolDiskErrorAnswers503(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "tmpfs")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=512k"); err != nil {
+	dir, err := testkit.Tmpfs(t, "512k")
+	if err != nil {
 		t.Skipf("cannot mount a tmpfs to fill (%v): this test needs root", err)
 	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
 	sp := openSpool(t, dir, spool.Options{})
 	h := newHarness(t, setup{pool: downPool(t), opts: receiver.Options{Spool: sp}})
 	body := []byte(`{"type":"order.paid","data":{"pad":"` + strings.Repeat("x", 100<<10) + `"}}`)
@@ -268,31 +257,10 @@ func TestSlowDatabaseSpoolsWithinAckTimeout(t *testing.T) {
 		const ackTimeout = 400 * time.Millisecond
 		sp := openSpool(t, t.TempDir(), spool.Options{})
 		h := newHarness(t, setup{perRequest: perRequest, opts: receiver.Options{AckTimeout: ackTimeout, Spool: sp}})
-		ctx := context.Background()
-		locker, err := h.pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := locker.Exec(ctx, "LOCK TABLE webhook_inbox IN ACCESS EXCLUSIVE MODE"); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		code, _ := h.post(t, "msg_slow", fixture(t, "order.paid.json"), nil)
-		elapsed := time.Since(start)
-		if err := locker.Rollback(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if code != http.StatusOK {
+		if code := h.postIntoLockedInbox(t, "msg_slow", ackTimeout); code != http.StatusOK {
 			t.Fatalf("status = %d, want 200 from the spool", code)
 		}
-		if elapsed < ackTimeout || elapsed > ackTimeout+time.Second {
-			t.Errorf("answered after %v, want just after the %v ack timeout", elapsed, ackTimeout)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for h.pool.Stat().AcquiredConns() > 0 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n, err := sp.Drain(ctx, h.rc.CommitEvents, 0); err != nil || n != 1 {
+		if n, err := sp.Drain(context.Background(), h.rc.CommitEvents, 0); err != nil || n != 1 {
 			t.Fatalf("drain = %d, %v; want 1", n, err)
 		}
 		if got := h.stored(t, "msg_slow"); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
@@ -306,13 +274,7 @@ func TestSlowDatabaseSpoolsWithinAckTimeout(t *testing.T) {
 func TestRefusedEventIsNotSpooled(t *testing.T) {
 	sp := openSpool(t, t.TempDir(), spool.Options{})
 	h := newHarness(t, setup{opts: receiver.Options{Spool: sp}})
-	if _, err := h.pool.Exec(context.Background(), `
-		CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN RAISE EXCEPTION 'poisoned row'; END $$;
-		CREATE TRIGGER poison BEFORE INSERT ON webhook_inbox
-			FOR EACH ROW WHEN (NEW.webhook_id = 'msg_poison') EXECUTE FUNCTION poison();`); err != nil {
-		t.Fatal(err)
-	}
+	h.poison(t)
 	body := fixture(t, "order.paid.json")
 	if code, _ := h.post(t, "msg_poison", body, nil); code != http.StatusServiceUnavailable {
 		t.Fatalf("refused event: status %d, want 503", code)

@@ -35,7 +35,10 @@ type relayProc struct {
 
 func startRelay(t *testing.T, extra map[string]string) *relayProc {
 	t.Helper()
-	dbURL := testdb.New(t)
+	dbURL := extra["DATABASE_URL"] // a database of the test's own
+	if dbURL == "" {
+		dbURL = testdb.New(t)
+	}
 	env := map[string]string{
 		"DATABASE_URL":         dbURL,
 		"POLAR_WEBHOOK_SECRET": testSecret,

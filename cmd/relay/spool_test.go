@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -11,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
@@ -91,32 +88,16 @@ func (g *pgGate) shut() {
 func TestServeWithSpoolStartsWhileTheDatabaseIsDown(t *testing.T) {
 	dbURL := testdb.New(t)
 	gate, gatedURL := newGate(t, dbURL)
-	env := map[string]string{
-		"DATABASE_URL":         gatedURL,
-		"POLAR_WEBHOOK_SECRET": "polar_whs_spool",
-		"RELAY_HTTP_ADDR":      testkit.FreeAddr(t),
-		"RELAY_ADMIN_ADDR":     testkit.FreeAddr(t),
-		"RELAY_SPOOL_DIR":      t.TempDir(),
-		"LOG_FORMAT":           "text",
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	logs := &testkit.SyncBuffer{}
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"serve"}, envFunc(env), logs) }()
-
-	admin := "http://" + env["RELAY_ADMIN_ADDR"]
-	waitFor(t, done, admin+"/readyz")
-	if code, body := get(t, admin+"/readyz"); code != http.StatusOK || !strings.Contains(body, "degraded: spooling") {
+	p := startRelay(t, map[string]string{
+		"DATABASE_URL":       gatedURL,
+		"RELAY_SPOOL_DIR":    t.TempDir(),
+		"RELAY_MAX_ATTEMPTS": "12",
+	})
+	if code, body := get(t, p.admin+"/readyz"); code != http.StatusOK || !strings.Contains(body, "degraded: spooling") {
 		t.Fatalf("/readyz while the database is down = %d %q, want 200 degraded: spooling", code, body)
 	}
-	hook := "http://" + env["RELAY_HTTP_ADDR"] + "/webhooks/polar"
-	var out bytes.Buffer
-	if err := run(ctx, []string{"send", "--url", hook, "--secret", "polar_whs_spool", "--id", "msg_spooled",
-		"../../testdata/events/order.updated.paid.json"}, envFunc(nil), &out); err != nil || !strings.HasPrefix(out.String(), "200 OK") {
-		t.Fatalf("send while the database is down: %v; printed %q", err, out.String())
-	}
-	_, metrics := get(t, admin+"/metrics")
+	deliver(t, p.hook, testSecret, "msg_spooled", testkit.Fixture(t, "order.updated.paid.json"))
+	_, metrics := get(t, p.admin+"/metrics")
 	for _, want := range []string{
 		`relay_webhooks_received_total{event_type="order.updated",outcome="spooled"} 1`,
 		"relay_spool_events 1",
@@ -127,48 +108,33 @@ func TestServeWithSpoolStartsWhileTheDatabaseIsDown(t *testing.T) {
 	}
 
 	gate.open(t)
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
 	// Worked means the workers started: the demo payload's session is not
 	// in this database, so its job is scheduled to retry.
 	worked := `relay_events_processed_total{event_type="order.updated",result="retry"} 1`
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		_, m := get(t, admin+"/metrics")
+		_, m := get(t, p.admin+"/metrics")
 		if strings.Contains(m, worked) && strings.Contains(m, "relay_spool_events 0") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the spooled webhook was not drained and worked within 30s of the database answering:\n%s", logs.String())
+			t.Fatalf("the spooled webhook was not drained and worked within 30s of the database answering:\n%s", p.logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	var rows int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM webhook_inbox WHERE webhook_id = 'msg_spooled'`).Scan(&rows); err != nil {
+	if err := p.pool.QueryRow(context.Background(), `SELECT count(*) FROM webhook_inbox WHERE webhook_id = 'msg_spooled'`).Scan(&rows); err != nil {
 		t.Fatal(err)
 	}
 	if rows != 1 {
 		t.Errorf("inbox rows for msg_spooled = %d, want 1", rows)
 	}
-	if code, body := get(t, admin+"/readyz"); code != http.StatusOK || strings.TrimSpace(body) != "ready" {
+	if code, body := get(t, p.admin+"/readyz"); code != http.StatusOK || strings.TrimSpace(body) != "ready" {
 		t.Errorf("/readyz once the database answers = %d %q, want 200 ready", code, body)
 	}
-
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve returned %v after shutdown, want nil", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop within 30s")
-	}
 	for _, want := range []string{"database unreachable at start", "database answers: migrations checked, workers started", "spool: drained"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		if !strings.Contains(p.logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, p.logs.String())
 		}
 	}
 }
