@@ -98,6 +98,15 @@ func crashPostgres(t *testing.T) {
 	}
 }
 
+// stopPostgres shuts the server down as an operator or a failover would
+// (pg_ctl stop -m fast): connections are cut, new ones refused.
+func stopPostgres(t *testing.T) {
+	t.Helper()
+	if err := pgctl("stop", suite.pgdata); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // startPostgres starts the server again, with the options it had.
 func startPostgres(t *testing.T) {
 	t.Helper()
@@ -249,6 +258,15 @@ func (p *process) kill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-p.exited
+}
+
+// signal sends sig, e.g. SIGSTOP to freeze the process and SIGCONT to let
+// it go on.
+func (p *process) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // restart starts the process again on the same addresses.

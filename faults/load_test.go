@@ -24,9 +24,10 @@ func scale() int {
 
 // delivery is one webhook as Polar would deliver it.
 type delivery struct {
-	id   string
-	body []byte
-	paid bool // the order is paid in this event
+	id      string
+	body    []byte
+	paid    bool   // the order is paid in this event
+	session string // the checkout session it is about
 }
 
 // seedSales creates a storefront workspace with a default wallet and n
@@ -69,9 +70,10 @@ func seedSales(t *testing.T, dbURL, prefix string, n int) [][]delivery {
 		var ds []delivery
 		for _, f := range []string{"order.created.pending.json", "order.updated.paid.json", "order.paid.json"} {
 			ds = append(ds, delivery{
-				id:   fmt.Sprintf("%s_%d_%s", prefix, i, f[:len(f)-5]),
-				body: testkit.Event(t, f, testkit.Sale{Workspace: ws, Session: s.id, PolarCheckout: s.checkout, Order: fmt.Sprintf("%s_ord_%d", prefix, i)}, nil),
-				paid: f != "order.created.pending.json",
+				id:      fmt.Sprintf("%s_%d_%s", prefix, i, f[:len(f)-5]),
+				body:    testkit.Event(t, f, testkit.Sale{Workspace: ws, Session: s.id, PolarCheckout: s.checkout, Order: fmt.Sprintf("%s_ord_%d", prefix, i)}, nil),
+				paid:    f != "order.created.pending.json",
+				session: s.id,
 			})
 		}
 		out = append(out, ds)
@@ -158,12 +160,18 @@ func (s *sender) attempt(d delivery) bool {
 // when all are done. Each copy is delivered independently, so copies of one
 // delivery race each other.
 func (s *sender) run(sales [][]delivery, copies, concurrency int) {
+	spread(sales, copies, concurrency, s.deliver)
+}
+
+// spread hands every delivery, copies times, to send, concurrency at a
+// time, and returns when all are done.
+func spread(sales [][]delivery, copies, concurrency int, send func(delivery)) {
 	work := make(chan delivery)
 	var wg sync.WaitGroup
 	for range concurrency {
 		wg.Go(func() {
 			for d := range work {
-				s.deliver(d)
+				send(d)
 			}
 		})
 	}
@@ -176,6 +184,65 @@ func (s *sender) run(sales [][]delivery, copies, concurrency int) {
 	}
 	close(work)
 	wg.Wait()
+}
+
+// pace sends the deliveries one after another at perSecond, each with
+// Polar-like retries of its own, however long earlier ones take: a steady
+// stream like Polar's. The returned channel closes when all are done.
+func (s *sender) pace(sales [][]delivery, perSecond int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		tick := time.NewTicker(time.Second / time.Duration(perSecond))
+		defer tick.Stop()
+		for _, sale := range sales {
+			for _, d := range sale {
+				<-tick.C
+				wg.Go(func() { s.deliver(d) })
+			}
+		}
+		wg.Wait()
+	}()
+	return done
+}
+
+// once sends every delivery once, without retries, concurrency at a time:
+// for counting what relay answers in a given state.
+func (s *sender) once(sales [][]delivery, concurrency int) {
+	spread(sales, 1, concurrency, func(d delivery) { s.attempt(d) })
+}
+
+// answers are the sender's counts at one moment.
+type answers struct{ requests, ok, unavailable, other, transport int64 }
+
+func (s *sender) answers() answers {
+	return answers{s.tally.requests.Load(), s.tally.ok.Load(), s.tally.unavailable.Load(), s.tally.other.Load(), s.tally.transport.Load()}
+}
+
+func (a answers) minus(b answers) answers {
+	return answers{a.requests - b.requests, a.ok - b.ok, a.unavailable - b.unavailable, a.other - b.other, a.transport - b.transport}
+}
+
+// ackedIDs are the webhook ids answered 200 so far.
+func (s *sender) ackedIDs() []string {
+	s.tally.mu.Lock()
+	defer s.tally.mu.Unlock()
+	ids := make([]string, 0, len(s.tally.acked))
+	for id := range s.tally.acked {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// report logs a scenario's line of figures and adds it to the suite's
+// report (RELAY_FAULT_REPORT).
+func report(t *testing.T, line string) {
+	t.Helper()
+	t.Log(line)
+	if suite.figures != nil {
+		fmt.Fprintln(suite.figures, line)
+	}
 }
 
 // start runs the load in the background; the returned channel closes when it
@@ -232,12 +299,7 @@ func settle(t *testing.T, name, dbURL string, s *sender, sales [][]delivery) fig
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	s.tally.mu.Lock()
-	acked := make([]string, 0, len(s.tally.acked))
-	for id := range s.tally.acked {
-		acked = append(acked, id)
-	}
-	s.tally.mu.Unlock()
+	acked := s.ackedIDs()
 
 	var stored int
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM webhook_inbox WHERE webhook_id = ANY($1)`, acked).Scan(&stored); err != nil {
@@ -275,10 +337,7 @@ func settle(t *testing.T, name, dbURL string, s *sender, sales [][]delivery) fig
 
 	line := fmt.Sprintf("%-24s requests=%d 200s=%d 503s=%d other=%d transport_errors=%d inbox=%d processed=%d bookings=%d paid_orders=%d lost=%d double=%d",
 		name, f.requests, f.ok, f.unavailable, f.other, f.transport, f.inbox, f.processed, f.bookings, len(paidOrders), f.lost, f.double)
-	t.Log(line)
-	if suite.figures != nil {
-		fmt.Fprintln(suite.figures, line)
-	}
+	report(t, line)
 
 	switch {
 	case f.unfinished != 0:

@@ -12,6 +12,7 @@ const (
 	OutcomeIgnored          = "ignored"   // stored, type not acted on
 	OutcomeInvalid          = "invalid"   // stored, not a readable event
 	OutcomeDuplicate        = "duplicate" // webhook-id seen before, nothing stored
+	OutcomeSpooled          = "spooled"   // the database could not take it: on the local spool's disk
 	OutcomeUnauthorized     = "unauthorized"
 	OutcomeForbidden        = "forbidden"
 	OutcomeTooLarge         = "too_large"
@@ -53,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// Pre-declare the series dashboards and alerts read, so that a rate is
 	// zero rather than absent before the first request of its kind.
-	for _, outcome := range []string{OutcomeAccepted, OutcomeIgnored, OutcomeInvalid, OutcomeDuplicate, OutcomeUnavailable} {
+	for _, outcome := range []string{OutcomeAccepted, OutcomeIgnored, OutcomeInvalid, OutcomeDuplicate, OutcomeSpooled, OutcomeUnavailable} {
 		m.ackDuration.WithLabelValues(outcome)
 	}
 	m.received.WithLabelValues(labelUnverified, OutcomeUnauthorized)

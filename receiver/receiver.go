@@ -43,6 +43,21 @@ type Options struct {
 	GroupCommit bool
 	MaxBatch    int // default 128
 	Committers  int // default 4
+	// Spool, when set, takes a verified delivery whose transaction could not
+	// commit (the database is unreachable, failing, or slower than
+	// AckTimeout); the answer is then 200 once the spool has it on disk.
+	// Without it such a delivery gets 503.
+	Spool Spool
+	// SpoolTimeout bounds a spool append, which starts once the store has
+	// failed, possibly at AckTimeout: the answer comes within AckTimeout +
+	// SpoolTimeout. Default 2 s.
+	SpoolTimeout time.Duration
+}
+
+// Spool is a local durable store of deliveries (*spool.Spool): Append
+// returns nil only once the delivery is on disk.
+type Spool interface {
+	Append(ctx context.Context, event *inbox.Event) error
 }
 
 // Receiver is the webhook endpoint.
@@ -62,6 +77,9 @@ func New(pool *pgxpool.Pool, inserter jobs.Inserter, verifier *polar.Verifier, m
 	}
 	if opts.AckTimeout <= 0 {
 		opts.AckTimeout = 5 * time.Second
+	}
+	if opts.SpoolTimeout <= 0 {
+		opts.SpoolTimeout = 2 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -144,7 +162,7 @@ func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request, verify verifyF
 	level := slog.LevelInfo
 	if res.status >= 500 {
 		level = slog.LevelError
-	} else if res.status >= 400 {
+	} else if res.status >= 400 || res.outcome == OutcomeSpooled {
 		level = slog.LevelWarn
 	}
 	attrs := []slog.Attr{
@@ -232,24 +250,56 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request, verify verify
 		}
 	}
 
-	inserted, err := rc.store(r.Context(), event)
+	stored, err := rc.store(r.Context(), event)
 	if err != nil {
 		res.eventType = polar.LabelFor(event.EventType)
 		return fail(http.StatusServiceUnavailable, OutcomeUnavailable, "temporarily unavailable", err)
 	}
-	if !inserted {
+	switch {
+	case stored.spooled:
+		res.outcome, res.err = OutcomeSpooled, stored.err
+	case !stored.inserted:
 		res.outcome = OutcomeDuplicate
 	}
 	res.status = http.StatusOK
 	return res
 }
 
+// stored is what store did with an event.
+type stored struct {
+	inserted bool  // committed to the database; false for a duplicate
+	spooled  bool  // on the spool's disk instead: the database did not commit it
+	err      error // when spooled, why the database did not
+}
+
 // store commits the inbox row and, for a pending event, its job in one
 // transaction, shared with concurrent requests when group commit is on. It
 // returns within AckTimeout: a store that takes longer is abandoned (its
 // transaction rolls back or, if it commits late, Polar's retry finds a
-// duplicate), so the caller is never left hanging.
-func (rc *Receiver) store(ctx context.Context, event *inbox.Event) (bool, error) {
+// duplicate), so the caller is never left hanging. When the transaction
+// fails or is abandoned and a spool is configured, the event is appended to
+// the spool instead, within SpoolTimeout; a copy spooled for a transaction
+// that committed late after all is a duplicate the drain drops.
+func (rc *Receiver) store(ctx context.Context, event *inbox.Event) (stored, error) {
+	inserted, err := rc.commit(ctx, event)
+	if err == nil {
+		return stored{inserted: inserted}, nil
+	}
+	if rc.opts.Spool == nil || refusedForItsData(err) {
+		return stored{}, err
+	}
+	// The request's context may have expired with the ack timeout: the
+	// append gets a bound of its own.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rc.opts.SpoolTimeout)
+	defer cancel()
+	if serr := rc.opts.Spool.Append(sctx, event); serr != nil {
+		return stored{}, fmt.Errorf("%w; spooling it failed too: %w", err, serr)
+	}
+	return stored{spooled: true, err: err}, nil
+}
+
+// commit is store's database half, bounded by AckTimeout.
+func (rc *Receiver) commit(ctx context.Context, event *inbox.Event) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, rc.opts.AckTimeout)
 	defer cancel()
 	if rc.group != nil {
@@ -271,6 +321,16 @@ func (rc *Receiver) store(ctx context.Context, event *inbox.Event) (bool, error)
 	case <-ctx.Done():
 		return false, fmt.Errorf("store webhook: %w", ctx.Err())
 	}
+}
+
+// CommitEvents stores events as webhook requests do: their inbox rows and
+// the jobs of the pending ones in one transaction, dropping each event whose
+// webhook id is stored already. It returns nil only once that transaction
+// has committed. It is the spool's drain (a spool.CommitFunc), so that a
+// spooled delivery is committed exactly as it would have been.
+func (rc *Receiver) CommitEvents(ctx context.Context, events []*inbox.Event) error {
+	_, err := commitEvents(ctx, rc.pool, rc.jobs, events)
+	return err
 }
 
 // Close stops the group committers after answering the requests they hold.

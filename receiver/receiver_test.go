@@ -36,8 +36,8 @@ import (
 const secret = "polar_whs_test_secret_0123456789"
 
 type harness struct {
-	rc      *receiver.Receiver
 	pool    *pgxpool.Pool
+	rc      *receiver.Receiver
 	srv     *httptest.Server
 	reg     *prometheus.Registry
 	secrets []string
@@ -484,36 +484,44 @@ func TestSlowDatabaseAnswers503WithinAckTimeout(t *testing.T) {
 	bothModes(t, func(t *testing.T, perRequest bool) {
 		const ackTimeout = 400 * time.Millisecond
 		h := newHarness(t, setup{perRequest: perRequest, opts: receiver.Options{AckTimeout: ackTimeout}})
-		ctx := context.Background()
-
-		locker, err := h.pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := locker.Exec(ctx, "LOCK TABLE webhook_inbox IN ACCESS EXCLUSIVE MODE"); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		code, _ := h.post(t, "msg_slow", fixture(t, "order.paid.json"), nil)
-		elapsed := time.Since(start)
-		if err := locker.Rollback(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if code != http.StatusServiceUnavailable {
+		if code := h.postIntoLockedInbox(t, "msg_slow", ackTimeout); code != http.StatusServiceUnavailable {
 			t.Fatalf("status = %d, want 503", code)
 		}
-		if elapsed < ackTimeout || elapsed > ackTimeout+time.Second {
-			t.Errorf("answered after %v, want just after the %v ack timeout", elapsed, ackTimeout)
-		}
-		// The abandoned transaction must not commit once the lock is gone.
-		deadline := time.Now().Add(5 * time.Second)
-		for h.pool.Stat().AcquiredConns() > 0 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		// The abandoned transaction must not have committed once the lock was gone.
 		if rows, jobs := h.totals(t); rows != 0 || jobs != 0 {
 			t.Fatalf("after a timed-out store: %d rows, %d jobs; want none", rows, jobs)
 		}
 	})
+}
+
+// postIntoLockedInbox posts a delivery while the inbox table is locked, as
+// in a stalled database, so that its store waits out ackTimeout; checks that
+// the answer came just after it; releases the lock and waits up to 5 s for
+// the abandoned transaction to end. It returns the answer's status.
+func (h *harness) postIntoLockedInbox(t *testing.T, id string, ackTimeout time.Duration) int {
+	t.Helper()
+	ctx := context.Background()
+	locker, err := h.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := locker.Exec(ctx, "LOCK TABLE webhook_inbox IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	code, _ := h.post(t, id, fixture(t, "order.paid.json"), nil)
+	elapsed := time.Since(start)
+	if err := locker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if elapsed < ackTimeout || elapsed > ackTimeout+time.Second {
+		t.Errorf("answered after %v, want just after the %v ack timeout", elapsed, ackTimeout)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.pool.Stat().AcquiredConns() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return code
 }
 
 func TestAllowedCIDRs(t *testing.T) {
@@ -549,14 +557,10 @@ func TestAllowedCIDRs(t *testing.T) {
 	}
 }
 
-// TestGroupCommitIsolatesABadRow makes a bad row share a transaction with
-// good ones, for certain: the one committer is held on a table lock while
-// the other requests queue behind it, so that they are committed as one
-// batch. That batch fails; its events are retried one by one, the bad one
-// alone answered 503.
-func TestGroupCommitIsolatesABadRow(t *testing.T) {
-	logs := &testkit.SyncBuffer{}
-	h := newHarness(t, setup{opts: receiver.Options{Committers: 1, MaxBatch: 64}, logs: logs})
+// poison makes the database refuse the inbox row of msg_poison, as it would
+// a row that breaks a constraint.
+func (h *harness) poison(t *testing.T) {
+	t.Helper()
 	ctx := context.Background()
 	if _, err := h.pool.Exec(ctx, `
 		CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -565,6 +569,18 @@ func TestGroupCommitIsolatesABadRow(t *testing.T) {
 			FOR EACH ROW WHEN (NEW.webhook_id = 'msg_poison') EXECUTE FUNCTION poison();`); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestGroupCommitIsolatesABadRow makes a bad row share a transaction with
+// good ones, for certain: the one committer is held on a table lock while
+// the other requests queue behind it, so that they are committed as one
+// batch. That batch fails; its events are retried one by one, the bad one
+// alone answered 503.
+func TestGroupCommitIsolatesABadRow(t *testing.T) {
+	logs := &testkit.SyncBuffer{}
+	h := newHarness(t, setup{opts: receiver.Options{Committers: 1, MaxBatch: 64}, logs: logs})
+	h.poison(t)
+	ctx := context.Background()
 	lock, err := h.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)

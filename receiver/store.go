@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/inbox"
@@ -44,6 +45,23 @@ func commitEvents(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserte
 		return commitOnce(ctx, pool, inserter, events, false)
 	}
 	return inserted, err
+}
+
+// refusedForItsData reports whether err is PostgreSQL refusing an event for
+// what it holds (a data exception, a constraint, a trigger's RAISE) rather
+// than failing to store it. Such an event gets 503 and is not spooled: the
+// drain's commit would be refused the same way, and it would hold up every
+// event spooled after it.
+func refusedForItsData(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) != 5 {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "22", "23", "P0": // data_exception, integrity_constraint_violation, plpgsql_error
+		return true
+	}
+	return false
 }
 
 // errJobForDuplicate means a transaction that inserted jobs first found one

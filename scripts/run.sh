@@ -30,6 +30,7 @@ if [ -z "${RELAY_ADMIN_TOKEN:-}" ] && [ -z "${RELAY_ADMIN_USER:-}" ]; then
   export RELAY_ADMIN_USER=admin RELAY_ADMIN_PASSWORD=relay-development
   echo "relay: console at http://${RELAY_ADMIN_ADDR:-127.0.0.1:9091}/admin/, River UI at /riverui/ (user admin, password relay-development)"
 fi
+export RELAY_SPOOL_DIR=${RELAY_SPOOL_DIR-.data/spool} # webhooks wait here while PostgreSQL is down; RELAY_SPOOL_DIR= turns it off
 export LOG_FORMAT=${LOG_FORMAT:-text}
 echo "relay: webhooks on ${RELAY_HTTP_ADDR:-:8080}${RELAY_WEBHOOK_PATH:-/webhooks/polar}, admin listener (/metrics, /healthz, /readyz, River UI) on ${RELAY_ADMIN_ADDR:-127.0.0.1:9091}; RELAY_HTTP_ADDR and RELAY_ADMIN_ADDR move them (bin/relay send reads RELAY_HTTP_ADDR too)"
 

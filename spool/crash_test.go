@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/testkit"
 )
 
 // crashChildDir, set in a child's environment, makes TestAcknowledgedSurviveKill
@@ -142,18 +142,10 @@ func checkFile(t *testing.T, s *Spool) {
 // No append that returned nil is lost, none that failed is reported as
 // ErrFull, and once a drain has freed pages, appends work again.
 func TestDiskErrorIsAnError(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "tmpfs")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=512k"); err != nil {
+	dir, err := testkit.Tmpfs(t, "512k")
+	if err != nil {
 		t.Skipf("cannot mount a tmpfs to fill (%v): this test needs root", err)
 	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
 
 	s, err := Open(dir, Options{})
 	if err != nil {

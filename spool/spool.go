@@ -78,7 +78,11 @@ type record struct {
 	WebhookTimestamp time.Time  `json:"webhook_timestamp"`
 	EventTimestamp   *time.Time `json:"event_timestamp,omitempty"`
 	Error            *string    `json:"error,omitempty"`
-	BodyLen          int        `json:"body_len"`
+	// The workspace endpoint's delivery: whose secret verified it. Empty
+	// for the platform's endpoint, and in records written before they were.
+	WorkspaceID string `json:"workspace_id,omitempty"`
+	Environment string `json:"environment,omitempty"`
+	BodyLen     int    `json:"body_len"`
 }
 
 // Options configure Open.
@@ -219,7 +223,7 @@ func (s *Spool) Append(ctx context.Context, ev *inbox.Event) error {
 	rec := &record{
 		Version: recordVersion, WebhookID: ev.WebhookID, EventType: ev.EventType, Status: ev.Status,
 		WebhookTimestamp: ev.WebhookTimestamp, EventTimestamp: ev.EventTimestamp, Error: ev.Error,
-		BodyLen: len(ev.Body),
+		WorkspaceID: ev.WorkspaceID, Environment: ev.Environment, BodyLen: len(ev.Body),
 	}
 	// A full spool refuses without waiting for a transaction; appends racing
 	// for the last space are decided inside their transactions.
@@ -405,7 +409,7 @@ func decode(key, meta, body []byte) (*inbox.Event, error) {
 	return &inbox.Event{
 		WebhookID: rec.WebhookID, EventType: rec.EventType, Status: rec.Status,
 		WebhookTimestamp: rec.WebhookTimestamp, EventTimestamp: rec.EventTimestamp, Error: rec.Error,
-		Body: bytes.Clone(body),
+		WorkspaceID: rec.WorkspaceID, Environment: rec.Environment, Body: bytes.Clone(body),
 	}, nil
 }
 

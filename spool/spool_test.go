@@ -106,6 +106,7 @@ func TestDrainPassesOldestFirstAndRemovesOnlyAfterCommit(t *testing.T) {
 		WebhookID: "msg_0", EventType: "order.updated", Status: inbox.StatusInvalid,
 		WebhookTimestamp: time.Date(2025, 3, 1, 12, 0, 0, 123456789, time.UTC), EventTimestamp: &at,
 		Body: []byte("\x00not json\xff"), Error: &note,
+		WorkspaceID: "4b1f0c2e-8a4d-4c61-9f3e-2d7a5b9c1e00", Environment: "sandbox",
 	}
 	empty := &inbox.Event{WebhookID: "msg_1", EventType: "customer.created", Status: inbox.StatusIgnored}
 	appendAll(t, s, first, empty, event("msg_2", 100), event("msg_3", 100), event("msg_4", 100))
@@ -157,10 +158,11 @@ func TestDrainPassesOldestFirstAndRemovesOnlyAfterCommit(t *testing.T) {
 	g := got[1][0]
 	if g.WebhookID != first.WebhookID || g.EventType != first.EventType || g.Status != first.Status ||
 		!g.WebhookTimestamp.Equal(first.WebhookTimestamp) || g.EventTimestamp == nil || !g.EventTimestamp.Equal(at) ||
-		!bytes.Equal(g.Body, first.Body) || g.Error == nil || *g.Error != note {
+		!bytes.Equal(g.Body, first.Body) || g.Error == nil || *g.Error != note ||
+		g.WorkspaceID != first.WorkspaceID || g.Environment != first.Environment {
 		t.Errorf("round trip: got %+v, want %+v", g, first)
 	}
-	if e := got[1][1]; e.EventTimestamp != nil || e.Error != nil || len(e.Body) != 0 || e.Status != inbox.StatusIgnored {
+	if e := got[1][1]; e.EventTimestamp != nil || e.Error != nil || len(e.Body) != 0 || e.Status != inbox.StatusIgnored || e.WorkspaceID != "" {
 		t.Errorf("round trip of an event without optional fields: %+v", e)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/relayhq/relay/spool"
 )
 
 // config is relay's environment, parsed and checked.
@@ -46,6 +48,10 @@ type config struct {
 	AdminUser      string
 	AdminPassword  string
 	InboxRetention time.Duration
+	// SpoolDir, when set, is where a receiver keeps webhooks the database
+	// cannot take; SpoolMaxBytes bounds it.
+	SpoolDir      string
+	SpoolMaxBytes int64
 }
 
 // Roles of a replica.
@@ -117,8 +123,15 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.PollOnly = boolVar(e, "RELAY_POLL_ONLY", false, &errs)
 	c.MaxBatch = intVar(e, "RELAY_GROUP_COMMIT_MAX", 128, &errs)
 	c.Committers = intVar(e, "RELAY_GROUP_COMMITTERS", 4, &errs)
-	c.JobTimeout = durationVar(e, "RELAY_JOB_TIMEOUT", 30*time.Second, &errs)
-	c.RescueAfter = durationVar(e, "RELAY_RESCUE_AFTER", 2*time.Minute, &errs)
+	// A job left running by a crashed process is handed out again by River's
+	// rescuer, which runs every 30 s on the leader (fixed in River v0.51.1),
+	// once it has been running RELAY_RESCUE_AFTER and its own timeout: the
+	// job is worked again within about RELAY_RESCUE_AFTER + 30 s + River's
+	// 5 s scheduling interval of the crash. A ledger job takes milliseconds;
+	// 5 s bounds one with room for lock waits, and handing out a job that is
+	// in fact still running is safe, its effects being exactly-once.
+	c.JobTimeout = durationVar(e, "RELAY_JOB_TIMEOUT", 5*time.Second, &errs)
+	c.RescueAfter = durationVar(e, "RELAY_RESCUE_AFTER", 6*time.Second, &errs)
 	c.FetchCooldown = durationVar(e, "RELAY_FETCH_COOLDOWN", 20*time.Millisecond, &errs)
 	c.FetchPollInterval = durationVar(e, "RELAY_FETCH_POLL_INTERVAL", time.Second, &errs)
 	c.ReadHeaderTimeout = durationVar(e, "RELAY_READ_HEADER_TIMEOUT", 5*time.Second, &errs)
@@ -142,6 +155,11 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	}
 	if c.InboxRetention <= 0 {
 		errs = append(errs, errors.New("RELAY_INBOX_RETENTION must be positive"))
+	}
+	c.SpoolDir = e.str("RELAY_SPOOL_DIR", "")
+	c.SpoolMaxBytes = int64(intVar(e, "RELAY_SPOOL_MAX_BYTES", int(spool.DefaultMaxBytes), &errs))
+	if c.SpoolMaxBytes <= 0 {
+		errs = append(errs, errors.New("RELAY_SPOOL_MAX_BYTES must be positive"))
 	}
 	c.AllowedCIDRs = prefixesVar(e, "RELAY_ALLOWED_CIDRS", &errs)
 	c.TrustedProxies = prefixesVar(e, "RELAY_TRUSTED_PROXIES", &errs)

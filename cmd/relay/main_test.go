@@ -15,6 +15,7 @@ import (
 
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/spool"
 )
 
 func envFunc(m map[string]string) func(string) string {
@@ -179,6 +180,10 @@ func TestServeRefusesToStartHalfConfigured(t *testing.T) {
 		{"bad duration", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": dbURL, "RELAY_ACK_TIMEOUT": "5"}, "RELAY_ACK_TIMEOUT"},
 		{"bad CIDR", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": dbURL, "RELAY_ALLOWED_CIDRS": "polar"}, "RELAY_ALLOWED_CIDRS"},
 		{"missing secret file", map[string]string{"POLAR_WEBHOOK_SECRET_FILE": "/nonexistent", "DATABASE_URL": dbURL}, "POLAR_WEBHOOK_SECRET_FILE"},
+		{"rescue before the job timeout", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": dbURL, "RELAY_RESCUE_AFTER": "4s"}, "RELAY_RESCUE_AFTER"},
+		{"bad spool limit", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": dbURL, "RELAY_SPOOL_DIR": t.TempDir(), "RELAY_SPOOL_MAX_BYTES": "0"}, "RELAY_SPOOL_MAX_BYTES"},
+		{"spool of another process", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": dbURL, "RELAY_SPOOL_DIR": lockedSpool(t)}, "in use by another process"},
+		{"unmigrated database with a spool", map[string]string{"POLAR_WEBHOOK_SECRET": "s", "DATABASE_URL": unmigrated, "RELAY_SPOOL_DIR": t.TempDir()}, "relay migrate"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -192,6 +197,18 @@ func TestServeRefusesToStartHalfConfigured(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lockedSpool is a spool directory another process (this test) has open.
+func lockedSpool(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	sp, err := spool.Open(dir, spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	return dir
 }
 
 func TestSecretFileAndUsage(t *testing.T) {

@@ -27,6 +27,7 @@ import (
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/retention"
+	"github.com/relayhq/relay/spool"
 )
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
@@ -54,31 +55,45 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	logger := newLogger(cfg, stdout)
 	tuneGC(getenv)
 
-	pool, err := openPool(ctx, cfg)
+	sp, err := openSpool(cfg, logger)
+	if err != nil {
+		return err
+	}
+	if sp != nil {
+		defer sp.Close() // after the drainer and the receiver, deferred below
+	}
+	pool, err := newPool(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if pending, err := migrations.Pending(ctx, pool); err != nil {
-		return fmt.Errorf("check migrations: %w", err)
-	} else if pending {
-		return errors.New("the database has pending migrations: run `relay migrate` first")
+	// With a spool, a receiver starts without the database: the spool takes
+	// the webhooks, and the workers start once the database answers.
+	dbErr := checkDatabase(ctx, pool, cfg)
+	if dbErr != nil && (sp == nil || !errors.Is(dbErr, errUnreachable)) {
+		return dbErr
 	}
 
 	// Workspace endpoint secrets: a key that cannot read them stops relay
-	// here, not at the first delivery.
+	// at start, not at the first delivery (or, started without its
+	// database, once the database answers).
 	keyring, err := endpoints.ParseKeyring(getenv)
 	if err != nil {
 		return err
 	}
 	secrets := endpoints.NewStore(pool, keyring)
-	if err := secrets.Check(ctx); err != nil {
-		return err
+	if dbErr == nil {
+		if err := secrets.Check(ctx); err != nil {
+			return err
+		}
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(opsmetrics.NewCollector(pool, logger))
+	if sp != nil {
+		reg.MustRegister(spool.NewCollector(sp))
+	}
 	receiverMetrics, err := receiver.NewMetrics(reg)
 	if err != nil {
 		return fmt.Errorf("register receiver metrics: %w", err)
@@ -98,7 +113,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	admin.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	}))
-	admin.Handle("GET /readyz", readyHandler(pool))
+	admin.Handle("GET /readyz", readyHandler(pool, sp, cfg.MaxBodyBytes))
 	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, logger); err != nil {
 		return err
 	}
@@ -106,12 +121,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	// A worker-only replica serves no public listener.
 	var rc *receiver.Receiver
+	var cache *endpoints.Cache
 	if cfg.Role != roleWorker {
 		verifier, err := polar.NewVerifier(cfg.Secrets)
 		if err != nil {
 			return err
 		}
-		rc = receiver.New(pool, riverClient, verifier, receiverMetrics, receiver.Options{
+		opts := receiver.Options{
 			MaxBodyBytes:   cfg.MaxBodyBytes,
 			AckTimeout:     cfg.AckTimeout,
 			AllowedCIDRs:   cfg.AllowedCIDRs,
@@ -120,16 +136,26 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			GroupCommit:    cfg.GroupCommit,
 			MaxBatch:       cfg.MaxBatch,
 			Committers:     cfg.Committers,
-		})
+		}
+		if sp != nil {
+			opts.Spool = sp
+		}
+		rc = receiver.New(pool, riverClient, verifier, receiverMetrics, opts)
 		defer rc.Close() // after the servers have shut down: in-flight requests need it
-		cache, err := endpoints.NewCache(pool, keyring, endpoints.CacheOptions{PollOnly: cfg.PollOnly, Logger: logger, Registerer: reg})
-		if err != nil {
+		if cache, err = endpoints.NewCache(pool, keyring, endpoints.CacheOptions{PollOnly: cfg.PollOnly, Logger: logger, Registerer: reg}); err != nil {
 			return fmt.Errorf("workspace endpoints: %w", err)
 		}
-		if err := cache.Start(ctx); err != nil {
-			return fmt.Errorf("load workspace endpoint secrets: %w", err)
+		// Until it has loaded (a start without the database), workspaces'
+		// endpoints answer 503 and Polar retries.
+		if dbErr == nil {
+			if err := cache.Start(ctx); err != nil {
+				return fmt.Errorf("load workspace endpoint secrets: %w", err)
+			}
 		}
 		defer cache.Close()
+		if sp != nil {
+			defer drainSpool(ctx, sp, rc)() // stopped before the spool closes
+		}
 		webhooks := http.NewServeMux()
 		webhooks.Handle(cfg.WebhookPath, rc)
 		webhooks.Handle(strings.TrimSuffix(cfg.WebhookPath, "/")+"/{workspace_id}", rc.Workspaces(cache))
@@ -142,17 +168,51 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
+	serveErr := make(chan error, len(servers)+1)
+
 	// A receiver-only replica inserts jobs but works none: its client is
 	// insert-only and is never started.
 	works := cfg.Role != roleReceiver
+	var startWorkers func() error // nil: nothing to start
 	if works {
-		if err := riverClient.Start(ctx); err != nil {
+		startWorkers = func() error { return riverClient.Start(ctx) }
+	}
+	if dbErr != nil {
+		// Started without the database: once it answers, the secrets are
+		// checked and loaded first, then the workers start.
+		workers, endpointsReady := startWorkers, false
+		startWorkers = func() error {
+			if !endpointsReady {
+				if err := secrets.Check(ctx); err != nil {
+					serveErr <- err // the key cannot read them: stop, as at start
+					return nil
+				}
+				if cache != nil {
+					if err := cache.Start(ctx); err != nil {
+						return fmt.Errorf("load workspace endpoint secrets: %w", err)
+					}
+				}
+				endpointsReady = true
+			}
+			if workers == nil {
+				return nil
+			}
+			return workers()
+		}
+	}
+	var waiting *databaseWait
+	switch {
+	case dbErr == nil && works:
+		if err := startWorkers(); err != nil {
 			closeListeners(servers)
 			return fmt.Errorf("start workers: %w", err)
 		}
+	case dbErr != nil:
+		logger.Warn("database unreachable at start: webhooks are spooled until it answers, then migrations are checked and the workers start",
+			"spool", cfg.SpoolDir, "error", dbErr)
+		waiting = waitForDatabase(ctx, pool, cfg, startWorkers, logger)
 	}
 
-	serveErr := make(chan error, len(servers))
 	for _, s := range servers {
 		logger.Info("listening", "server", s.name, "addr", s.ln.Addr().String())
 		go func() {
@@ -162,7 +222,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}()
 	}
 	logger.Info("relay started", "role", cfg.Role, "webhook_path", cfg.WebhookPath, "workers", cfg.Workers,
-		"group_commit", cfg.GroupCommit, "secrets", len(cfg.Secrets))
+		"group_commit", cfg.GroupCommit, "secrets", len(cfg.Secrets), "spool", cfg.SpoolDir != "")
 
 	var runErr error
 	select {
@@ -171,8 +231,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	case runErr = <-serveErr:
 		logger.Error("server failed, shutting down", "error", runErr)
 	}
-	if !works {
-		riverClient = nil
+	if started := waiting.stop(); !works || !started {
+		riverClient = nil // never started
 	}
 	return errors.Join(runErr, shutdown(servers, riverClient, cfg.ShutdownTimeout, logger))
 }
@@ -276,7 +336,21 @@ func shutdown(servers []*namedServer, riverClient *river.Client[pgx.Tx], timeout
 	return errors.Join(errs...)
 }
 
+// openPool opens the database and checks that it answers.
 func openPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
+	pool, err := newPool(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := pingDatabase(ctx, pool, cfg); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
+// newPool makes the connection pool; it connects on first use.
+func newPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
@@ -292,22 +366,52 @@ func openPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := pool.Ping(pingCtx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("database unreachable (%s): %w", redactURL(cfg.DatabaseURL), err)
-	}
 	return pool, nil
 }
 
-// readyHandler answers 200 when the database is reachable and migrated.
-func readyHandler(pool *pgxpool.Pool) http.Handler {
+// errUnreachable marks a database that did not answer, as against one that
+// answered wrongly.
+var errUnreachable = errors.New("database unreachable")
+
+func pingDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config) error {
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		return fmt.Errorf("%w (%s): %w", errUnreachable, redactURL(cfg.DatabaseURL), err)
+	}
+	return nil
+}
+
+// checkDatabase checks that the database answers and is migrated.
+func checkDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config) error {
+	if err := pingDatabase(ctx, pool, cfg); err != nil {
+		return err
+	}
+	if pending, err := migrations.Pending(ctx, pool); err != nil {
+		return fmt.Errorf("check migrations: %w", err)
+	} else if pending {
+		return errors.New("the database has pending migrations: run `relay migrate` first")
+	}
+	return nil
+}
+
+// readyHandler answers 200 when the database is reachable and migrated. With
+// a spool it also answers 200, "degraded: spooling", while the database is
+// down and the spool has room for a webhook: the load balancer must keep
+// sending, since the spool acknowledges what the database cannot take.
+func readyHandler(pool *pgxpool.Pool, sp *spool.Spool, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		pending, err := migrations.Pending(ctx, pool)
 		switch {
+		case err != nil && sp != nil:
+			st, serr := sp.Stats()
+			if serr != nil || st.Bytes+maxBody > st.MaxBytes {
+				http.Error(w, "database unavailable, spool full or unreadable", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintf(w, "degraded: spooling (database unavailable; %d webhooks spooled)\n", st.Events)
 		case err != nil:
 			http.Error(w, "database unavailable", http.StatusServiceUnavailable)
 		case pending:

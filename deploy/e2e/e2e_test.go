@@ -44,6 +44,7 @@ func TestOperatorSurface(t *testing.T) {
 		"POLAR_WEBHOOK_SECRET="+secret,
 		"RELAY_HTTP_ADDR="+httpAddr,
 		"RELAY_ADMIN_ADDR="+adminAddr,
+		"RELAY_SPOOL_DIR="+t.TempDir(), // its metrics are on the dashboard and in the alerts
 		"LOG_FORMAT=text",
 	)
 
