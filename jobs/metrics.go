@@ -52,7 +52,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		m.lag.WithLabelValues(t)
 	}
 	for _, r := range []string{ledger.Booked, ledger.AlreadyBooked, ledger.NotPaid, ledger.SkippedNoWallet,
-		ledger.SkippedWalletWorkspace, ledger.SkippedCurrency, BookingReversed} {
+		ledger.SkippedWalletWorkspace, ledger.SkippedCurrency, ledger.PostedPending, BookingReversed} {
 		m.bookings.WithLabelValues(r)
 	}
 	return m, nil
@@ -60,3 +60,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 
 // BookingReversed counts refunds booked as reversals.
 const BookingReversed = "reversed"
+
+// countBooking counts one ledger outcome; on nil Metrics it does nothing.
+func (m *Metrics) countBooking(result string) {
+	if m != nil {
+		m.bookings.WithLabelValues(result).Inc()
+	}
+}

@@ -57,11 +57,13 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond})
 		river.AddWorker(workers, eventWorker)
 		river.AddWorker(workers, jobs.NewBatchWorker(eventWorker))
+		river.AddWorker(workers, jobs.NewPendingWorker(pool, jobMetrics, logger))
 		client := testkit.StartRiver(t, pool, &river.Config{
-			Logger:      logger,
-			MaxAttempts: o.maxAttempts,
-			Queues:      map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
-			Workers:     workers,
+			Logger:       logger,
+			MaxAttempts:  o.maxAttempts,
+			Queues:       map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
+			Workers:      workers,
+			PeriodicJobs: []*river.PeriodicJob{jobs.PendingPeriodicJob()}, // as relay serve has it
 		})
 		s.clients = append(s.clients, client)
 	}

@@ -165,8 +165,12 @@ func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "skipped_no_wallet"}); v != 1 {
 		t.Errorf("skipped_no_wallet counter = %v, want 1", v)
 	}
+	if p := pendingOf(t, pool, s); p.reason != "no_wallet" || p.posted {
+		t.Fatalf("pending = %+v, want kept for no_wallet", p)
+	}
 
-	// The admin sets the default wallet, then replays the stored event.
+	// The admin sets the default wallet, then replays the stored event:
+	// whichever of the replay and the poster comes first books the sale.
 	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet); err != nil {
 		t.Fatal(err)
 	}
@@ -181,6 +185,12 @@ func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	}
 	if got := session(t, pool, s); got.txID == nil {
 		t.Error("session not linked to its booking after replay")
+	}
+	if p := pendingOf(t, pool, s); !p.posted {
+		t.Errorf("pending = %+v, want posted", p)
+	}
+	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "posted_pending"}); v != 1 {
+		t.Errorf("posted_pending counter = %v, want 1", v)
 	}
 }
 
@@ -203,9 +213,19 @@ func TestWalletProblemsSkipBooking(t *testing.T) {
 	sys.send(t, "msg_gbp", event(t, "order.updated.paid.json", paidInOther, "ord_gbp", func(d map[string]any) { d["currency"] = "gbp" }))
 
 	sys.waitJobs(t, "msg_eur", "msg_foreign", "msg_gbp")
-	for name, s := range map[string]shop{"wallet in EUR": otherCurrency, "wallet of another workspace": otherWorkspace, "paid in GBP": paidInOther} {
-		if got := session(t, pool, s); got.status != "completed" || got.txID != nil {
+	for name, c := range map[string]struct {
+		s      shop
+		reason string
+	}{
+		"wallet in EUR":               {otherCurrency, "currency"},
+		"wallet of another workspace": {otherWorkspace, "wallet_workspace"},
+		"paid in GBP":                 {paidInOther, "currency"},
+	} {
+		if got := session(t, pool, c.s); got.status != "completed" || got.txID != nil {
 			t.Errorf("%s: session = %+v, want completed, unbooked", name, got)
+		}
+		if p := pendingOf(t, pool, c.s); p.reason != c.reason || p.posted {
+			t.Errorf("%s: pending = %+v, want kept for %s", name, p, c.reason)
 		}
 	}
 	var total int

@@ -180,6 +180,9 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 		if err := river.AddWorkerSafely(workers, retention.NewWorker(pool, retention.Options{Keep: cfg.InboxRetention, Logger: logger})); err != nil {
 			return nil, fmt.Errorf("register retention worker: %w", err)
 		}
+		if err := river.AddWorkerSafely(workers, jobs.NewPendingWorker(pool, jobMetrics, logger)); err != nil {
+			return nil, fmt.Errorf("register pending bookings worker: %w", err)
+		}
 		riverCfg.Workers = workers
 		riverCfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}}
 		riverCfg.FetchCooldown = cfg.FetchCooldown
@@ -190,7 +193,7 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 		// River's own job cleanup keeps its defaults (completed and
 		// cancelled 24 h, discarded 7 days); the inbox, which replays need,
 		// is kept longer by the retention sweep.
-		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob()}
+		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob(), jobs.PendingPeriodicJob()}
 	}
 	client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
 	if err != nil {
