@@ -84,8 +84,14 @@ func scanPending(row pgx.Row, extra ...any) (PendingBooking, error) {
 	err := row.Scan(append([]any{&b.SessionID, &b.WorkspaceID, &b.Amount, &b.Currency, &b.PaymentCurrency,
 		&b.CategoryID, &b.Reason, &b.Note, &b.RefundedAmount, &b.FirstAttemptAt, &b.LastAttemptAt, &b.Attempts,
 		&b.SessionDeleted, &b.PostedAt, &b.TransactionID}, extra...)...)
+	if b.SessionDeleted && b.PostedAt == nil {
+		b.Note = sessionDeletedNote
+	}
 	return b, err
 }
+
+// sessionDeletedNote is the note of a pending sale whose session is gone.
+const sessionDeletedNote = "the checkout session was deleted: relay can never book it"
 
 // pendingSale is what posting a pending sale needs besides the session.
 type pendingSale struct {
@@ -340,7 +346,7 @@ func postOrphan(ctx context.Context, tx DB, sessionID string) (PostResult, bool,
 		FROM booked
 		WHERE b.session_id = $1 AND b.posted_at IS NULL
 		RETURNING `+pendingColumns,
-		sessionID, "the checkout session was deleted: relay can never book it"))
+		sessionID, sessionDeletedNote))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return PostResult{}, false, nil
 	}
