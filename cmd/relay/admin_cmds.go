@@ -21,17 +21,18 @@ import (
 
 	"github.com/relayhq/relay/admin"
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/jobs"
 )
 
 // mountAdmin adds the authenticated admin API and River UI to the admin
 // listener, or, without credentials, leaves them out and says so.
-func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxpool.Pool, client *river.Client[pgx.Tx], logger *slog.Logger) error {
+func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxpool.Pool, client *river.Client[pgx.Tx], metrics *jobs.Metrics, logger *slog.Logger) error {
 	creds := admin.Credentials{Token: cfg.AdminToken, User: cfg.AdminUser, Password: cfg.AdminPassword}
 	if !creds.Configured() {
 		logger.Warn("admin API and River UI are disabled: set RELAY_ADMIN_TOKEN or RELAY_ADMIN_USER and RELAY_ADMIN_PASSWORD to enable them")
 		return nil
 	}
-	h, err := admin.NewHandler(pool, client, admin.Options{Credentials: creds, Logger: logger})
+	h, err := admin.NewHandler(pool, client, admin.Options{Credentials: creds, Logger: logger, Metrics: metrics})
 	if err != nil {
 		return err
 	}

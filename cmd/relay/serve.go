@@ -88,7 +88,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		fmt.Fprintln(w, "ok")
 	}))
 	admin.Handle("GET /readyz", readyHandler(pool))
-	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, logger); err != nil {
+	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, jobMetrics, logger); err != nil {
 		return err
 	}
 	servers := []*namedServer{{name: "admin", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
