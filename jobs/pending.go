@@ -7,15 +7,15 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/ledger"
 )
 
 // PendingInterval is how often pending bookings are tried. A sale whose
-// wallet is fixed is booked within about this long, and River's leader,
-// which alone enqueues periodic jobs, is re-elected within seconds if its
-// replica dies: well inside the minute relay promises.
+// wallet is fixed is booked within about this long. River's leader alone
+// enqueues periodic jobs; if its replica dies, another is elected within
+// about 20 seconds (its lease's TTL plus an election attempt) and runs a
+// pass at once (RunOnStart): inside the minute relay promises either way.
 const PendingInterval = 10 * time.Second
 
 // PostPendingArgs asks for one pass over the pending bookings.
@@ -24,18 +24,12 @@ type PostPendingArgs struct{}
 // Kind is the River job kind of PostPendingArgs.
 func (PostPendingArgs) Kind() string { return "post_pending_bookings" }
 
-// InsertOpts: one pass waiting or running is enough; a pass that failed
-// and waits for its retry does not hold up the next.
-func (PostPendingArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: []rivertype.JobState{
-		rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRunning, rivertype.JobStateScheduled,
-	}}}
-}
-
 // PendingPeriodicJob runs a pass every PendingInterval, and one at start.
 // River runs periodic jobs on its elected leader only, so several replicas
-// enqueue one pass between them; were two to run at once, each sale would
-// still be booked once (ledger.PostPending).
+// enqueue one pass between them. Passes are not unique: one left running by
+// a crashed replica must not hold up the next until it is rescued, and two
+// passes at once still book each sale once (ledger.PostPending). A pass
+// that fails is retried as any job is, and shows in relay jobs list.
 func PendingPeriodicJob() *river.PeriodicJob {
 	return river.NewPeriodicJob(river.PeriodicInterval(PendingInterval),
 		func() (river.JobArgs, *river.InsertOpts) { return PostPendingArgs{}, nil },

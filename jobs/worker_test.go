@@ -420,7 +420,7 @@ func TestBookingAndJobCompletionShareOneTransaction(t *testing.T) {
 		CREATE SEQUENCE completion_attempts;
 		CREATE FUNCTION fail_completion() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
-			IF NEW.state = 'completed' AND nextval('completion_attempts') = 1 THEN
+			IF NEW.kind = 'polar_event' AND NEW.state = 'completed' AND nextval('completion_attempts') = 1 THEN
 				RAISE EXCEPTION 'simulated crash between booking and job completion';
 			END IF;
 			RETURN NEW;
