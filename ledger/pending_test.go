@@ -387,6 +387,19 @@ func TestPostingWhileTheEventIsReplayed(t *testing.T) {
 	}
 }
 
+// afterFinding is a poster's database whose first transaction waits until
+// every poster has run its first query: the one that finds what is pending.
+type afterFinding struct {
+	*pgxpool.Pool
+	found *sync.WaitGroup
+	once  sync.Once
+}
+
+func (c *afterFinding) Begin(ctx context.Context) (pgx.Tx, error) {
+	c.once.Do(func() { c.found.Done(); c.found.Wait() })
+	return c.Pool.Begin(ctx)
+}
+
 // TestTwoPostersBookOnce runs two posters at once over the same pending
 // sales, as two replicas would: each sale is booked once and reported
 // posted by one of them.
@@ -400,17 +413,16 @@ func TestTwoPostersBookOnce(t *testing.T) {
 		exec(t, pool, `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet)
 		shops = append(shops, s)
 	}
+	// Each poster has found the pending sales before either posts one.
 	results := make([][]ledger.PostResult, 2)
 	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
+	var wg, found sync.WaitGroup
+	found.Add(len(results))
 	for i := range results {
 		wg.Go(func() {
-			<-start
-			results[i], errs[i] = ledger.PostPending(ctx, pool, "")
+			results[i], errs[i] = ledger.PostPending(ctx, &afterFinding{Pool: pool, found: &found}, "")
 		})
 	}
-	close(start)
 	wg.Wait()
 	noErrors(t, errs)
 
