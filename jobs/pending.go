@@ -28,8 +28,7 @@ func (PostPendingArgs) Kind() string { return "post_pending_bookings" }
 // River runs periodic jobs on its elected leader only, so several replicas
 // enqueue one pass between them. Passes are not unique: one left running by
 // a crashed replica must not hold up the next until it is rescued, and two
-// passes at once still book each sale once (ledger.PostPending). A pass
-// that fails is retried as any job is, and shows in relay jobs list.
+// passes at once still book each sale once (ledger.PostPending).
 func PendingPeriodicJob() *river.PeriodicJob {
 	return river.NewPeriodicJob(river.PeriodicInterval(PendingInterval),
 		func() (river.JobArgs, *river.InsertOpts) { return PostPendingArgs{}, nil },
@@ -49,10 +48,16 @@ func NewPendingWorker(pool *pgxpool.Pool, metrics *Metrics, logger *slog.Logger)
 	return &PendingWorker{pool: pool, metrics: metrics, logger: logger}
 }
 
-// Work runs one pass. When nothing is pending it is one indexed query.
+// Work runs one pass. When nothing is pending it is one indexed query. A
+// pass that fails is logged, not retried: the next one, a few seconds on,
+// tries everything again, and a retry backing off would only linger as an
+// unfinished job. Every failed sale's attempt is on its row, and
+// RelayPendingBookingStuck fires if one stays pending.
 func (w *PendingWorker) Work(ctx context.Context, job *river.Job[PostPendingArgs]) error {
-	_, err := PostPending(ctx, w.pool, w.metrics, w.logger, "")
-	return err
+	if _, err := PostPending(ctx, w.pool, w.metrics, w.logger, ""); err != nil && ctx.Err() != nil {
+		return err // stopped: River puts the pass back
+	}
+	return nil
 }
 
 // PostPending posts the pending bookings of workspace (empty: all) that can

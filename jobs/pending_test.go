@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
@@ -282,5 +286,36 @@ func TestPostingWhileTheEventIsReplayedBooksOnce(t *testing.T) {
 	}
 	if p := pendingOf(t, pool, s); !p.posted {
 		t.Errorf("pending = %+v, want posted", p)
+	}
+}
+
+// TestFailingPassIsLoggedNotRetried: a pass that cannot book a sale
+// completes, logging why; the next pass tries again.
+func TestFailingPassIsLoggedNotRetried(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
+	sys.send(t, "msg_fails", event(t, "order.updated.paid.json", s, "ord_fails", nil))
+	sys.waitJobs(t, "msg_fails")
+	ctx := context.Background()
+	for _, q := range []string{
+		`INSERT INTO workspace_configs (ws_id, id, value) VALUES ('` + s.WS + `', 'default_wallet_id', '` + s.Wallet + `')`,
+		`CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'simulated failure'; END $$`,
+		`CREATE TRIGGER refuse_booking BEFORE INSERT ON wallet_transactions FOR EACH ROW EXECUTE FUNCTION refuse_booking()`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := &testkit.SyncBuffer{}
+	w := jobs.NewPendingWorker(pool, nil, slog.New(slog.NewTextHandler(logs, nil)))
+	if err := w.Work(ctx, &river.Job[jobs.PostPendingArgs]{JobRow: &rivertype.JobRow{ID: 1}}); err != nil {
+		t.Fatalf("a failed pass returned %v, want nil: the next pass is its retry", err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "simulated failure") {
+		t.Errorf("log = %q, want a warning with the cause", logs.String())
+	}
+	if p := pendingOf(t, pool, s); p.posted {
+		t.Errorf("pending = %+v, want still pending", p)
 	}
 }

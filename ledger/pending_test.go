@@ -520,3 +520,30 @@ func TestPendingFilterRefusesBadInput(t *testing.T) {
 		t.Fatalf("list by workspace = %+v, %v; want its one sale", list, err)
 	}
 }
+
+// TestOneFailingSaleDoesNotStopThePass makes booking one of two pending
+// sales fail: the other is posted, and the error names the one that failed.
+func TestOneFailingSaleDoesNotStopThePass(t *testing.T) {
+	pool := testdb.NewPool(t)
+	failing := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
+	fine := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
+	for _, s := range []testkit.Shop{failing, fine} {
+		mustPay(t, pool, paid(s, "ord_"+s.Session))
+		exec(t, pool, `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet)
+	}
+	exec(t, pool, `CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'simulated failure booking %', NEW.source_ref; END $$`)
+	exec(t, pool, `CREATE TRIGGER refuse_booking BEFORE INSERT ON wallet_transactions FOR EACH ROW
+		WHEN (NEW.source_ref = '`+failing.Session+`') EXECUTE FUNCTION refuse_booking()`)
+
+	rs, err := ledger.PostPending(t.Context(), pool, "")
+	if err == nil || !strings.Contains(err.Error(), failing.Session) {
+		t.Fatalf("err = %v, want the failing sale's error", err)
+	}
+	if len(rs) != 1 || rs[0].SessionID != fine.Session || rs[0].Result != ledger.PostedPending {
+		t.Fatalf("results = %+v, want the other sale posted", rs)
+	}
+	if b, _ := pendingOf(t, pool, failing.Session); b.PostedAt != nil || b.Reason != ledger.ReasonNoWallet {
+		t.Fatalf("failing sale = %+v, want still pending as it was", b)
+	}
+}
