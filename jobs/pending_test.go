@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -117,7 +118,9 @@ func TestPendingRecordedOnceUnderConcurrentRedelivery(t *testing.T) {
 			ids = append(ids, id)
 			wg.Go(func() {
 				<-start
-				sys.post(t, id, body)
+				if code := sys.post(t, id, body); code != http.StatusOK {
+					t.Errorf("delivery %s: status %d, want 200", id, code)
+				}
 			})
 		}
 	}
