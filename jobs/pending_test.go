@@ -43,6 +43,24 @@ func pendingOf(t *testing.T, pool *pgxpool.Pool, s shop) pendingRow {
 	return p
 }
 
+// unbookedSale seeds a shop without a default wallet and has its paid order
+// delivered (as webhookID) and worked: the sale is pending.
+func unbookedSale(t *testing.T, sys *system, webhookID string) shop {
+	t.Helper()
+	s := testkit.SeedShop(t, sys.pool, testkit.ShopOptions{NoWallet: true})
+	sys.send(t, webhookID, event(t, "order.updated.paid.json", s, "ord_"+webhookID, nil))
+	sys.waitJobs(t, webhookID)
+	return s
+}
+
+// setDefaultWallet sets the shop's own wallet as its default.
+func setDefaultWallet(t *testing.T, pool *pgxpool.Pool, s shop) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // waitEventJobs polls until every event job, not just the newest of each
 // webhook, is finished.
 func waitEventJobs(t *testing.T, pool *pgxpool.Pool) {
@@ -82,12 +100,12 @@ func unbookable(t *testing.T, pool *pgxpool.Pool) (noWallet, foreignWallet, euro
 // currency corrected.
 func fixWallets(t *testing.T, pool *pgxpool.Pool, noWallet, foreignWallet, euroWallet shop) {
 	t.Helper()
+	setDefaultWallet(t, pool, noWallet)
 	ctx := context.Background()
 	for _, q := range []struct {
 		sql  string
 		args []any
 	}{
-		{`INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, []any{noWallet.WS, noWallet.Wallet}},
 		{`UPDATE workspace_configs SET value = $2, updated_at = now() WHERE ws_id = $1`, []any{foreignWallet.WS, foreignWallet.Wallet}},
 		{`UPDATE workspace_wallets SET currency = 'USD' WHERE id = $1`, []any{euroWallet.Wallet}},
 	} {
@@ -187,9 +205,7 @@ func TestFixingTheWalletPostsWithinAMinute(t *testing.T) {
 	if _, err := pool.Exec(context.Background(), `DELETE FROM inventory_checkout_sessions WHERE id = $1`, deleted.Session); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, deleted.WS, deleted.Wallet); err != nil {
-		t.Fatal(err)
-	}
+	setDefaultWallet(t, pool, deleted)
 
 	fixed := time.Now()
 	fixWallets(t, pool, noWallet, foreignWallet, euroWallet)
@@ -256,12 +272,8 @@ func TestFixingTheWalletPostsWithinAMinute(t *testing.T) {
 func TestPostingWhileTheEventIsReplayedBooksOnce(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{clients: 2})
-	s := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
-	sys.send(t, "msg_race", event(t, "order.updated.paid.json", s, "ord_race", nil))
-	sys.waitJobs(t, "msg_race")
-	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet); err != nil {
-		t.Fatal(err)
-	}
+	s := unbookedSale(t, sys, "msg_race")
+	setDefaultWallet(t, pool, s)
 
 	var (
 		wg    sync.WaitGroup
@@ -297,12 +309,10 @@ func TestPostingWhileTheEventIsReplayedBooksOnce(t *testing.T) {
 func TestFailingPassIsLoggedNotRetried(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
-	sys.send(t, "msg_fails", event(t, "order.updated.paid.json", s, "ord_fails", nil))
-	sys.waitJobs(t, "msg_fails")
+	s := unbookedSale(t, sys, "msg_fails")
+	setDefaultWallet(t, pool, s)
 	ctx := context.Background()
 	for _, q := range []string{
-		`INSERT INTO workspace_configs (ws_id, id, value) VALUES ('` + s.WS + `', 'default_wallet_id', '` + s.Wallet + `')`,
 		`CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'simulated failure'; END $$`,
 		`CREATE TRIGGER refuse_booking BEFORE INSERT ON wallet_transactions FOR EACH ROW EXECUTE FUNCTION refuse_booking()`,
 	} {

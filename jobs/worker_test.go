@@ -152,10 +152,7 @@ func TestTwoRiverClientsBookOnce(t *testing.T) {
 func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
-
-	sys.send(t, "msg_nowallet", event(t, "order.updated.paid.json", s, "ord_nw", nil))
-	sys.waitJobs(t, "msg_nowallet")
+	s := unbookedSale(t, sys, "msg_nowallet")
 	if got := session(t, pool, s); got.status != "completed" || got.txID != nil {
 		t.Fatalf("session = %+v, want completed without a booking", got)
 	}
@@ -171,9 +168,7 @@ func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 
 	// The admin sets the default wallet, then replays the stored event:
 	// whichever of the replay and the poster comes first books the sale.
-	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet); err != nil {
-		t.Fatal(err)
-	}
+	setDefaultWallet(t, pool, s)
 	for range 2 { // a second replay books nothing more
 		if _, err := jobs.Replay(context.Background(), pool, sys.clients[0], "msg_nowallet"); err != nil {
 			t.Fatal(err)
