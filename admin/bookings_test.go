@@ -61,20 +61,7 @@ func TestBookingsAPI(t *testing.T) {
 	t.Cleanup(srv.Close)
 	call := func(method, path string, auth bool) (int, string, http.Header) {
 		t.Helper()
-		req, err := http.NewRequest(method, srv.URL+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if auth {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b), resp.Header
+		return apiRequest(t, srv, method, path, "", auth)
 	}
 
 	fixable := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
@@ -143,6 +130,29 @@ func TestBookingsAPI(t *testing.T) {
 	if !strings.Contains(logs.String(), "pending booking posted") || !strings.Contains(logs.String(), "admin: pending bookings posted") {
 		t.Errorf("log lacks the posting:\n%s", logs.String())
 	}
+}
+
+// apiRequest sends a request to the admin API at srv, with the test's
+// bearer token when auth is set and body as JSON unless it is empty.
+func apiRequest(t *testing.T, srv *httptest.Server, method, path, body string, auth bool) (int, string, http.Header) {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
 }
 
 // bookingsCounted is relay_ledger_bookings_total{result} in reg.
