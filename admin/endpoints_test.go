@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -51,28 +50,13 @@ func TestEndpointsAPI(t *testing.T) {
 
 	call := func(method, path, body string, auth bool) (int, string) {
 		t.Helper()
-		req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if auth {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		code, b, _ := apiRequest(t, srv, method, path, body, auth)
 		for _, s := range []string{secret1, secret2} {
-			if strings.Contains(string(b), s) || strings.Contains(string(b), s[:len(s)-4]) {
+			if strings.Contains(b, s) || strings.Contains(b, s[:len(s)-4]) {
 				t.Errorf("%s %s answers with a secret: %s", method, path, b)
 			}
 		}
-		return resp.StatusCode, string(b)
+		return code, b
 	}
 	addBody := func(ws, env, secret string) string {
 		b, _ := json.Marshal(map[string]string{"workspace": ws, "environment": env, "secret": secret})

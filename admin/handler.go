@@ -19,6 +19,7 @@ import (
 
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/jobs"
 )
 
 // UIPrefix is where River UI is mounted.
@@ -45,6 +46,7 @@ type Options struct {
 	// Console adds its routes under /admin/ (package console), behind the
 	// same credentials; nil: none.
 	Console interface{ Mount(*http.ServeMux) }
+	Metrics     *jobs.Metrics    // counts what POST /admin/api/bookings/post books; nil: not counted
 }
 
 // Handler serves the JSON API under /admin/api/ and River UI under
@@ -72,7 +74,7 @@ func NewHandler(pool *pgxpool.Pool, client *river.Client[pgx.Tx], opts Options) 
 	if err != nil {
 		return nil, fmt.Errorf("create River UI: %w", err)
 	}
-	a := &api{ops: &Ops{Pool: pool, Client: client}, logger: opts.Logger}
+	a := &api{ops: &Ops{Pool: pool, Client: client, Metrics: opts.Metrics, Logger: opts.Logger}, logger: opts.Logger}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/api/jobs", a.listJobs)
 	mux.HandleFunc("POST /admin/api/jobs/{id}/retry", a.retryJob)
@@ -85,6 +87,7 @@ func NewHandler(pool *pgxpool.Pool, client *river.Client[pgx.Tx], opts Options) 
 	if opts.Console != nil {
 		opts.Console.Mount(mux)
 	}
+	mountBookings(mux, a)
 	mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {
 		// This pattern matches every method, so ServeMux never answers 405
 		// under /admin/ by itself: ask it which methods the path has.

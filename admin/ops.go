@@ -1,7 +1,7 @@
 // Package admin is relay's operator surface: listing, retrying and
-// cancelling River jobs, inspecting and replaying stored webhooks, and the
-// authenticated HTTP API and River UI on the admin listener. The CLI in
-// cmd/relay calls the same operations.
+// cancelling River jobs, inspecting and replaying stored webhooks, listing
+// and posting pending bookings, and the authenticated HTTP API and River UI
+// on the admin listener. The CLI in cmd/relay calls the same operations.
 package admin
 
 import (
@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -55,6 +56,10 @@ func errorf(kind error, format string, args ...any) error {
 type Ops struct {
 	Pool   *pgxpool.Pool
 	Client *river.Client[pgx.Tx]
+	// Metrics and Logger, when set, count and log the pending bookings
+	// PostPending books, as relay's workers do.
+	Metrics *jobs.Metrics
+	Logger  *slog.Logger
 }
 
 // Job is a River job as operators see it.

@@ -57,7 +57,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		m.lag.WithLabelValues(t)
 	}
 	for _, r := range []string{ledger.Booked, ledger.AlreadyBooked, ledger.NotPaid, ledger.SkippedNoWallet,
-		ledger.SkippedWalletWorkspace, ledger.SkippedCurrency, BookingReversed} {
+		ledger.SkippedWalletWorkspace, ledger.SkippedCurrency, ledger.PostedPending, BookingReversed} {
 		m.bookings.WithLabelValues(r)
 	}
 	m.foreign.WithLabelValues(boundaryWorkspace)
@@ -73,3 +73,10 @@ const (
 	boundaryWorkspace   = "workspace"
 	boundaryEnvironment = "environment"
 )
+
+// countBooking counts one ledger outcome; on nil Metrics it does nothing.
+func (m *Metrics) countBooking(result string) {
+	if m != nil {
+		m.bookings.WithLabelValues(result).Inc()
+	}
+}

@@ -71,12 +71,14 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond})
 		river.AddWorker(workers, eventWorker)
 		river.AddWorker(workers, jobs.NewBatchWorker(eventWorker))
+		river.AddWorker(workers, jobs.NewPendingWorker(pool, jobMetrics, logger))
 		client := testkit.StartRiver(t, pool, &river.Config{
-			ID:          fmt.Sprintf("client_%d", i),
-			Logger:      logger,
-			MaxAttempts: o.maxAttempts,
-			Queues:      map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: o.maxWorkers}},
-			Workers:     workers,
+			ID:           fmt.Sprintf("client_%d", i),
+			Logger:       logger,
+			MaxAttempts:  o.maxAttempts,
+			Queues:       map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: o.maxWorkers}},
+			Workers:      workers,
+			PeriodicJobs: []*river.PeriodicJob{jobs.PendingPeriodicJob()}, // as relay serve has it
 		})
 		s.clients = append(s.clients, client)
 	}

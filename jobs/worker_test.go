@@ -221,10 +221,7 @@ func TestEveryQueryModeReceivesAndBooks(t *testing.T) {
 func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})
-	s := testkit.SeedShop(t, pool, testkit.ShopOptions{NoWallet: true})
-
-	sys.send(t, "msg_nowallet", event(t, "order.updated.paid.json", s, "ord_nw", nil))
-	sys.waitJobs(t, "msg_nowallet")
+	s := unbookedSale(t, sys, "msg_nowallet")
 	if got := session(t, pool, s); got.status != "completed" || got.txID != nil {
 		t.Fatalf("session = %+v, want completed without a booking", got)
 	}
@@ -234,11 +231,13 @@ func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "skipped_no_wallet"}); v != 1 {
 		t.Errorf("skipped_no_wallet counter = %v, want 1", v)
 	}
-
-	// The admin sets the default wallet, then replays the stored event.
-	if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet); err != nil {
-		t.Fatal(err)
+	if p := pendingOf(t, pool, s); p.reason != "no_wallet" || p.posted {
+		t.Fatalf("pending = %+v, want kept for no_wallet", p)
 	}
+
+	// The admin sets the default wallet, then replays the stored event:
+	// whichever of the replay and the poster comes first books the sale.
+	setDefaultWallet(t, pool, s)
 	for range 2 { // a second replay books nothing more
 		if _, err := jobs.Replay(context.Background(), pool, sys.clients[0], "msg_nowallet"); err != nil {
 			t.Fatal(err)
@@ -250,6 +249,12 @@ func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	}
 	if got := session(t, pool, s); got.txID == nil {
 		t.Error("session not linked to its booking after replay")
+	}
+	if p := pendingOf(t, pool, s); !p.posted {
+		t.Errorf("pending = %+v, want posted", p)
+	}
+	if v := sys.metric(t, "relay_ledger_bookings_total", map[string]string{"result": "posted_pending"}); v != 1 {
+		t.Errorf("posted_pending counter = %v, want 1", v)
 	}
 }
 
@@ -272,9 +277,19 @@ func TestWalletProblemsSkipBooking(t *testing.T) {
 	sys.send(t, "msg_gbp", event(t, "order.updated.paid.json", paidInOther, "ord_gbp", func(d map[string]any) { d["currency"] = "gbp" }))
 
 	sys.waitJobs(t, "msg_eur", "msg_foreign", "msg_gbp")
-	for name, s := range map[string]shop{"wallet in EUR": otherCurrency, "wallet of another workspace": otherWorkspace, "paid in GBP": paidInOther} {
-		if got := session(t, pool, s); got.status != "completed" || got.txID != nil {
+	for name, c := range map[string]struct {
+		s      shop
+		reason string
+	}{
+		"wallet in EUR":               {otherCurrency, "currency"},
+		"wallet of another workspace": {otherWorkspace, "wallet_workspace"},
+		"paid in GBP":                 {paidInOther, "currency"},
+	} {
+		if got := session(t, pool, c.s); got.status != "completed" || got.txID != nil {
 			t.Errorf("%s: session = %+v, want completed, unbooked", name, got)
+		}
+		if p := pendingOf(t, pool, c.s); p.reason != c.reason || p.posted {
+			t.Errorf("%s: pending = %+v, want kept for %s", name, p, c.reason)
 		}
 	}
 	var total int
@@ -476,7 +491,7 @@ func TestBookingAndJobCompletionShareOneTransaction(t *testing.T) {
 		CREATE SEQUENCE completion_attempts;
 		CREATE FUNCTION fail_completion() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
-			IF NEW.state = 'completed' AND nextval('completion_attempts') = 1 THEN
+			IF NEW.kind = 'polar_event' AND NEW.state = 'completed' AND nextval('completion_attempts') = 1 THEN
 				RAISE EXCEPTION 'simulated crash between booking and job completion';
 			END IF;
 			RETURN NEW;

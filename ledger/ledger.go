@@ -18,6 +18,9 @@
 //     lock, a reconcile that read a reversed total which another one has
 //     since moved past books nothing: the reversals can then lag the
 //     refunds until the next call, never overshoot them.
+//   - a paid sale that cannot be booked yet is kept as one pending booking
+//     per session (its primary key), in the transaction that completes
+//     the session, and is posted through the same source key.
 package ledger
 
 import (
@@ -55,6 +58,8 @@ const (
 	SkippedNoWallet        = "skipped_no_wallet"        // no default wallet configured, or it does not exist
 	SkippedWalletWorkspace = "skipped_wallet_workspace" // the default wallet belongs to another workspace
 	SkippedCurrency        = "skipped_currency"         // wallet or payment in another currency than the sale
+	// A skipped sale is kept as a pending booking and posted once it can
+	// be: then its result is PostedPending (pending.go).
 )
 
 var (

@@ -227,7 +227,8 @@ func TestApplyPaymentBooksCategoryOnlyWhenLinesShareOne(t *testing.T) {
 }
 
 // TestApplyPaymentSkipsWhatItCannotBook covers each reason a paid session is
-// completed unbooked, and that the same payment books once the reason is fixed.
+// completed unbooked and kept as pending, and that the same payment applied
+// again once the reason is fixed books what was pending.
 func TestApplyPaymentSkipsWhatItCannotBook(t *testing.T) {
 	pool := testdb.NewPool(t)
 	foreign := testkit.SeedShop(t, pool, testkit.ShopOptions{})
@@ -295,13 +296,21 @@ func TestApplyPaymentSkipsWhatItCannotBook(t *testing.T) {
 				t.Fatalf("ledger = %+v, want nothing booked anywhere", es)
 			}
 
+			if b, rows := pendingOf(t, pool, s.Session); rows != 1 || b.Reason == "" || b.PostedAt != nil {
+				t.Fatalf("pending = %+v (%d rows), want the sale kept as pending", b, rows)
+			}
+
 			if c.fix != nil {
 				c.fix(t, s)
 			} else {
 				p.Currency = "USD"
 			}
-			if out := mustPay(t, pool, p); out.Booking != ledger.Booked || out.Completed {
-				t.Fatalf("after the fix: outcome = %+v, want booked, not completed again", out)
+			// The event applied again books what was pending: PostedPending.
+			if out := mustPay(t, pool, p); out.Booking != ledger.PostedPending || out.Completed {
+				t.Fatalf("after the fix: outcome = %+v, want the pending sale posted, not completed again", out)
+			}
+			if b, _ := pendingOf(t, pool, s.Session); b.PostedAt == nil || b.TransactionID == nil {
+				t.Fatalf("pending after the fix = %+v, want posted", b)
 			}
 			if es := ledgerOf(t, pool, s.WS); len(es) != 1 || es[0].amount != 4950 || es[0].wallet != s.Wallet {
 				t.Fatalf("after the fix: ledger = %+v, want one sale of 4950 into %s", es, s.Wallet)

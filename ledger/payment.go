@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,7 +48,8 @@ type Outcome struct {
 	Session *Session
 	// Completed is true when the session became completed in this call.
 	Completed bool
-	// Booking is one of the booking results (Booked, AlreadyBooked, ...).
+	// Booking is one of the booking results (Booked, AlreadyBooked,
+	// PostedPending, ...).
 	Booking string
 	// Reversed is the amount reversed in this call, as a positive number.
 	Reversed int64
@@ -55,7 +57,9 @@ type Outcome struct {
 
 // ApplyPayment records the order on its session; when the order is paid it
 // completes the session and books the sale once into the workspace's default
-// wallet, then books reversals up to the refunded total. An order is
+// wallet, then books reversals up to the refunded total. A paid sale that
+// cannot be booked (no usable default wallet, another currency) is kept as
+// a pending booking, which PostPending books once it can. An order is
 // recorded on one session only: one that names another session than the
 // one recording it, or a session that records another order, is refused
 // with ErrOrderConflict.
@@ -73,15 +77,16 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	out := Outcome{Session: s, Booking: NotPaid}
 
 	// Book first, so that one UPDATE records everything on the session.
-	refundsRecorded := false
+	var sold sale
 	switch {
 	case !p.Paid:
 	case s.FinanceTransactionID != nil:
 		out.Booking = AlreadyBooked
 	default:
-		if out.Booking, refundsRecorded, err = bookSale(ctx, db, s, p); err != nil {
+		if sold, err = bookSale(ctx, db, s, p.Currency, p.Description, p.At); err != nil {
 			return Outcome{}, err
 		}
+		out.Booking = sold.result
 	}
 
 	// The provider's status only moves forward: once paid, an unpaid word is
@@ -115,9 +120,28 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 		s.ExternalOrderID = &p.ExternalOrderID
 	}
 
+	// A sale that cannot be booked is kept, in this transaction, until it
+	// can; one that was kept and is booked now is no longer pending.
+	switch {
+	case skipped(out.Booking):
+		if _, err := recordPending(ctx, db, s, pendingSale{
+			paymentCurrency: cmp.Or(p.Currency, s.Currency), description: p.Description,
+			refundDescription: p.RefundDescription, paidAt: p.At,
+		}, sold); err != nil {
+			return Outcome{}, err
+		}
+	case sold.pending:
+		if _, err := closePending(ctx, db, s.ID, *s.FinanceTransactionID); err != nil {
+			return Outcome{}, err
+		}
+		if out.Booking == Booked {
+			out.Booking = PostedPending
+		}
+	}
+
 	// Reverse what is refunded: refunds recorded while the sale was unbooked
 	// once it is booked, and after that whatever a larger total adds.
-	if s.FinanceTransactionID != nil && (refundsRecorded || s.RefundedAmount > 0) {
+	if s.FinanceTransactionID != nil && (sold.refundsRecorded || s.RefundedAmount > 0) {
 		if out.Reversed, err = reconcileRefunds(ctx, db, s, p.RefundDescription, p.At); err != nil {
 			return Outcome{}, err
 		}
@@ -161,7 +185,7 @@ func ApplyRefund(ctx context.Context, db DB, r Refund) (Outcome, error) {
 	out := Outcome{Session: s, Booking: AlreadyBooked}
 	if s.FinanceTransactionID == nil {
 		out.Booking = NotPaid // reversed once the sale is booked
-		return out, nil
+		return out, notePendingRefunds(ctx, db, s)
 	}
 	if out.Reversed, err = reconcileRefunds(ctx, db, s, r.Description, r.At); err != nil {
 		return Outcome{}, err
@@ -186,22 +210,32 @@ func ExpireSession(ctx context.Context, db DB, ref SessionRef) (bool, error) {
 	return true, nil
 }
 
-// bookSale books the session's total into the workspace's default wallet, or
-// says why it cannot, and sets s.FinanceTransactionID; the caller links the
-// session to it. It also reports whether refunds of the session were
-// recorded before. The session must be locked.
-func bookSale(ctx context.Context, db DB, s *Session, p Payment) (result string, refundsRecorded bool, err error) {
-	if p.Currency != "" && !strings.EqualFold(p.Currency, s.Currency) {
-		return SkippedCurrency, false, nil
-	}
-	// One round trip for the wallet setting, the wallet and the category:
-	// the lines' products' finance category, when they all share one of the
-	// workspace's categories; otherwise the booking has none.
+// sale is what bookSale found and did.
+type sale struct {
+	result          string  // Booked, AlreadyBooked (relinked), or the Skipped* result that says why not
+	note            string  // why not, in words for an operator
+	walletID        string  // the wallet booked into
+	categoryID      *string // the booking's category, booked or not
+	refundsRecorded bool    // refunds of the session were recorded before
+	pending         bool    // the session has a pending booking not posted yet
+}
+
+// bookSale books the session's total, paid in currency (empty: the
+// session's), into the workspace's default wallet, or says why it cannot,
+// and sets s.FinanceTransactionID; the caller links the session to it. A
+// sale booked before, by relay or by hand under the sale's source key, is
+// relinked rather than booked again. The session must be locked.
+func bookSale(ctx context.Context, db DB, s *Session, currency, description string, at time.Time) (sale, error) {
+	// One round trip for the wallet setting, the wallet, the category (the
+	// lines' products' finance category, when they all share one of the
+	// workspace's categories; otherwise none), an earlier booking of the
+	// sale, and what the session has recorded meanwhile.
 	var (
 		walletID, walletWS, walletCurrency *string
-		categoryID                         *string
+		booked                             *string
+		out                                sale
 	)
-	err = db.QueryRow(ctx, `
+	err := db.QueryRow(ctx, `
 		SELECT cfg.value, w.ws_id::text, w.currency,
 		       (SELECT CASE WHEN count(*) > 0 AND count(c.id) = count(*) AND count(DISTINCT c.id) = 1
 		                    THEN min(c.id::text) END
@@ -209,41 +243,57 @@ func bookSale(ctx context.Context, db DB, s *Session, p Payment) (result string,
 		        LEFT JOIN workspace_products p ON p.id = l.product_id AND p.ws_id = $2
 		        LEFT JOIN transaction_categories c ON c.id = p.finance_category_id AND c.ws_id = $2
 		        WHERE l.checkout_session_id = $1),
-		       EXISTS (SELECT 1 FROM checkout_session_refunds f WHERE f.checkout_session_id = $1)
+		       EXISTS (SELECT 1 FROM checkout_session_refunds f WHERE f.checkout_session_id = $1),
+		       (SELECT t.id::text FROM wallet_transactions t WHERE t.source_kind = 'sale' AND t.source_ref = $1::text),
+		       EXISTS (SELECT 1 FROM pending_bookings b WHERE b.session_id = $1 AND b.posted_at IS NULL)
 		FROM (SELECT 1) one
 		LEFT JOIN workspace_configs cfg ON cfg.ws_id = $2 AND cfg.id = 'default_wallet_id'
 		LEFT JOIN workspace_wallets w ON w.id = CASE WHEN btrim(cfg.value) ~ '^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$'
 		                                       THEN btrim(cfg.value)::uuid END`, s.ID, s.WorkspaceID).
-		Scan(&walletID, &walletWS, &walletCurrency, &categoryID, &refundsRecorded)
+		Scan(&walletID, &walletWS, &walletCurrency, &out.categoryID, &out.refundsRecorded, &booked, &out.pending)
+	if err != nil {
+		return sale{}, fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
+	}
 	switch {
-	case err != nil:
-		return "", false, fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
-	case walletWS == nil: // no setting, or it names no wallet
-		return SkippedNoWallet, false, nil
+	case booked != nil:
+		// Booked before, though the session lost its link: relink, book nothing.
+		s.FinanceTransactionID, out.result = booked, AlreadyBooked
+		return out, nil
+	case currency != "" && !strings.EqualFold(currency, s.Currency):
+		out.result = SkippedCurrency
+		out.note = fmt.Sprintf("paid in %s, the sale is in %s: it can never be booked by relay", strings.ToUpper(currency), strings.ToUpper(s.Currency))
+		return out, nil
+	case walletWS == nil:
+		out.result, out.note = SkippedNoWallet, "no default wallet is set (workspace_configs default_wallet_id), or it names no wallet"
+		return out, nil
 	case !strings.EqualFold(*walletWS, s.WorkspaceID):
-		return SkippedWalletWorkspace, false, nil
+		out.result, out.note = SkippedWalletWorkspace, "the default wallet belongs to another workspace"
+		return out, nil
 	case !strings.EqualFold(*walletCurrency, s.Currency):
-		return SkippedCurrency, false, nil
+		out.result = SkippedCurrency
+		out.note = fmt.Sprintf("the default wallet is in %s, the sale in %s", strings.ToUpper(*walletCurrency), strings.ToUpper(s.Currency))
+		return out, nil
 	}
 
 	var txID string
+	out.walletID, out.result = strings.TrimSpace(*walletID), Booked
 	err = db.QueryRow(ctx, `
 		INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
 		VALUES ($1, $2, $3, $4, $5, $6, 'sale', $7)
 		ON CONFLICT (source_kind, source_ref) DO NOTHING
 		RETURNING id::text`,
-		strings.TrimSpace(*walletID), categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description, p.At, s.ID).Scan(&txID)
-	result = Booked
+		out.walletID, out.categoryID, s.TotalAmount, strings.ToUpper(s.Currency), description, at, s.ID).Scan(&txID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		// Booked before, though the session lost its link: relink, book nothing.
-		result = AlreadyBooked
+		// Booked meanwhile by a transaction that did not hold the session's
+		// lock: the source key kept it to one booking; relink to it.
+		out.result, out.walletID = AlreadyBooked, ""
 		err = db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&txID)
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("book sale of session %s: %w", s.ID, err)
+		return sale{}, fmt.Errorf("book sale of session %s: %w", s.ID, err)
 	}
 	s.FinanceTransactionID = &txID
-	return result, refundsRecorded, nil
+	return out, nil
 }
 
 // reconcileRefunds books one reversal that brings the sale's reversed total

@@ -151,8 +151,8 @@ func TestRefundsBeforeTheSaleAreReversedOnceBooked(t *testing.T) {
 		}
 		exec(t, pool, `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet)
 		out := mustPay(t, pool, paid(s, "ord_nw")) // a replay of an older word, refunded 0
-		if out.Booking != ledger.Booked || out.Reversed != 1650 {
-			t.Fatalf("after the wallet is set: outcome = %+v, want booked and the recorded 1650 reversed", out)
+		if out.Booking != ledger.PostedPending || out.Reversed != 1650 {
+			t.Fatalf("after the wallet is set: outcome = %+v, want the pending sale posted and the recorded 1650 reversed", out)
 		}
 		wantReversed(t, ledgerOf(t, pool, s.WS), *out.Session.FinanceTransactionID, 1650)
 	})

@@ -1,6 +1,7 @@
 // Package opsmetrics exports what an operator watches besides the request
-// and worker metrics: River's job queue, the webhook inbox and the database
-// connection pool. The values are read from the database on every scrape.
+// and worker metrics: River's job queue, the webhook inbox, pending bookings
+// and the database connection pool. The values are read from the database
+// on every scrape.
 package opsmetrics
 
 import (
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/ledger"
 )
 
 // scrapeTimeout bounds the database queries of one scrape. A scrape never
@@ -25,6 +27,7 @@ const (
 	queryJobs            = "jobs"
 	queryOldestAvailable = "oldest_available"
 	queryInbox           = "inbox"
+	queryPendingBookings = "pending_bookings"
 )
 
 const (
@@ -36,6 +39,9 @@ const (
 		FROM river_job WHERE state = 'available' AND scheduled_at <= now()`
 	// An index-only scan of webhook_inbox_status_received_idx.
 	inboxQuery = `SELECT status, count(*) FROM webhook_inbox GROUP BY status`
+	// Reads pending_bookings_unposted_idx: only what is still pending.
+	pendingBookingsQuery = `SELECT reason, count(*), extract(epoch FROM now() - min(first_attempt_at))::float8
+		FROM pending_bookings WHERE posted_at IS NULL GROUP BY reason`
 )
 
 // Collector is a prometheus.Collector of relay's operational state.
@@ -49,12 +55,16 @@ type Collector struct {
 	jobStates []string
 	// inboxStatuses are webhook_inbox's statuses (its CHECK constraint).
 	inboxStatuses []string
-	queryNames    []string
-	errors        map[string]*atomic.Uint64 // by query name; never written after NewCollector
+	// pendingReasons are the reasons a booking can be pending for.
+	pendingReasons []string
+	queryNames     []string
+	errors         map[string]*atomic.Uint64 // by query name; never written after NewCollector
 
 	jobs            *prometheus.Desc
 	oldestAvailable *prometheus.Desc
 	inbox           *prometheus.Desc
+	pending         *prometheus.Desc
+	pendingOldest   *prometheus.Desc
 	scrapeErrors    *prometheus.Desc
 
 	poolAcquired        *prometheus.Desc
@@ -79,10 +89,11 @@ func NewCollector(pool *pgxpool.Pool, logger *slog.Logger) prometheus.Collector 
 		logger: logger,
 		kind:   jobs.EventArgs{}.Kind(),
 
-		jobStates:     []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"},
-		inboxStatuses: []string{"pending", "processed", "ignored", "invalid", "refused"},
-		queryNames:    []string{queryJobs, queryOldestAvailable, queryInbox},
-		errors:        make(map[string]*atomic.Uint64),
+		jobStates:      []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"},
+		inboxStatuses:  []string{"pending", "processed", "ignored", "invalid", "refused"},
+		pendingReasons: ledger.Reasons(),
+		queryNames:     []string{queryJobs, queryOldestAvailable, queryInbox, queryPendingBookings},
+		errors:         make(map[string]*atomic.Uint64),
 
 		jobs: prometheus.NewDesc("relay_jobs",
 			"River jobs by state and kind.", []string{"state", "kind"}, nil),
@@ -90,6 +101,10 @@ func NewCollector(pool *pgxpool.Pool, logger *slog.Logger) prometheus.Collector 
 			"Age of the oldest job that is due to run and waits for a worker (0 when none waits).", nil, nil),
 		inbox: prometheus.NewDesc("relay_inbox_events",
 			"Stored webhooks by inbox status.", []string{"status"}, nil),
+		pending: prometheus.NewDesc("relay_pending_bookings",
+			"Paid sales not booked yet, by why (no_wallet, wallet_workspace, currency).", []string{"reason"}, nil),
+		pendingOldest: prometheus.NewDesc("relay_pending_booking_oldest_age_seconds",
+			"How long the oldest pending booking has waited since it was first tried (0 when none).", nil, nil),
 		scrapeErrors: prometheus.NewDesc("relay_scrape_db_errors_total",
 			"Database queries of a metrics scrape that failed, by query.", []string{"query"}, nil),
 
@@ -119,7 +134,7 @@ func NewCollector(pool *pgxpool.Pool, logger *slog.Logger) prometheus.Collector 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.jobs, c.oldestAvailable, c.inbox, c.scrapeErrors,
+		c.jobs, c.oldestAvailable, c.inbox, c.pending, c.pendingOldest, c.scrapeErrors,
 		c.poolAcquired, c.poolIdle, c.poolTotal, c.poolMax,
 		c.poolAcquire, c.poolEmptyAcquire, c.poolAcquireWait, c.poolCanceledAcquire,
 	} {
@@ -136,6 +151,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.run(ctx, queryJobs, func() error { return c.collectJobs(ctx, ch) })
 	c.run(ctx, queryOldestAvailable, func() error { return c.collectOldestAvailable(ctx, ch) })
 	c.run(ctx, queryInbox, func() error { return c.collectInbox(ctx, ch) })
+	c.run(ctx, queryPendingBookings, func() error { return c.collectPendingBookings(ctx, ch) })
 
 	for _, q := range c.queryNames {
 		ch <- prometheus.MustNewConstMetric(c.scrapeErrors, prometheus.CounterValue, float64(c.errors[q].Load()), q)
@@ -233,5 +249,38 @@ func (c *Collector) collectInbox(ctx context.Context, ch chan<- prometheus.Metri
 	for s, n := range counts {
 		ch <- prometheus.MustNewConstMetric(c.inbox, prometheus.GaugeValue, float64(n), s)
 	}
+	return nil
+}
+
+// collectPendingBookings exports every reason, at 0 when none is pending
+// for it, so that the alert and dashboard always have a series.
+func (c *Collector) collectPendingBookings(ctx context.Context, ch chan<- prometheus.Metric) error {
+	counts := make(map[string]int64, len(c.pendingReasons))
+	for _, r := range c.pendingReasons {
+		counts[r] = 0
+	}
+	var oldest float64
+	rows, err := c.pool.Query(ctx, pendingBookingsQuery)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var reason string
+		var n int64
+		var age float64
+		if err := rows.Scan(&reason, &n, &age); err != nil {
+			return err
+		}
+		counts[reason] = n
+		oldest = max(oldest, age)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for r, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(n), r)
+	}
+	ch <- prometheus.MustNewConstMetric(c.pendingOldest, prometheus.GaugeValue, oldest)
 	return nil
 }

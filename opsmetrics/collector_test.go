@@ -92,6 +92,14 @@ func TestCollector(t *testing.T) {
 	if v := mustValue(t, got, "relay_job_oldest_available_age_seconds", nil); v != 0 {
 		t.Errorf("empty database: oldest available age = %v, want 0", v)
 	}
+	for _, reason := range []string{"no_wallet", "wallet_workspace", "currency"} {
+		if v := mustValue(t, got, "relay_pending_bookings", map[string]string{"reason": reason}); v != 0 {
+			t.Errorf("empty database: relay_pending_bookings{reason=%q} = %v, want 0", reason, v)
+		}
+	}
+	if v := mustValue(t, got, "relay_pending_booking_oldest_age_seconds", nil); v != 0 {
+		t.Errorf("empty database: oldest pending booking age = %v, want 0", v)
+	}
 
 	// Two available jobs, one of them due 30 seconds ago, one scheduled job,
 	// and inbox rows of two statuses.
@@ -125,6 +133,15 @@ func TestCollector(t *testing.T) {
 		       ('c', 'customer.created', 'ignored', now(), '{}')`); err != nil {
 		t.Fatal(err)
 	}
+	// Pending bookings: two for no_wallet, the older first tried two hours
+	// ago, one for currency, and one posted, which counts for nothing.
+	if _, err := tx.Exec(ctx, `INSERT INTO pending_bookings (session_id, ws_id, amount, currency, payment_currency, reason,
+			paid_at, first_attempt_at, posted_at, transaction_id)
+		SELECT gen_random_uuid(), gen_random_uuid(), 4950, 'USD', 'USD', reason, now(), now() - make_interval(secs => age),
+		       CASE WHEN posted THEN now() END, CASE WHEN posted THEN gen_random_uuid() END
+		FROM (VALUES ('no_wallet', 7200, false), ('no_wallet', 60, false), ('currency', 600, false), ('currency', 90000, true)) v(reason, age, posted)`); err != nil {
+		t.Fatal(err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +156,14 @@ func TestCollector(t *testing.T) {
 		if v := mustValue(t, got, "relay_inbox_events", map[string]string{"status": status}); v != want {
 			t.Errorf("relay_inbox_events{status=%q} = %v, want %v", status, v, want)
 		}
+	}
+	for reason, want := range map[string]float64{"no_wallet": 2, "wallet_workspace": 0, "currency": 1} {
+		if v := mustValue(t, got, "relay_pending_bookings", map[string]string{"reason": reason}); v != want {
+			t.Errorf("relay_pending_bookings{reason=%q} = %v, want %v", reason, v, want)
+		}
+	}
+	if v := mustValue(t, got, "relay_pending_booking_oldest_age_seconds", nil); v < 7199 || v > 7500 {
+		t.Errorf("oldest pending booking age = %v, want about 7200 (the posted one does not count)", v)
 	}
 	// The job due 30 s ago is the oldest; the scheduled one does not count.
 	if v := mustValue(t, got, "relay_job_oldest_available_age_seconds", nil); v < 29 || v > 300 {
@@ -162,7 +187,7 @@ func TestCollector(t *testing.T) {
 	} {
 		mustValue(t, got, name, nil)
 	}
-	for _, q := range []string{"jobs", "oldest_available", "inbox"} {
+	for _, q := range []string{"jobs", "oldest_available", "inbox", "pending_bookings"} {
 		if v := mustValue(t, got, "relay_scrape_db_errors_total", map[string]string{"query": q}); v != 0 {
 			t.Errorf("relay_scrape_db_errors_total{query=%q} = %v, want 0", q, v)
 		}
@@ -183,13 +208,14 @@ func TestCollectorDatabaseDown(t *testing.T) {
 
 	for scrape := 1; scrape <= 2; scrape++ {
 		got := gather(t, c)
-		for _, name := range []string{"relay_jobs", "relay_inbox_events", "relay_job_oldest_available_age_seconds"} {
+		for _, name := range []string{"relay_jobs", "relay_inbox_events", "relay_job_oldest_available_age_seconds",
+			"relay_pending_bookings", "relay_pending_booking_oldest_age_seconds"} {
 			if _, ok := got[name]; ok {
 				t.Errorf("scrape %d: %s exported without a database", scrape, name)
 			}
 		}
 		mustValue(t, got, "relay_db_pool_total_connections", nil)
-		for _, q := range []string{"jobs", "oldest_available", "inbox"} {
+		for _, q := range []string{"jobs", "oldest_available", "inbox", "pending_bookings"} {
 			if v := mustValue(t, got, "relay_scrape_db_errors_total", map[string]string{"query": q}); v != float64(scrape) {
 				t.Errorf("scrape %d: relay_scrape_db_errors_total{query=%q} = %v, want %d", scrape, q, v, scrape)
 			}

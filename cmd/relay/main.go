@@ -22,6 +22,7 @@ commands:
   jobs      list, retry, cancel or delete River jobs (relay jobs --help)
   inbox     list, show or replay stored webhooks (relay inbox --help)
   endpoints add, list, remove or rekey workspaces' webhook secrets (relay endpoints --help)
+  bookings  list pending bookings or post them now (relay bookings --help)
 `
 
 func main() {
@@ -61,6 +62,8 @@ func command(ctx context.Context, args []string, getenv func(string) string, std
 		return inboxCmd(ctx, rest, getenv, stdout)
 	case "endpoints":
 		return endpointsCmd(ctx, rest, getenv, os.Stdin, stdout)
+	case "bookings":
+		return bookingsCmd(ctx, rest, getenv, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -114,7 +114,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		fmt.Fprintln(w, "ok")
 	}))
 	admin.Handle("GET /readyz", readyHandler(pool, sp, cfg.MaxBodyBytes))
-	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, logger); err != nil {
+	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, jobMetrics, logger); err != nil {
 		return err
 	}
 	servers := []*namedServer{{name: "admin", addrVar: "RELAY_ADMIN_ADDR", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
@@ -260,6 +260,9 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 		if err := river.AddWorkerSafely(workers, retention.NewWorker(pool, retention.Options{Keep: cfg.InboxRetention, Logger: logger})); err != nil {
 			return nil, fmt.Errorf("register retention worker: %w", err)
 		}
+		if err := river.AddWorkerSafely(workers, jobs.NewPendingWorker(pool, jobMetrics, logger)); err != nil {
+			return nil, fmt.Errorf("register pending bookings worker: %w", err)
+		}
 		riverCfg.Workers = workers
 		riverCfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}}
 		riverCfg.FetchCooldown = cfg.FetchCooldown
@@ -270,7 +273,7 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 		// River's own job cleanup keeps its defaults (completed and
 		// cancelled 24 h, discarded 7 days); the inbox, which replays need,
 		// is kept longer by the retention sweep.
-		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob()}
+		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob(), jobs.PendingPeriodicJob()}
 	}
 	client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
 	if err != nil {
