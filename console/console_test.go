@@ -231,3 +231,18 @@ func TestStreamOutlivesServerTimeouts(t *testing.T) {
 			func(l string) bool { return l == ": heartbeat" })
 	}
 }
+
+// TestNeedsAttentionListsPendingBookings: a paid sale whose workspace has no
+// default wallet is listed under Needs attention as pending, with its
+// amount and reason, and its delivery says so.
+func TestNeedsAttentionListsPendingBookings(t *testing.T) {
+	s := startSystem(t, 3)
+	shop := testkit.SeedShop(t, s.pool, testkit.ShopOptions{NoWallet: true})
+	s.send(t, "msg_pending", testkit.Event(t, "order.updated.paid.json", shop.Sale("ord_console_pending"), nil))
+	waitPage(t, s.admin.URL+"/admin/", "session completed, pending: no default wallet")
+	page := waitPage(t, s.admin.URL+"/admin/attention", "Pending bookings", "49.50 USD", shop.Session[:8])
+	i := strings.Index(page, `id="sec-pending"`)
+	if i < 0 || !strings.Contains(page[i:], "pending: no default wallet") {
+		t.Errorf("the pending section does not show the sale with its reason:\n%s", page)
+	}
+}

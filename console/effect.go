@@ -79,12 +79,15 @@ func processed(d *Delivery) string {
 			status = " (" + s.PolarStatus + ")"
 		}
 		return "order recorded" + status + ", not paid: nothing booked"
-	case ledger.SkippedNoWallet:
-		return "session completed, not booked: no default wallet"
-	case ledger.SkippedWalletWorkspace:
-		return "session completed, not booked: the default wallet is another workspace's"
-	case ledger.SkippedCurrency:
-		return "session completed, not booked: the wallet's currency differs"
+	case ledger.SkippedNoWallet, ledger.SkippedWalletWorkspace, ledger.SkippedCurrency:
+		if amount != "" { // its pending booking has posted since
+			return "session completed, " + amount + " booked from pending" + reversed
+		}
+		return "session completed, pending: " + map[string]string{
+			ledger.SkippedNoWallet:        "no default wallet",
+			ledger.SkippedWalletWorkspace: "the default wallet is another workspace's",
+			ledger.SkippedCurrency:        "the wallet's currency differs",
+		}[note]
 	case "":
 		if s != nil && s.Booking != nil && len(s.Reversals) > 0 {
 			return "refund: " + Money(s.Reversed(), s.Booking.Currency) + " reversed of " + Money(s.Booking.Amount, s.Booking.Currency)

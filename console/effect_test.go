@@ -37,7 +37,7 @@ func TestDescribe(t *testing.T) {
 		{"booked", Delivery{Status: "processed", Note: "booked", Sale: sale}, "session completed, 49.50 USD booked", false},
 		{"already booked, refunded", Delivery{Status: "processed", Note: "already_booked", Sale: refunded}, "already booked (49.50 USD, 15.00 USD reversed), nothing new", false},
 		{"refund", Delivery{Status: "processed", Sale: refunded}, "refund: 15.00 USD reversed of 49.50 USD", false},
-		{"no wallet", Delivery{Status: "processed", Note: "skipped_no_wallet"}, "session completed, not booked: no default wallet", false},
+		{"no wallet", Delivery{Status: "processed", Note: "skipped_no_wallet"}, "session completed, pending: no default wallet", false},
 		{"not paid", Delivery{Status: "processed", Note: "not_paid", Sale: &Sale{PolarStatus: "pending"}}, "order recorded (pending), not paid: nothing booked", false},
 		{"worker's note", Delivery{Status: "processed", Note: "not a storefront sale"}, "not a storefront sale", false},
 		{"ignored", Delivery{Status: "ignored", EventType: "customer.created"}, "ignored: relay does not act on customer.created", false},

@@ -17,6 +17,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/admin"
+	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -48,6 +49,12 @@ var funcs = template.FuncMap{
 		return struct {
 			Base string
 			Rows []*Delivery
+		}{base, rows}
+	},
+	"pending": func(base string, rows []ledger.PendingBooking) any {
+		return struct {
+			Base string
+			Rows []ledger.PendingBooking
 		}{base, rows}
 	},
 	"jobs": func(base string, jobs []*Job) any {
@@ -234,13 +241,14 @@ func cmpOr(a, b string) string {
 type Section struct {
 	Key, Title, Hint string
 	Total            int
-	Jobs             []*Job      // job sections
-	Deliveries       []*Delivery // delivery sections
-	BulkRetry        bool        // its jobs can be retried together
+	Jobs             []*Job                  // job sections
+	Deliveries       []*Delivery             // delivery sections
+	Pending          []ledger.PendingBooking // pending bookings
+	BulkRetry        bool                    // its jobs can be retried together
 }
 
 // More reports whether the section shows only the newest of its rows.
-func (s Section) More() bool { return s.Total > len(s.Jobs)+len(s.Deliveries) }
+func (s Section) More() bool { return s.Total > len(s.Jobs)+len(s.Deliveries)+len(s.Pending) }
 
 // attentionSections are the Needs attention page's lists, in order.
 var attentionSections = []func(ctx context.Context, s *store, since time.Time) (Section, error){
@@ -254,10 +262,13 @@ var attentionSections = []func(ctx context.Context, s *store, since time.Time) (
 		return Section{Key: "refused", Title: "Refused events", Total: n, Jobs: js,
 			Hint: "Events that can never apply as sent (another workspace, conflicting order): nothing was changed."}, err
 	},
-	func(ctx context.Context, s *store, since time.Time) (Section, error) {
-		ds, n, err := s.unbooked(ctx, since, 100)
-		return Section{Key: "unbooked", Title: "Sales completed but not booked", Total: n, Deliveries: ds,
-			Hint: "No default wallet, another workspace's wallet, or another currency. Fix the setting, then replay the delivery: it books then."}, err
+	func(ctx context.Context, s *store, _ time.Time) (Section, error) {
+		// Every sale still pending, however old: money that moved and is
+		// not in the ledger yet.
+		ps, n, err := ledger.ListPending(ctx, s.pool, ledger.PendingFilter{Limit: 100})
+		return Section{Key: "pending", Title: "Pending bookings", Total: n, Pending: ps,
+			Hint: "Paid sales that could not be booked yet: no default wallet, another workspace's wallet, or another currency. " +
+				"Fix the setting and each books itself within a minute, with its refunds reversed (relay bookings post tries now)."}, err
 	},
 }
 

@@ -455,19 +455,6 @@ func (s *store) jobsIn(ctx context.Context, state string, since time.Time, limit
 	return out, total, rows.Err()
 }
 
-// unbooked returns the newest processed deliveries whose sale completed
-// without a booking (no default wallet, ...), at or after since.
-func (s *store) unbooked(ctx context.Context, since time.Time, limit int) ([]*Delivery, int, error) {
-	const where = ` FROM webhook_inbox i WHERE i.status = 'processed' AND i.received_at >= $1 AND i.error LIKE 'skipped\_%'`
-	var total int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*)`+where, since).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count unbooked sales: %w", err)
-	}
-	ds, err := s.queryDeliveries(ctx, `WHERE i.status = 'processed' AND i.received_at >= $1 AND i.error LIKE 'skipped\_%'
-		ORDER BY i.id DESC LIMIT $2`, since, limit)
-	return ds, total, err
-}
-
 // changes returns the webhook ids whose delivery or job changed after since
 // (by the database's clock), at most limit, and the database's time when it
 // looked. Row times are those of their transactions' starts, so a caller
