@@ -159,7 +159,8 @@ func pgbenchLatencies(prefix string) ([]time.Duration, error) {
 
 // processResult is the end-to-end run: paid orders in, bookings out.
 type processResult struct {
-	Offered       int // events per second sent
+	Name          string // what sets the run apart, if anything
+	Offered       int    // events per second sent
 	Workers       int
 	Sessions      int
 	Ack           row     // the sending side
@@ -178,11 +179,13 @@ type processResult struct {
 	ProcessWindow float64
 	QueueWait     [2]time.Duration // p50, p99: job created → first attempt
 	Work          [2]time.Duration // p50, p99: first attempt → completed
+	Statements    []stmtCost
+	Tables        []tableCost
 }
 
 // processRun sends paid order events for seeded sessions at rate and
 // polls the database until every acked event has been booked.
-func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cpu *cpuMeter, r *relayProc, gen *generator, sessions []session) (*processResult, error) {
+func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cpu *cpuMeter, stats *pgStats, r *relayProc, gen *generator, sessions []session) (*processResult, error) {
 	gen.reset(r.webhookURL)
 	gen.sessions = sessions
 	defer func() { gen.sessions = nil }()
@@ -200,6 +203,9 @@ func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cp
 		doneCh = make(chan error, 1)
 	)
 	sentCh := make(chan int, 1)
+	if err := stats.reset(ctx, pool); err != nil {
+		return nil, err
+	}
 	c0 := cpu.snap(r.pid())
 	w0, err := readWAL(ctx, pool)
 	if err != nil {
@@ -269,6 +275,9 @@ func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cp
 		return nil, err
 	}
 	res.ProcessCPU, res.ProcessWALs = split(c0, c1), w1.sub(w0)
+	if res.Statements, res.Tables, err = stats.read(ctx, pool); err != nil {
+		return nil, err
+	}
 	res.ProcessWindow = c1.at.Sub(c0.at).Seconds()
 	res.Ack = row{
 		Name: fmt.Sprintf("relay acks during processing (%d/s offered)", rate), Rate: load.rate(),
