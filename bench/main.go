@@ -320,15 +320,19 @@ func processPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMe
 	}
 	specs := []procSpec{{"", o.procRate, sessions}, {"", o.procCapacityRate, sessions}}
 	if o.flashShare > 0 {
-		n := int(float64(o.procCapacityRate) * o.procDur.Seconds() * o.flashShare)
-		log.Printf("seeding %d more checkout sessions in one workspace for the flash sale", n)
-		flash, err := seedFlash(ctx, pool, n)
-		if err != nil {
-			return err
-		}
-		specs = append(specs, procSpec{fmt.Sprintf("flash sale, %.0f%% in one workspace", o.flashShare*100), o.procCapacityRate, mixSessions(flash, sessions, o.flashShare)})
+		specs = append(specs, procSpec{fmt.Sprintf("flash sale, %.0f%% in one workspace", o.flashShare*100), o.procCapacityRate, nil})
 	}
 	for _, spec := range specs {
+		if spec.sessions == nil {
+			// Seeded only now, so that the runs before scan no more sessions.
+			n := int(float64(spec.rate) * o.procDur.Seconds() * o.flashShare)
+			log.Printf("seeding %d more checkout sessions in one workspace for the flash sale", n)
+			flash, err := seedFlash(ctx, pool, n)
+			if err != nil {
+				return err
+			}
+			spec.sessions = mixSessions(flash, sessions, o.flashShare)
+		}
 		if err := resetSales(ctx, pool); err != nil {
 			return err
 		}
