@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+
+	"github.com/relayhq/relay/inbox"
 )
 
 // BatchWorker processes the events of an EventBatchArgs job in one
@@ -38,13 +40,27 @@ func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
 func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
 	start := time.Now()
 	results := make([]applied, len(job.Args.Events))
+	// The inbox rows are read in one statement and marked processed in
+	// another: two statements for the batch rather than two per event.
 	err := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
+		ids := make([]string, len(job.Args.Events))
 		for i, ev := range job.Args.Events {
-			res, err := b.w.process(ctx, tx, ev.WebhookID, job.ID)
+			ids[i] = ev.WebhookID
+		}
+		events, err := inbox.GetStoredMany(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		rowIDs, notes := make([]int64, len(events)), make([]string, len(events))
+		for i, event := range events {
+			res, err := b.w.applyStored(ctx, tx, event)
 			if err != nil {
-				return fmt.Errorf("webhook %s: %w", ev.WebhookID, err)
+				return fmt.Errorf("webhook %s: %w", event.WebhookID, err)
 			}
-			results[i] = res
+			results[i], rowIDs[i], notes[i] = res, event.ID, res.note
+		}
+		if err := inbox.MarkProcessedMany(ctx, tx, job.ID, rowIDs, notes); err != nil {
+			return err
 		}
 		return completeTx(ctx, tx, job)
 	})

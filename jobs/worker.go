@@ -89,14 +89,24 @@ func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, webhookID string, 
 	if err != nil {
 		return applied{}, err
 	}
+	res, err := w.applyStored(ctx, tx, event)
+	if err != nil {
+		return applied{}, err
+	}
+	if err := inbox.MarkProcessed(ctx, tx, event.ID, jobID, res.note); err != nil {
+		return applied{}, err
+	}
+	return res, nil
+}
+
+// applyStored applies a stored event in tx; its inbox row is left to the
+// caller to mark.
+func (w *EventWorker) applyStored(ctx context.Context, tx pgx.Tx, event *inbox.Event) (applied, error) {
 	res, err := w.apply(ctx, tx, event)
 	if err != nil {
 		return applied{}, err
 	}
 	res.hookTime = event.WebhookTimestamp
-	if err := inbox.MarkProcessed(ctx, tx, event.ID, jobID, res.note); err != nil {
-		return applied{}, err
-	}
 	return res, nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -605,6 +606,27 @@ func TestBatchJobAppliesEveryEventInOneTransaction(t *testing.T) {
 	}
 	if rows != 3 {
 		t.Errorf("%d rows processed by the batch job, want 3", rows)
+	}
+	// One statement marks the batch's rows: each with its own outcome.
+	notes := map[string]string{}
+	rs, err := pool.Query(context.Background(), `SELECT webhook_id, coalesce(error, '') FROM webhook_inbox WHERE job_id = $1`, batchID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var id, note string
+		if err := rs.Scan(&id, &note); err != nil {
+			t.Fatal(err)
+		}
+		notes[id] = note
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{"msg_a_created": ledger.NotPaid, "msg_a_paid": ledger.Booked, "msg_b_paid": ledger.Booked} {
+		if notes[id] != want {
+			t.Errorf("%s: note %q, want %q", id, notes[id], want)
+		}
 	}
 	for _, s := range []testkit.Shop{a, b} {
 		if n := len(bookings(t, pool, s)); n != 1 {
