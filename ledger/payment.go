@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Payment is the payment provider's latest word on the order that pays a
@@ -72,14 +70,16 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	}
 	out := Outcome{Session: s, Booking: NotPaid}
 
-	// Book first, so that one UPDATE records everything on the session.
+	// Decide the booking first, so that one statement books the sale and
+	// records everything on the session.
 	refundsRecorded := false
+	var sale *saleBooking
 	switch {
 	case !p.Paid:
 	case s.FinanceTransactionID != nil:
 		out.Booking = AlreadyBooked
 	default:
-		if out.Booking, refundsRecorded, err = bookSale(ctx, db, s, p); err != nil {
+		if out.Booking, refundsRecorded, sale, err = bookSale(ctx, db, s, p); err != nil {
 			return Outcome{}, err
 		}
 	}
@@ -88,24 +88,23 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	// stale, and a smaller refunded total is older than the one recorded.
 	statusIsNewer := (p.Paid || s.Status != StatusCompleted) && p.RefundedAmount >= s.RefundedAmount
 	completeNow := p.Paid && s.Status != StatusCompleted
-	if _, err := db.Exec(ctx, `
-		UPDATE inventory_checkout_sessions SET
-			polar_order_id         = coalesce(polar_order_id, nullif($2, '')),
-			polar_status           = CASE WHEN $3 THEN nullif($4, '') ELSE polar_status END,
-			status                 = CASE WHEN $5 THEN 'completed' ELSE status END,
-			completed_at           = CASE WHEN $5 THEN coalesce(completed_at, $6) ELSE completed_at END,
-			refunded_amount        = greatest(refunded_amount, $7),
-			finance_transaction_id = coalesce(finance_transaction_id, $8::uuid),
-			updated_at             = now()
-		WHERE id = $1`,
-		s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID,
-	); err != nil {
+	txID, err := recordPayment(ctx, db, s, p, statusIsNewer, completeNow, sale)
+	if err != nil {
 		if isOrderTaken(err) {
 			// A concurrent call recorded the order on another session and
 			// committed; this transaction is aborted and keeps nothing.
 			return Outcome{}, fmt.Errorf("%w: order %s was recorded on another checkout session than %s", ErrOrderConflict, truncate(p.ExternalOrderID, 64), s.ID)
 		}
-		return Outcome{}, fmt.Errorf("update checkout session %s: %w", s.ID, err)
+		return Outcome{}, err
+	}
+	if sale != nil {
+		if txID == nil {
+			// Booked before, though the session lost its link: relink, book nothing.
+			out.Booking = AlreadyBooked
+		}
+		if err := linkSale(ctx, db, s, txID); err != nil {
+			return Outcome{}, err
+		}
 	}
 	if completeNow {
 		s.Status, out.Completed = StatusCompleted, true
@@ -186,13 +185,82 @@ func ExpireSession(ctx context.Context, db DB, ref SessionRef) (bool, error) {
 	return true, nil
 }
 
-// bookSale books the session's total into the workspace's default wallet, or
-// says why it cannot, and sets s.FinanceTransactionID; the caller links the
-// session to it. It also reports whether refunds of the session were
+// sessionUpdate records a payment on a session: $1 the session, $2 the
+// order, $3 whether the status is newer, $4 the status, $5 whether the
+// session completes now, $6 when, $7 the refunded total, $8 its booking,
+// else sale, an expression for the booking made in the same statement.
+func sessionUpdate(sale string) string {
+	return `
+	polar_order_id         = coalesce(polar_order_id, nullif($2, '')),
+	polar_status           = CASE WHEN $3 THEN nullif($4, '') ELSE polar_status END,
+	status                 = CASE WHEN $5 THEN 'completed' ELSE status END,
+	completed_at           = CASE WHEN $5 THEN coalesce(completed_at, $6) ELSE completed_at END,
+	refunded_amount        = greatest(refunded_amount, $7),
+	finance_transaction_id = coalesce(finance_transaction_id, $8::uuid, ` + sale + `),
+	updated_at             = now()`
+}
+
+// saleBooking is where a sale is to be booked; recordPayment books it
+// together with the session's update.
+type saleBooking struct {
+	walletID   string
+	categoryID *string
+}
+
+// recordPayment updates the session with the payment and, when sale is
+// set, books the sale and links the session to it in the same statement,
+// returning the booking's id; nil when the sale was booked before (its
+// source key conflicts), which the caller relinks.
+func recordPayment(ctx context.Context, db DB, s *Session, p Payment, statusIsNewer, completeNow bool, sale *saleBooking) (*string, error) {
+	args := []any{s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID}
+	if sale == nil {
+		if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET `+sessionUpdate("NULL")+` WHERE id = $1`, args...); err != nil {
+			return nil, fmt.Errorf("update checkout session %s: %w", s.ID, err)
+		}
+		return nil, nil
+	}
+	var txID *string
+	if err := db.QueryRow(ctx, `
+		WITH sale AS (
+			INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
+			VALUES ($9, $10, $11, $12, $13, $6, 'sale', $1::text)
+			ON CONFLICT (source_kind, source_ref) DO NOTHING
+			RETURNING id)
+		UPDATE inventory_checkout_sessions SET `+sessionUpdate("(SELECT id FROM sale)")+`
+		WHERE id = $1::uuid
+		RETURNING (SELECT id::text FROM sale)`,
+		append(args, sale.walletID, sale.categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description)...).Scan(&txID); err != nil {
+		return nil, fmt.Errorf("book sale of checkout session %s and update the session: %w", s.ID, err)
+	}
+	return txID, nil
+}
+
+// linkSale sets s.FinanceTransactionID to the sale recordPayment booked,
+// txID, or, when that is nil, to the sale's earlier booking, and links the
+// session to it.
+func linkSale(ctx context.Context, db DB, s *Session, txID *string) error {
+	if txID != nil {
+		s.FinanceTransactionID = txID
+		return nil
+	}
+	var id string
+	if err := db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&id); err != nil {
+		return fmt.Errorf("find the booking of session %s: %w", s.ID, err)
+	}
+	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2 WHERE id = $1`, s.ID, id); err != nil {
+		return fmt.Errorf("relink session %s to its booking: %w", s.ID, err)
+	}
+	s.FinanceTransactionID = &id
+	return nil
+}
+
+// bookSale decides where the session's total is booked, the workspace's
+// default wallet, or says why it cannot be; the caller books it with the
+// session's update. It also reports whether refunds of the session were
 // recorded before. The session must be locked.
-func bookSale(ctx context.Context, db DB, s *Session, p Payment) (result string, refundsRecorded bool, err error) {
+func bookSale(ctx context.Context, db DB, s *Session, p Payment) (result string, refundsRecorded bool, sale *saleBooking, err error) {
 	if p.Currency != "" && !strings.EqualFold(p.Currency, s.Currency) {
-		return SkippedCurrency, false, nil
+		return SkippedCurrency, false, nil, nil
 	}
 	// One round trip for the wallet setting, the wallet and the category:
 	// the lines' products' finance category, when they all share one of the
@@ -217,33 +285,15 @@ func bookSale(ctx context.Context, db DB, s *Session, p Payment) (result string,
 		Scan(&walletID, &walletWS, &walletCurrency, &categoryID, &refundsRecorded)
 	switch {
 	case err != nil:
-		return "", false, fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
+		return "", false, nil, fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
 	case walletWS == nil: // no setting, or it names no wallet
-		return SkippedNoWallet, false, nil
+		return SkippedNoWallet, false, nil, nil
 	case !strings.EqualFold(*walletWS, s.WorkspaceID):
-		return SkippedWalletWorkspace, false, nil
+		return SkippedWalletWorkspace, false, nil, nil
 	case !strings.EqualFold(*walletCurrency, s.Currency):
-		return SkippedCurrency, false, nil
+		return SkippedCurrency, false, nil, nil
 	}
-
-	var txID string
-	err = db.QueryRow(ctx, `
-		INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
-		VALUES ($1, $2, $3, $4, $5, $6, 'sale', $7)
-		ON CONFLICT (source_kind, source_ref) DO NOTHING
-		RETURNING id::text`,
-		strings.TrimSpace(*walletID), categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description, p.At, s.ID).Scan(&txID)
-	result = Booked
-	if errors.Is(err, pgx.ErrNoRows) {
-		// Booked before, though the session lost its link: relink, book nothing.
-		result = AlreadyBooked
-		err = db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&txID)
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("book sale of session %s: %w", s.ID, err)
-	}
-	s.FinanceTransactionID = &txID
-	return result, refundsRecorded, nil
+	return Booked, refundsRecorded, &saleBooking{walletID: strings.TrimSpace(*walletID), categoryID: categoryID}, nil
 }
 
 // reconcileRefunds books one reversal that brings the sale's reversed total
