@@ -325,13 +325,13 @@ func processPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMe
 	for _, spec := range specs {
 		if spec.sessions == nil {
 			// Seeded only now, so that the runs before scan no more sessions.
-			n := int(float64(spec.rate) * o.procDur.Seconds() * o.flashShare)
+			n := int(float64(spec.rate)*o.procDur.Seconds()*o.flashShare) + 1
 			log.Printf("seeding %d more checkout sessions in one workspace for the flash sale", n)
 			flash, err := seedFlash(ctx, pool, n)
 			if err != nil {
 				return err
 			}
-			spec.sessions = mixSessions(flash, sessions, o.flashShare)
+			spec.sessions = mixSessions(flash, sessions, o.flashShare, spec.rate*int(o.procDur/time.Second))
 		}
 		if err := resetSales(ctx, pool); err != nil {
 			return err
@@ -360,13 +360,13 @@ func processPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMe
 	return nil
 }
 
-// mixSessions interleaves flash and spread sessions so that share of any
-// run of events pays flash sessions.
-func mixSessions(flash, spread []session, share float64) []session {
-	out := make([]session, 0, len(flash)+len(spread))
+// mixSessions interleaves n sessions, share of them (of any run of them)
+// from flash and the rest from spread.
+func mixSessions(flash, spread []session, share float64, n int) []session {
+	out := make([]session, 0, n)
 	f, s := 0, 0
-	for f < len(flash) {
-		if float64(f) < share*float64(len(out)+1) || s == len(spread) {
+	for len(out) < n && (f < len(flash) || s < len(spread)) {
+		if s == len(spread) || (f < len(flash) && float64(f) < share*float64(len(out)+1)) {
 			out = append(out, flash[f])
 			f++
 			continue
