@@ -20,12 +20,15 @@ import (
 // instead, with the retries, discards and refusals single events have.
 type BatchWorker struct {
 	river.WorkerDefaults[EventBatchArgs]
-	w *EventWorker
+	w     *EventWorker
+	turns chan struct{} // one per batch transaction allowed at once
 }
 
 // NewBatchWorker returns the worker for EventBatchArgs; it applies events
-// as w does.
-func NewBatchWorker(w *EventWorker) *BatchWorker { return &BatchWorker{w: w} }
+// as w does, at most w's Options.BatchTransactions batches at once.
+func NewBatchWorker(w *EventWorker) *BatchWorker {
+	return &BatchWorker{w: w, turns: make(chan struct{}, w.opts.BatchTransactions)}
+}
 
 // Timeout bounds one attempt.
 func (b *BatchWorker) Timeout(*river.Job[EventBatchArgs]) time.Duration { return b.w.opts.Timeout }
@@ -38,6 +41,12 @@ func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
 // Work applies every event and completes the job, or hands each event a job
 // of its own.
 func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
+	select {
+	case b.turns <- struct{}{}:
+		defer func() { <-b.turns }()
+	case <-ctx.Done():
+		return fmt.Errorf("process batch of %d webhooks: waiting for a turn: %w", len(job.Args.Events), ctx.Err())
+	}
 	start := time.Now()
 	results := make([]applied, len(job.Args.Events))
 	// The inbox rows are read in one statement and marked processed in

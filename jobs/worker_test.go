@@ -670,3 +670,60 @@ func TestBatchWithAFailingEventSplitsIntoSingleJobs(t *testing.T) {
 		t.Errorf("batch job %s, want completed once split", batchState)
 	}
 }
+
+func TestBatchTransactionsAtOnceAreBounded(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{batchTx: 1})
+	ctx := context.Background()
+	var s [4]testkit.Shop
+	for i := range s {
+		s[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	}
+	// The first batch waits, inside its transaction, for a session the
+	// test holds.
+	blocker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx) //nolint:errcheck
+	if _, err := blocker.Exec(ctx, `SELECT 1 FROM inventory_checkout_sessions WHERE id = $1 FOR UPDATE`, s[0].Session); err != nil {
+		t.Fatal(err)
+	}
+	storeBatch(t, sys, map[string][]byte{
+		"msg_0": event(t, "order.paid.json", s[0], "ord_0", nil),
+		"msg_1": event(t, "order.paid.json", s[1], "ord_1", nil),
+	})
+	poll(t, "the first batch to wait for the held session", func() bool {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return err == nil && n > 0
+	})
+	storeBatch(t, sys, map[string][]byte{
+		"msg_2": event(t, "order.paid.json", s[2], "ord_2", nil),
+		"msg_3": event(t, "order.paid.json", s[3], "ord_3", nil),
+	})
+	poll(t, "River to start both batch jobs", func() bool {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE kind = 'polar_event_batch' AND state = 'running'`).Scan(&n)
+		return err == nil && n == 2
+	})
+	// A negative can only be watched for a while: unbounded, the second
+	// batch commits within milliseconds.
+	time.Sleep(500 * time.Millisecond)
+	if n := len(bookings(t, pool, s[2])) + len(bookings(t, pool, s[3])); n != 0 {
+		t.Fatalf("%d bookings of the second batch while the first holds the only turn, want none", n)
+	}
+	if err := blocker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for id, state := range sys.waitJobs(t, "msg_0", "msg_1", "msg_2", "msg_3") {
+		if state != "completed" {
+			t.Errorf("%s: %s, want completed", id, state)
+		}
+	}
+	for i, shop := range s {
+		if n := len(bookings(t, pool, shop)); n != 1 {
+			t.Errorf("shop %d: %d bookings, want 1", i, n)
+		}
+	}
+}
