@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -40,6 +41,8 @@ type options struct {
 	procRate         int
 	procCapacityRate int
 	procDur          time.Duration
+	flashShare       float64
+	phases           string
 	procWorkers      int
 	sessions         int
 	workspaces       int
@@ -77,8 +80,10 @@ func main() {
 	flag.DurationVar(&o.closedDur, "closed-duration", 15*time.Second, "closed-loop run length")
 	flag.DurationVar(&o.openDur, "open-duration", 15*time.Second, "length of each open-loop rate")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured closed-loop warm-up after relay starts")
-	flag.IntVar(&o.procRate, "process-rate", 1000, "order events per second offered in the lag run (the 1,000/s target)")
-	flag.IntVar(&o.procCapacityRate, "process-capacity-rate", 1250, "order events per second offered in the capacity run: above the target, so that the rate measured is what relay sustains, not what was sent")
+	flag.IntVar(&o.procRate, "process-rate", 2000, "order events per second offered in the lag run (lag p99 < 1 s at 2,000/s is the target)")
+	flag.IntVar(&o.procCapacityRate, "process-capacity-rate", 3000, "order events per second offered in the capacity and flash-sale runs: above the 2,500/s target, so that the rate measured is what relay sustains, not what was sent")
+	flag.Float64Var(&o.flashShare, "flash-share", 0.9, "share of the flash-sale run's events that pay sessions of one workspace (0: no flash-sale run)")
+	flag.StringVar(&o.phases, "phases", "ceiling,ack,process", "comma-separated phases to run: ceiling (pgbench), ack (relay's receiver alone), process (end to end)")
 	flag.DurationVar(&o.procDur, "process-duration", 10*time.Second, "sending time of the processing run")
 	flag.IntVar(&o.procWorkers, "process-workers", 50, "RELAY_WORKERS in the processing run")
 	flag.IntVar(&o.sessions, "sessions", 20000, "checkout sessions seeded for the processing run")
@@ -94,6 +99,14 @@ func main() {
 	}
 	if need := max(o.procRate, o.procCapacityRate) * int(o.procDur/time.Second); o.sessions < need {
 		o.sessions = need
+	}
+	if o.flashShare < 0 || o.flashShare >= 1 {
+		log.Fatal("-flash-share must be in [0, 1)")
+	}
+	for p := range strings.SplitSeq(o.phases, ",") {
+		if p != "ceiling" && p != "ack" && p != "process" {
+			log.Fatalf("-phases: unknown phase %q", p)
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -162,127 +175,108 @@ func run(ctx context.Context, o options) error {
 		rep.Ceiling = max(rep.Ceiling, r.Rate)
 		return err
 	}
-	if err := ceiling(fmt.Sprintf("pgbench ceiling: receiver tx, c=%d", o.concurrency)); err != nil {
-		return err
-	}
-	if _, err := pgbench(fmt.Sprintf("pgbench: receiver tx, c=%d (≈ relay's default pool)", relayDefaultPoolAckConns), script, relayDefaultPoolAckConns, o.openDur); err != nil {
-		return err
-	}
-	if _, err := pgbench(fmt.Sprintf("pgbench diagnostic: inbox insert only, no River job, c=%d", o.concurrency), inboxOnly, o.concurrency, o.openDur); err != nil {
-		return err
-	}
-
-	// 2. Acks: relay with its queue paused, so only the receiver works.
-	if err := resetTables(ctx, pool); err != nil {
-		return err
-	}
-	if err := pauseQueue(ctx, pool, true); err != nil {
-		return err
-	}
-	gen := newGenerator(tmpl)
-	ack := func(label string, env map[string]string, openLoop bool) (float64, error) {
-		r, err := startRelay(ctx, o, label, env)
-		if err != nil {
-			return 0, err
-		}
-		defer r.stop()
-		gen.reset(r.webhookURL)
-		if _, err := gen.closed(ctx, o.concurrency, o.warmup, "warmup"); err != nil {
-			return 0, err
-		}
-		row, err := measure(ctx, pool, cpu, r, fmt.Sprintf("relay closed loop, c=%d, %s", o.concurrency, label), func() (*loadResult, error) {
-			return gen.closed(ctx, o.concurrency, o.closedDur, "closed")
-		})
-		if err != nil {
-			return 0, err
-		}
-		row.Ratio = true
-		rep.add(row)
-		maxRate := row.Rate
-		if openLoop {
-			for _, pct := range []int{25, 50, 75} {
-				rate := maxRate * float64(pct) / 100
-				row, err := measure(ctx, pool, cpu, r, fmt.Sprintf("relay open loop %d%% of max (%.0f/s offered)", pct, rate), func() (*loadResult, error) {
-					return gen.open(ctx, rate, o.openDur, fmt.Sprintf("open%d", pct))
-				})
-				if err != nil {
-					return 0, err
-				}
-				row.Ratio = true
-				row.Offered = rate
-				if pct == 50 {
-					rep.P99At50 = row.P99
-					rep.P99At50Set = true
-				}
-				rep.add(row)
-			}
-		}
-		rep.rss(label, r.peakRSS())
-		return maxRate, nil
-	}
-	// Group commit is relay's default; the same closed loop with one
-	// transaction per webhook shows what it buys.
-	relayMax, err := ack("group commit (default)", map[string]string{"RELAY_WORKERS": "1"}, true)
-	if err != nil {
-		return err
-	}
-	rep.RelayMax = relayMax
-	// The same closed loop spread over many workspaces' endpoints, each
-	// verified with its own secret from the endpoints cache.
-	tenants, err := seedTenants(ctx, pool, o.tenants)
-	if err != nil {
-		return err
-	}
-	gen.tenants = tenants
-	if rep.MultiTenant, err = ack(fmt.Sprintf("%d workspaces' endpoints", len(tenants)), map[string]string{
-		"RELAY_WORKERS": "1",
-	}, false); err != nil {
-		return err
-	}
-	rep.Tenants = len(tenants)
-	gen.tenants = nil
-	if _, err := ack("RELAY_GROUP_COMMIT=off", map[string]string{
-		"RELAY_WORKERS": "1", "RELAY_GROUP_COMMIT": "off",
-	}, false); err != nil {
-		return err
-	}
-	if err := ceiling(fmt.Sprintf("pgbench ceiling again, after relay's ack runs, c=%d", o.concurrency)); err != nil {
-		return err
-	}
-
-	// 3. Processing: paid orders for seeded sessions, workers on; once at
-	// the target rate for the lag, once above it for the rate sustained.
-	if err := resetTables(ctx, pool); err != nil {
-		return err
-	}
-	if err := pauseQueue(ctx, pool, false); err != nil {
-		return err
-	}
-	log.Printf("seeding %d checkout sessions in %d workspaces", o.sessions, o.workspaces)
-	sessions, err := seed(ctx, pool, o.sessions, o.workspaces)
-	if err != nil {
-		return err
-	}
-	for _, rate := range []int{o.procRate, o.procCapacityRate} {
-		if err := resetSales(ctx, pool); err != nil {
+	if o.has("ceiling") {
+		if err := ceiling(fmt.Sprintf("pgbench ceiling: receiver tx, c=%d", o.concurrency)); err != nil {
 			return err
 		}
+		if _, err := pgbench(fmt.Sprintf("pgbench: receiver tx, c=%d (≈ relay's default pool)", relayDefaultPoolAckConns), script, relayDefaultPoolAckConns, o.openDur); err != nil {
+			return err
+		}
+		if _, err := pgbench(fmt.Sprintf("pgbench diagnostic: inbox insert only, no River job, c=%d", o.concurrency), inboxOnly, o.concurrency, o.openDur); err != nil {
+			return err
+		}
+	}
+
+	gen := newGenerator(tmpl)
+	if o.has("ack") {
+		// 2. Acks: relay with its queue paused, so only the receiver works.
 		if err := resetTables(ctx, pool); err != nil {
 			return err
 		}
-		label := fmt.Sprintf("RELAY_WORKERS=%d, %d/s offered", o.procWorkers, rate)
-		r, err := startRelay(ctx, o, label, map[string]string{"RELAY_WORKERS": fmt.Sprint(o.procWorkers)})
+		if err := pauseQueue(ctx, pool, true); err != nil {
+			return err
+		}
+		ack := func(label string, env map[string]string, openLoop bool) (float64, error) {
+			r, err := startRelay(ctx, o, label, env)
+			if err != nil {
+				return 0, err
+			}
+			defer r.stop()
+			gen.reset(r.webhookURL)
+			if _, err := gen.closed(ctx, o.concurrency, o.warmup, "warmup"); err != nil {
+				return 0, err
+			}
+			row, err := measure(ctx, pool, cpu, r, fmt.Sprintf("relay closed loop, c=%d, %s", o.concurrency, label), func() (*loadResult, error) {
+				return gen.closed(ctx, o.concurrency, o.closedDur, "closed")
+			})
+			if err != nil {
+				return 0, err
+			}
+			row.Ratio = true
+			rep.add(row)
+			maxRate := row.Rate
+			if openLoop {
+				for _, pct := range []int{25, 50, 75} {
+					rate := maxRate * float64(pct) / 100
+					row, err := measure(ctx, pool, cpu, r, fmt.Sprintf("relay open loop %d%% of max (%.0f/s offered)", pct, rate), func() (*loadResult, error) {
+						return gen.open(ctx, rate, o.openDur, fmt.Sprintf("open%d", pct))
+					})
+					if err != nil {
+						return 0, err
+					}
+					row.Ratio = true
+					row.Offered = rate
+					if pct == 50 {
+						rep.P99At50 = row.P99
+						rep.P99At50Set = true
+					}
+					rep.add(row)
+				}
+			}
+			rep.rss(label, r.peakRSS())
+			return maxRate, nil
+		}
+		// Group commit is relay's default; the same closed loop with one
+		// transaction per webhook shows what it buys.
+		relayMax, err := ack("group commit (default)", map[string]string{"RELAY_WORKERS": "1"}, true)
 		if err != nil {
 			return err
 		}
-		proc, err := processRun(ctx, o, rate, pool, cpu, r, gen, sessions)
-		rss := r.peakRSS()
-		r.stop()
+		rep.RelayMax = relayMax
+		// The same closed loop spread over many workspaces' endpoints, each
+		// verified with its own secret from the endpoints cache.
+		tenants, err := seedTenants(ctx, pool, o.tenants)
 		if err != nil {
 			return err
 		}
-		rep.Process = append(rep.Process, proc)
-		rep.rss(label, rss)
+		gen.tenants = tenants
+		if rep.MultiTenant, err = ack(fmt.Sprintf("%d workspaces' endpoints", len(tenants)), map[string]string{
+			"RELAY_WORKERS": "1",
+		}, false); err != nil {
+			return err
+		}
+		rep.Tenants = len(tenants)
+		gen.tenants = nil
+		if _, err := ack("RELAY_GROUP_COMMIT=off", map[string]string{
+			"RELAY_WORKERS": "1", "RELAY_GROUP_COMMIT": "off",
+		}, false); err != nil {
+			return err
+		}
+	}
+	if o.has("ceiling") && o.has("ack") {
+		if err := ceiling(fmt.Sprintf("pgbench ceiling again, after relay's ack runs, c=%d", o.concurrency)); err != nil {
+			return err
+		}
+	}
+
+	// 3. Processing: paid orders for seeded sessions, workers on; once at
+	// the target rate for the lag, once above it for the rate sustained,
+	// and once more above it with most sales in one workspace, a flash
+	// sale in one shop, where bookings meet on one wallet.
+	if o.has("process") {
+		if err := processPhase(ctx, o, pool, cpu, gen, rep); err != nil {
+			return err
+		}
 	}
 
 	rep.Finished = time.Now()
@@ -298,4 +292,87 @@ func run(ctx context.Context, o options) error {
 	}
 	log.Printf("wrote %s in %s", o.out, time.Since(rep.Started).Round(time.Second))
 	return nil
+}
+
+// has reports whether phase is among those to run.
+func (o options) has(phase string) bool {
+	return slices.Contains(strings.Split(o.phases, ","), phase)
+}
+
+// processPhase runs the end-to-end processing runs.
+func processPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMeter, gen *generator, rep *report) error {
+	if err := resetTables(ctx, pool); err != nil {
+		return err
+	}
+	if err := pauseQueue(ctx, pool, false); err != nil {
+		return err
+	}
+	log.Printf("seeding %d checkout sessions in %d workspaces", o.sessions, o.workspaces)
+	sessions, err := seed(ctx, pool, o.sessions, o.workspaces)
+	if err != nil {
+		return err
+	}
+	stats := newPGStats(ctx, pool)
+	type procSpec struct {
+		name     string
+		rate     int
+		sessions []session
+	}
+	specs := []procSpec{{"", o.procRate, sessions}, {"", o.procCapacityRate, sessions}}
+	if o.flashShare > 0 {
+		specs = append(specs, procSpec{fmt.Sprintf("flash sale, %.0f%% in one workspace", o.flashShare*100), o.procCapacityRate, nil})
+	}
+	for _, spec := range specs {
+		if spec.sessions == nil {
+			// Seeded only now, so that the runs before scan no more sessions.
+			n := int(float64(spec.rate)*o.procDur.Seconds()*o.flashShare) + 1
+			log.Printf("seeding %d more checkout sessions in one workspace for the flash sale", n)
+			flash, err := seedFlash(ctx, pool, n)
+			if err != nil {
+				return err
+			}
+			spec.sessions = mixSessions(flash, sessions, o.flashShare, spec.rate*int(o.procDur/time.Second))
+		}
+		if err := resetSales(ctx, pool); err != nil {
+			return err
+		}
+		if err := resetTables(ctx, pool); err != nil {
+			return err
+		}
+		label := fmt.Sprintf("RELAY_WORKERS=%d, %d/s offered", o.procWorkers, spec.rate)
+		if spec.name != "" {
+			label += ", " + spec.name
+		}
+		r, err := startRelay(ctx, o, label, map[string]string{"RELAY_WORKERS": fmt.Sprint(o.procWorkers)})
+		if err != nil {
+			return err
+		}
+		proc, err := processRun(ctx, o, spec.rate, pool, cpu, stats, r, gen, spec.sessions)
+		rss := r.peakRSS()
+		r.stop()
+		if err != nil {
+			return err
+		}
+		proc.Name = spec.name
+		rep.Process = append(rep.Process, proc)
+		rep.rss(label, rss)
+	}
+	return nil
+}
+
+// mixSessions interleaves n sessions, share of them (of any run of them)
+// from flash and the rest from spread.
+func mixSessions(flash, spread []session, share float64, n int) []session {
+	out := make([]session, 0, n)
+	f, s := 0, 0
+	for len(out) < n && (f < len(flash) || s < len(spread)) {
+		if s == len(spread) || (f < len(flash) && float64(f) < share*float64(len(out)+1)) {
+			out = append(out, flash[f])
+			f++
+			continue
+		}
+		out = append(out, spread[s])
+		s++
+	}
+	return out
 }

@@ -177,17 +177,61 @@ func get(ctx context.Context, db DB, cols, webhookID string) (*Event, error) {
 	return e, nil
 }
 
+// GetStoredMany is GetStored for several webhook ids in one statement; the
+// events come back in the order of the ids. An id without a row fails the
+// whole call with ErrNotFound.
+func GetStoredMany(ctx context.Context, db DB, webhookIDs []string) ([]*Event, error) {
+	rows, err := db.Query(ctx, `SELECT `+storedColumns+` FROM webhook_inbox WHERE webhook_id = ANY($1)`, webhookIDs)
+	if err != nil {
+		return nil, fmt.Errorf("get %d inbox rows: %w", len(webhookIDs), err)
+	}
+	defer rows.Close()
+	byID := make(map[string]*Event, len(webhookIDs))
+	for rows.Next() {
+		e, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("get %d inbox rows: %w", len(webhookIDs), err)
+		}
+		byID[e.WebhookID] = e
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("get %d inbox rows: %w", len(webhookIDs), err)
+	}
+	out := make([]*Event, len(webhookIDs))
+	for i, id := range webhookIDs {
+		if out[i] = byID[id]; out[i] == nil {
+			return nil, fmt.Errorf("get inbox row %q: %w", id, ErrNotFound)
+		}
+	}
+	return out, nil
+}
+
 // MarkProcessed records that job processed the row's event; note is an
 // optional short outcome ("no session", "not a storefront sale").
 func MarkProcessed(ctx context.Context, db DB, id, jobID int64, note string) error {
-	var errText *string
-	if note != "" {
-		errText = &note
+	return MarkProcessedMany(ctx, db, jobID, []int64{id}, []string{note})
+}
+
+// MarkProcessedMany records that job processed the rows' events, in one
+// statement; notes[i] is the note of ids[i].
+func MarkProcessedMany(ctx context.Context, db DB, jobID int64, ids []int64, notes []string) error {
+	if len(ids) != len(notes) {
+		return fmt.Errorf("mark %d inbox rows processed: %d notes", len(ids), len(notes))
+	}
+	errTexts := make([]*string, len(notes))
+	for i := range notes {
+		if notes[i] != "" {
+			errTexts[i] = &notes[i]
+		}
 	}
 	if _, err := db.Exec(ctx, `
-		UPDATE webhook_inbox SET status = 'processed', processed_at = now(), job_id = $2, error = $3
-		WHERE id = $1`, id, jobID, errText); err != nil {
-		return fmt.Errorf("mark inbox row %d processed: %w", id, err)
+		UPDATE webhook_inbox i SET status = 'processed', processed_at = now(), job_id = $1, error = m.note
+		FROM unnest($2::bigint[], $3::text[]) m(id, note)
+		WHERE i.id = m.id`, jobID, ids, errTexts); err != nil {
+		if len(ids) == 1 {
+			return fmt.Errorf("mark inbox row %d processed: %w", ids[0], err)
+		}
+		return fmt.Errorf("mark %d inbox rows processed: %w", len(ids), err)
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+
+	"github.com/relayhq/relay/inbox"
 )
 
 // BatchWorker processes the events of an EventBatchArgs job in one
@@ -18,12 +20,15 @@ import (
 // instead, with the retries, discards and refusals single events have.
 type BatchWorker struct {
 	river.WorkerDefaults[EventBatchArgs]
-	w *EventWorker
+	w     *EventWorker
+	turns chan struct{} // one per batch transaction allowed at once
 }
 
 // NewBatchWorker returns the worker for EventBatchArgs; it applies events
-// as w does.
-func NewBatchWorker(w *EventWorker) *BatchWorker { return &BatchWorker{w: w} }
+// as w does, at most w's Options.BatchTransactions batches at once.
+func NewBatchWorker(w *EventWorker) *BatchWorker {
+	return &BatchWorker{w: w, turns: make(chan struct{}, w.opts.BatchTransactions)}
+}
 
 // Timeout bounds one attempt.
 func (b *BatchWorker) Timeout(*river.Job[EventBatchArgs]) time.Duration { return b.w.opts.Timeout }
@@ -36,15 +41,35 @@ func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
 // Work applies every event and completes the job, or hands each event a job
 // of its own.
 func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
+	select {
+	case b.turns <- struct{}{}:
+		defer func() { <-b.turns }()
+	case <-ctx.Done():
+		return fmt.Errorf("process batch of %d webhooks: waiting for a turn: %w", len(job.Args.Events), ctx.Err())
+	}
 	start := time.Now()
 	results := make([]applied, len(job.Args.Events))
+	// The inbox rows are read in one statement and marked processed in
+	// another: two statements for the batch rather than two per event.
 	err := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
+		ids := make([]string, len(job.Args.Events))
 		for i, ev := range job.Args.Events {
-			res, err := b.w.process(ctx, tx, ev.WebhookID, job.ID)
+			ids[i] = ev.WebhookID
+		}
+		events, err := inbox.GetStoredMany(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		rowIDs, notes := make([]int64, len(events)), make([]string, len(events))
+		for i, event := range events {
+			res, err := b.w.applyStored(ctx, tx, event)
 			if err != nil {
-				return fmt.Errorf("webhook %s: %w", ev.WebhookID, err)
+				return fmt.Errorf("webhook %s: %w", event.WebhookID, err)
 			}
-			results[i] = res
+			results[i], rowIDs[i], notes[i] = res, event.ID, res.note
+		}
+		if err := inbox.MarkProcessedMany(ctx, tx, job.ID, rowIDs, notes); err != nil {
+			return err
 		}
 		return completeTx(ctx, tx, job)
 	})

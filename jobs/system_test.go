@@ -45,6 +45,7 @@ type systemOpts struct {
 	clients     int // River clients working the same queue; default 1
 	maxAttempts int // default 5
 	maxWorkers  int // per client; default 10
+	batchTx     int // jobs.Options.BatchTransactions; default the default
 }
 
 func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
@@ -68,7 +69,7 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	}
 	for i := range o.clients {
 		workers := river.NewWorkers()
-		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond})
+		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond, BatchTransactions: o.batchTx})
 		river.AddWorker(workers, eventWorker)
 		river.AddWorker(workers, jobs.NewBatchWorker(eventWorker))
 		river.AddWorker(workers, jobs.NewPendingWorker(pool, jobMetrics, logger))
@@ -256,4 +257,16 @@ func session(t *testing.T, pool *pgxpool.Pool, s shop) sessionRow {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// poll waits up to 30 s for cond, failing the test with what it waited for.
+func poll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -628,6 +629,27 @@ func TestBatchJobAppliesEveryEventInOneTransaction(t *testing.T) {
 	if rows != 3 {
 		t.Errorf("%d rows processed by the batch job, want 3", rows)
 	}
+	// One statement marks the batch's rows: each with its own outcome.
+	notes := map[string]string{}
+	rs, err := pool.Query(context.Background(), `SELECT webhook_id, coalesce(error, '') FROM webhook_inbox WHERE job_id = $1`, batchID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var id, note string
+		if err := rs.Scan(&id, &note); err != nil {
+			t.Fatal(err)
+		}
+		notes[id] = note
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{"msg_a_created": ledger.NotPaid, "msg_a_paid": ledger.Booked, "msg_b_paid": ledger.Booked} {
+		if notes[id] != want {
+			t.Errorf("%s: note %q, want %q", id, notes[id], want)
+		}
+	}
 	for _, s := range []testkit.Shop{a, b} {
 		if n := len(bookings(t, pool, s)); n != 1 {
 			t.Errorf("shop %s: %d bookings, want 1", s.WS, n)
@@ -668,5 +690,62 @@ func TestBatchWithAFailingEventSplitsIntoSingleJobs(t *testing.T) {
 	}
 	if batchState != "completed" {
 		t.Errorf("batch job %s, want completed once split", batchState)
+	}
+}
+
+func TestBatchTransactionsAtOnceAreBounded(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{batchTx: 1})
+	ctx := context.Background()
+	var s [4]testkit.Shop
+	for i := range s {
+		s[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	}
+	// The first batch waits, inside its transaction, for a session the
+	// test holds.
+	blocker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx) //nolint:errcheck
+	if _, err := blocker.Exec(ctx, `SELECT 1 FROM inventory_checkout_sessions WHERE id = $1 FOR UPDATE`, s[0].Session); err != nil {
+		t.Fatal(err)
+	}
+	storeBatch(t, sys, map[string][]byte{
+		"msg_0": event(t, "order.paid.json", s[0], "ord_0", nil),
+		"msg_1": event(t, "order.paid.json", s[1], "ord_1", nil),
+	})
+	poll(t, "the first batch to wait for the held session", func() bool {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return err == nil && n > 0
+	})
+	storeBatch(t, sys, map[string][]byte{
+		"msg_2": event(t, "order.paid.json", s[2], "ord_2", nil),
+		"msg_3": event(t, "order.paid.json", s[3], "ord_3", nil),
+	})
+	poll(t, "River to start both batch jobs", func() bool {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE kind = 'polar_event_batch' AND state = 'running'`).Scan(&n)
+		return err == nil && n == 2
+	})
+	// A negative can only be watched for a while: unbounded, the second
+	// batch commits within milliseconds.
+	time.Sleep(500 * time.Millisecond)
+	if n := len(bookings(t, pool, s[2])) + len(bookings(t, pool, s[3])); n != 0 {
+		t.Fatalf("%d bookings of the second batch while the first holds the only turn, want none", n)
+	}
+	if err := blocker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for id, state := range sys.waitJobs(t, "msg_0", "msg_1", "msg_2", "msg_3") {
+		if state != "completed" {
+			t.Errorf("%s: %s, want completed", id, state)
+		}
+	}
+	for i, shop := range s {
+		if n := len(bookings(t, pool, shop)); n != 1 {
+			t.Errorf("shop %d: %d bookings, want 1", i, n)
+		}
 	}
 }

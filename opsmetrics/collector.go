@@ -37,7 +37,9 @@ const (
 	// Uses River's (state, queue, priority, scheduled_at, id) index.
 	oldestAvailableQuery = `SELECT coalesce(extract(epoch FROM now() - min(scheduled_at)), 0)::float8
 		FROM river_job WHERE state = 'available' AND scheduled_at <= now()`
-	// An index-only scan of webhook_inbox_status_received_idx.
+	// A scan of webhook_inbox, whose rows are narrow (bodies live out of
+	// line): status has no index, so that marking a row processed is a HOT
+	// update (migration 00010).
 	inboxQuery = `SELECT status, count(*) FROM webhook_inbox GROUP BY status`
 	// Reads pending_bookings_unposted_idx: only what is still pending.
 	pendingBookingsQuery = `SELECT reason, count(*), extract(epoch FROM now() - min(first_attempt_at))::float8

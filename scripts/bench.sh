@@ -41,7 +41,13 @@ trap 'exit 143' TERM
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 echo "bench: PostgreSQL in $dir/data on 127.0.0.1:$port (default durability)"
-PG_EXTRA_OPTS="" "$root/scripts/pg.sh" start "$dir/data" "$port"
+# pg_stat_statements (Debian's postgresql-contrib, in the server package
+# since 10) shows which statements each processed event's writes come from.
+pg_opts=""
+if [ -n "$pgbin" ] && [ -f "$pgbin/../lib/pg_stat_statements.so" ]; then
+  pg_opts="-c shared_preload_libraries=pg_stat_statements"
+fi
+PG_EXTRA_OPTS="$pg_opts" "$root/scripts/pg.sh" start "$dir/data" "$port"
 export DATABASE_URL
 DATABASE_URL=$("$root/scripts/pg.sh" url "$port")
 
