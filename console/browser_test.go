@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -151,8 +152,9 @@ func TestBrowser(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-key="msg_customer"]`)),
 		until(`document.querySelector('#live.on') !== null`))
 
-	// A paid order sent now appears without a reload, with its booking.
-	s.send(t, "msg_paid", testkit.Event(t, "order.updated.paid.json", shop.Sale("ord_browser"), nil))
+	// A paid order sent now, with `relay send`, appears without a reload,
+	// with its booking.
+	relaySend(t, s.hookURL, "msg_paid", testkit.Event(t, "order.updated.paid.json", shop.Sale("ord_browser"), nil))
 	step(t, ctx, "see the paid order appear live",
 		until(textIn(`tr[data-key="msg_paid"] td.effect`, "session completed, 49.50 USD booked")))
 	screenshot(t, ctx, "console-deliveries.png")
@@ -206,5 +208,24 @@ func TestBrowser(t *testing.T) {
 		step(t, ctx, "see "+id+" booked",
 			chromedp.Navigate(console+"deliveries/"+id),
 			until(textIn("#effect", "session completed, 49.50 USD booked")))
+	}
+}
+
+// relaySend delivers body with the relay binary's own `relay send`, as an
+// admin following the README would.
+func relaySend(t *testing.T, hookURL, webhookID string, body []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "relay")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/relayhq/relay/cmd/relay").CombinedOutput(); err != nil {
+		t.Fatalf("build relay: %v\n%s", err, out)
+	}
+	file := filepath.Join(dir, "order.json")
+	if err := os.WriteFile(file, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "send", "--url", hookURL, "--secret", secret, "--id", webhookID, file).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "200") {
+		t.Fatalf("relay send: %v\n%s", err, out)
 	}
 }
