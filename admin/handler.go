@@ -46,7 +46,7 @@ type Options struct {
 	// Console adds its routes under /admin/ (package console), behind the
 	// same credentials; nil: none.
 	Console interface{ Mount(*http.ServeMux) }
-	Metrics     *jobs.Metrics    // counts what POST /admin/api/bookings/post books; nil: not counted
+	Metrics *jobs.Metrics // counts what POST /admin/api/bookings/post books; nil: not counted
 }
 
 // Handler serves the JSON API under /admin/api/ and River UI under
