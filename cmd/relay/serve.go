@@ -180,12 +180,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if dbErr != nil {
 		// Started without the database: once it answers, the secrets are
 		// checked and loaded first, then the workers start.
-		workers, endpointsReady := startWorkers, false
+		workers, endpointsReady, stopping := startWorkers, false, false
 		startWorkers = func() error {
 			if !endpointsReady {
 				if err := secrets.Check(ctx); err != nil {
-					serveErr <- err // the key cannot read them: stop, as at start
-					return nil
+					if !stopping { // the key cannot read them: stop, as at start
+						stopping = true
+						serveErr <- err
+					}
+					return err // nothing was started
 				}
 				if cache != nil {
 					if err := cache.Start(ctx); err != nil {
