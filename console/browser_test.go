@@ -91,11 +91,18 @@ func until(expr string) chromedp.Action[chromedp.Void] {
 	}
 }
 
-// click clicks the element once it is there. Live regions are swapped
-// when the stream says something changed, so the element is found and
-// clicked in one step in the page.
+// click clicks the element once it is there and the page's script has
+// run (console.js is deferred: a fresh page's buttons exist before their
+// handler does, and a click then is lost). Live regions are swapped when
+// the stream says something changed, so the element is found and clicked
+// in one step in the page.
 func click(selector string) chromedp.Action[chromedp.Void] {
-	return until(fmt.Sprintf(`(() => { const el = document.querySelector(%q); if (el) el.click(); return el !== null; })()`, selector))
+	return until(fmt.Sprintf(`(() => {
+		if (document.body?.dataset.ready !== 'true') return false;
+		const el = document.querySelector(%q);
+		if (el) el.click();
+		return el !== null;
+	})()`, selector))
 }
 
 // textIn is a JavaScript condition: the element has the text.

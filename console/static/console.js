@@ -134,4 +134,6 @@
   });
 
   connect();
+  // Until here a click on a button did nothing: the page says it is ready.
+  body.dataset.ready = 'true';
 })();
