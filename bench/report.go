@@ -169,6 +169,14 @@ func (p *processResult) pgCPUPerEvent() float64 {
 	return p.ProcessCPU.Postgres * p.ProcessWindow * 1000 / float64(p.Sent)
 }
 
+// relayCPUPerEvent is relay's CPU per event sent, in ms.
+func (p *processResult) relayCPUPerEvent() float64 {
+	if p.Sent == 0 {
+		return 0
+	}
+	return p.ProcessCPU.Relay * p.ProcessWindow * 1000 / float64(p.Sent)
+}
+
 // walPerEvent is the WAL written per event sent, receiving included.
 func (p *processResult) walPerEvent() float64 {
 	if p.Sent == 0 {
@@ -243,7 +251,8 @@ func (r *report) markdown() string {
 	if w := r.interference(); w != "" {
 		b.WriteString("> **Warning:** " + w + "\n\n")
 	}
-	b.WriteString("## Results\n\n")
+	b.WriteString(r.beforeAfter())
+	b.WriteString("\n## Results\n\n")
 	b.WriteString(r.table())
 	b.WriteString("\n")
 	b.WriteString(r.targets())
@@ -257,7 +266,7 @@ func (r *report) markdown() string {
 		for _, p := range r.Process {
 			n := float64(max(p.Sent, 1))
 			fmt.Fprintf(&b, "| %d/s offered%s | %.3f | %.3f | %.0f | %.3f | %.1f | %.3f |\n", p.Offered, p.suffix(), p.pgCPUPerEvent(),
-				p.ProcessCPU.Relay*p.ProcessWindow*1000/n, p.walPerEvent(), float64(p.ProcessWALs.fpi)/n,
+				p.relayCPUPerEvent(), p.walPerEvent(), float64(p.ProcessWALs.fpi)/n,
 				float64(p.ProcessWALs.records)/n, float64(p.ProcessWALs.commits)/n)
 		}
 		for _, p := range r.Process {

@@ -224,3 +224,70 @@ func TestConcurrentPaymentsOfOneOrderNamingTwoSessions(t *testing.T) {
 		t.Fatalf("the other session = %+v, want untouched", got)
 	}
 }
+
+// TestSaleBookedMeanwhileWithoutTheSessionLock: a booking under the sale's
+// source key made by a transaction that does not lock the session (an
+// operator booking by hand) after the payment looked for one is not booked
+// again: the payment's booking, made in the same statement as the session's
+// update, yields to the source key, and the session is linked to the booking
+// that won.
+func TestSaleBookedMeanwhileWithoutTheSessionLock(t *testing.T) {
+	pool := testdb.NewPool(t)
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	ctx := t.Context()
+
+	byHand, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer byHand.Rollback(ctx) //nolint:errcheck // committed below
+	var handID string
+	if err := byHand.QueryRow(ctx, `INSERT INTO wallet_transactions (wallet_id, amount, currency, description, taken_at, source_kind, source_ref)
+		VALUES ($1, 4950, 'USD', 'booked by hand', now(), 'sale', $2) RETURNING id::text`, s.Wallet, s.Session).Scan(&handID); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		out ledger.Outcome
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := pay(ctx, pool, paid(s, "ord_hand"))
+		done <- result{out, err}
+	}()
+	// The payment has looked for a booking, found none (the hand booking
+	// is not committed) and now waits on the source key.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var waiting int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("the payment finished without waiting for the hand booking: %+v, %v", r.out, r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the payment neither waits nor finishes")
+		}
+		time.Sleep(2 * time.Millisecond) // poll interval
+	}
+	if err := byHand.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.out.Booking != ledger.AlreadyBooked || !r.out.Completed {
+		t.Fatalf("payment: %+v, %v; want completed, already booked", r.out, r.err)
+	}
+	if got := sales(t, pool, s.WS); len(got) != 1 || got[s.Session] != 1 {
+		t.Fatalf("sales = %v, want the hand booking only", got)
+	}
+	if got := sessionOf(t, pool, s.Session); got.status != ledger.StatusCompleted || got.booking == nil || *got.booking != handID {
+		t.Fatalf("session = %+v, want completed and linked to the hand booking %s", got, handID)
+	}
+}

@@ -76,42 +76,32 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 	}
 	out := Outcome{Session: s, Booking: NotPaid}
 
-	// Book first, so that one UPDATE records everything on the session.
+	// Decide the booking first, so that one statement books the sale and
+	// records everything on the session.
 	var sold sale
 	switch {
 	case !p.Paid:
 	case s.FinanceTransactionID != nil:
 		out.Booking = AlreadyBooked
 	default:
-		if sold, err = bookSale(ctx, db, s, p.Currency, p.Description, p.At); err != nil {
+		if sold, err = decideSale(ctx, db, s, p.Currency); err != nil {
 			return Outcome{}, err
 		}
-		out.Booking = sold.result
 	}
 
 	// The provider's status only moves forward: once paid, an unpaid word is
 	// stale, and a smaller refunded total is older than the one recorded.
 	statusIsNewer := (p.Paid || s.Status != StatusCompleted) && p.RefundedAmount >= s.RefundedAmount
 	completeNow := p.Paid && s.Status != StatusCompleted
-	if _, err := db.Exec(ctx, `
-		UPDATE inventory_checkout_sessions SET
-			polar_order_id         = coalesce(polar_order_id, nullif($2, '')),
-			polar_status           = CASE WHEN $3 THEN nullif($4, '') ELSE polar_status END,
-			status                 = CASE WHEN $5 THEN 'completed' ELSE status END,
-			completed_at           = CASE WHEN $5 THEN coalesce(completed_at, $6) ELSE completed_at END,
-			refunded_amount        = greatest(refunded_amount, $7),
-			finance_transaction_id = coalesce(finance_transaction_id, $8::uuid),
-			updated_at             = now()
-		WHERE id = $1`,
-		s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID,
-	); err != nil {
+	if err := recordPayment(ctx, db, s, p, statusIsNewer, completeNow, &sold); err != nil {
 		if isOrderTaken(err) {
 			// A concurrent call recorded the order on another session and
 			// committed; this transaction is aborted and keeps nothing.
 			return Outcome{}, fmt.Errorf("%w: order %s was recorded on another checkout session than %s", ErrOrderConflict, truncate(p.ExternalOrderID, 64), s.ID)
 		}
-		return Outcome{}, fmt.Errorf("update checkout session %s: %w", s.ID, err)
+		return Outcome{}, err
 	}
+	out.Booking = cmp.Or(sold.result, out.Booking)
 	if completeNow {
 		s.Status, out.Completed = StatusCompleted, true
 	}
@@ -210,7 +200,7 @@ func ExpireSession(ctx context.Context, db DB, ref SessionRef) (bool, error) {
 	return true, nil
 }
 
-// sale is what bookSale found and did.
+// sale is what decideSale found, and what was booked of it.
 type sale struct {
 	result          string  // Booked, AlreadyBooked (relinked), or the Skipped* result that says why not
 	note            string  // why not, in words for an operator
@@ -220,12 +210,14 @@ type sale struct {
 	pending         bool    // the session has a pending booking not posted yet
 }
 
-// bookSale books the session's total, paid in currency (empty: the
-// session's), into the workspace's default wallet, or says why it cannot,
-// and sets s.FinanceTransactionID; the caller links the session to it. A
-// sale booked before, by relay or by hand under the sale's source key, is
-// relinked rather than booked again. The session must be locked.
-func bookSale(ctx context.Context, db DB, s *Session, currency, description string, at time.Time) (sale, error) {
+// decideSale decides where the session's total, paid in currency (empty:
+// the session's), is booked: result Booked with the workspace's default
+// wallet and the category, AlreadyBooked when a booking under the sale's
+// source key exists (by relay or by hand; s.FinanceTransactionID is set to
+// it and the caller relinks the session), or the Skipped* result that says
+// why it cannot be. It books nothing; recordPayment or insertSale does.
+// The session must be locked.
+func decideSale(ctx context.Context, db DB, s *Session, currency string) (sale, error) {
 	// One round trip for the wallet setting, the wallet, the category (the
 	// lines' products' finance category, when they all share one of the
 	// workspace's categories; otherwise none), an earlier booking of the
@@ -258,42 +250,106 @@ func bookSale(ctx context.Context, db DB, s *Session, currency, description stri
 	case booked != nil:
 		// Booked before, though the session lost its link: relink, book nothing.
 		s.FinanceTransactionID, out.result = booked, AlreadyBooked
-		return out, nil
 	case currency != "" && !strings.EqualFold(currency, s.Currency):
 		out.result = SkippedCurrency
 		out.note = fmt.Sprintf("paid in %s, the sale is in %s: it can never be booked by relay", strings.ToUpper(currency), strings.ToUpper(s.Currency))
-		return out, nil
 	case walletWS == nil:
 		out.result, out.note = SkippedNoWallet, "no default wallet is set (workspace_configs default_wallet_id), or it names no wallet"
-		return out, nil
 	case !strings.EqualFold(*walletWS, s.WorkspaceID):
 		out.result, out.note = SkippedWalletWorkspace, "the default wallet belongs to another workspace"
-		return out, nil
 	case !strings.EqualFold(*walletCurrency, s.Currency):
 		out.result = SkippedCurrency
 		out.note = fmt.Sprintf("the default wallet is in %s, the sale in %s", strings.ToUpper(*walletCurrency), strings.ToUpper(s.Currency))
-		return out, nil
+	default:
+		out.walletID, out.result = strings.TrimSpace(*walletID), Booked
 	}
+	return out, nil
+}
 
+// insertSale books the sale decideSale decided on (sold.result Booked) and
+// sets s.FinanceTransactionID; the caller links the session to it. A sale
+// booked meanwhile under its source key is not booked again: sold.result
+// becomes AlreadyBooked.
+func insertSale(ctx context.Context, db DB, s *Session, sold *sale, description string, at time.Time) error {
 	var txID string
-	out.walletID, out.result = strings.TrimSpace(*walletID), Booked
-	err = db.QueryRow(ctx, `
+	err := db.QueryRow(ctx, `
 		INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
 		VALUES ($1, $2, $3, $4, $5, $6, 'sale', $7)
 		ON CONFLICT (source_kind, source_ref) DO NOTHING
 		RETURNING id::text`,
-		out.walletID, out.categoryID, s.TotalAmount, strings.ToUpper(s.Currency), description, at, s.ID).Scan(&txID)
+		sold.walletID, sold.categoryID, s.TotalAmount, strings.ToUpper(s.Currency), description, at, s.ID).Scan(&txID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Booked meanwhile by a transaction that did not hold the session's
 		// lock: the source key kept it to one booking; relink to it.
-		out.result, out.walletID = AlreadyBooked, ""
+		sold.result, sold.walletID = AlreadyBooked, ""
 		err = db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&txID)
 	}
 	if err != nil {
-		return sale{}, fmt.Errorf("book sale of session %s: %w", s.ID, err)
+		return fmt.Errorf("book sale of session %s: %w", s.ID, err)
 	}
 	s.FinanceTransactionID = &txID
-	return out, nil
+	return nil
+}
+
+// sessionUpdate records a payment on a session: $1 the session, $2 the
+// order, $3 whether the status is newer, $4 the status, $5 whether the
+// session completes now, $6 when, $7 the refunded total, $8 its booking,
+// else booking, an expression for the booking made in the same statement.
+func sessionUpdate(booking string) string {
+	return `
+	polar_order_id         = coalesce(polar_order_id, nullif($2, '')),
+	polar_status           = CASE WHEN $3 THEN nullif($4, '') ELSE polar_status END,
+	status                 = CASE WHEN $5 THEN 'completed' ELSE status END,
+	completed_at           = CASE WHEN $5 THEN coalesce(completed_at, $6) ELSE completed_at END,
+	refunded_amount        = greatest(refunded_amount, $7),
+	finance_transaction_id = coalesce(finance_transaction_id, $8::uuid, ` + booking + `),
+	updated_at             = now()`
+}
+
+// recordPayment updates the locked session with the payment. When sold is
+// a sale to book (result Booked), the booking's INSERT runs in the same
+// statement, a CTE of the session's UPDATE, which links the session to it:
+// one round trip for both, the costliest statement of a paid order. If the
+// sale's source key is taken meanwhile, nothing is booked: the session is
+// relinked to that booking and sold.result becomes AlreadyBooked.
+// s.FinanceTransactionID is the session's booking afterwards.
+func recordPayment(ctx context.Context, db DB, s *Session, p Payment, statusIsNewer, completeNow bool, sold *sale) error {
+	args := []any{s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID}
+	if sold.result != Booked {
+		if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET `+sessionUpdate("NULL")+` WHERE id = $1`, args...); err != nil {
+			return fmt.Errorf("update checkout session %s: %w", s.ID, err)
+		}
+		return nil
+	}
+	var txID *string
+	if err := db.QueryRow(ctx, `
+		WITH sale AS (
+			INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
+			VALUES ($9, $10, $11, $12, $13, $6, 'sale', $1::text)
+			ON CONFLICT (source_kind, source_ref) DO NOTHING
+			RETURNING id)
+		UPDATE inventory_checkout_sessions SET `+sessionUpdate("(SELECT id FROM sale)")+`
+		WHERE id = $1::uuid
+		RETURNING (SELECT id::text FROM sale)`,
+		append(args, sold.walletID, sold.categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description)...).Scan(&txID); err != nil {
+		return fmt.Errorf("book sale of checkout session %s and update the session: %w", s.ID, err)
+	}
+	if txID != nil {
+		s.FinanceTransactionID = txID
+		return nil
+	}
+	// Booked meanwhile by a transaction that did not hold the session's
+	// lock: the source key kept it to one booking; relink to it.
+	sold.result, sold.walletID = AlreadyBooked, ""
+	var id string
+	if err := db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&id); err != nil {
+		return fmt.Errorf("find the booking of session %s: %w", s.ID, err)
+	}
+	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2 WHERE id = $1`, s.ID, id); err != nil {
+		return fmt.Errorf("relink session %s to its booking: %w", s.ID, err)
+	}
+	s.FinanceTransactionID = &id
+	return nil
 }
 
 // reconcileRefunds books one reversal that brings the sale's reversed total

@@ -104,7 +104,7 @@ type pendingSale struct {
 const refundedTotal = `greatest($2::bigint,
 	(SELECT coalesce(sum(f.amount), 0) FROM checkout_session_refunds f WHERE f.checkout_session_id = $1))`
 
-// recordPending keeps the locked session's sale, which bookSale could not
+// recordPending keeps the locked session's sale, which decideSale found cannot be booked
 // book (sold says why), as pending, or records one more attempt on the row
 // that keeps it. The primary key keeps one row per sale.
 func recordPending(ctx context.Context, db DB, s *Session, ps pendingSale, sold sale) (PendingBooking, error) {
@@ -301,9 +301,14 @@ func postOne(ctx context.Context, tx DB, sessionID string) (r PostResult, ok boo
 	}
 	r = PostResult{PendingBooking: b, Result: AlreadyBooked}
 	if s.FinanceTransactionID == nil {
-		sold, err := bookSale(ctx, tx, s, b.PaymentCurrency, ps.description, ps.paidAt)
+		sold, err := decideSale(ctx, tx, s, b.PaymentCurrency)
 		if err != nil {
 			return PostResult{}, false, err
+		}
+		if sold.result == Booked {
+			if err := insertSale(ctx, tx, s, &sold, ps.description, ps.paidAt); err != nil {
+				return PostResult{}, false, err
+			}
 		}
 		if skipped(sold.result) {
 			r.PendingBooking, err = recordPending(ctx, tx, s, ps, sold)
