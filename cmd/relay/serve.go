@@ -175,7 +175,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	works := cfg.Role != roleReceiver
 	var startWorkers func() error // nil: nothing to start
 	if works {
-		startWorkers = func() error { return riverClient.Start(ctx) }
+		// Not serve's own context: its cancellation (SIGTERM) would be
+		// River's hard stop, cancelling running jobs. shutdown stops River
+		// softly, letting them finish within RELAY_SHUTDOWN_TIMEOUT.
+		startWorkers = func() error { return riverClient.Start(context.WithoutCancel(ctx)) }
 	}
 	if dbErr != nil {
 		// Started without the database: once it answers, the secrets are
