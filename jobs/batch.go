@@ -11,6 +11,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/ledger"
 )
 
 // BatchWorker processes the events of an EventBatchArgs job in one
@@ -60,13 +61,13 @@ func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) 
 		if err != nil {
 			return err
 		}
+		if err := applyAll(ctx, tx, events, results); err != nil {
+			return err
+		}
 		rowIDs, notes := make([]int64, len(events)), make([]string, len(events))
 		for i, event := range events {
-			res, err := b.w.applyStored(ctx, tx, event)
-			if err != nil {
-				return fmt.Errorf("webhook %s: %w", event.WebhookID, err)
-			}
-			results[i], rowIDs[i], notes[i] = res, event.ID, res.note
+			results[i].hookTime = event.WebhookTimestamp
+			rowIDs[i], notes[i] = event.ID, results[i].note
 		}
 		if err := inbox.MarkProcessedMany(ctx, tx, job.ID, rowIDs, notes); err != nil {
 			return err
@@ -103,5 +104,47 @@ func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) 
 	}
 	b.w.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "batch split into single jobs",
 		slog.Int64("job_id", job.ID), slog.Int("events", len(job.Args.Events)), slog.String("reason", err.Error()))
+	return nil
+}
+
+// applyAll applies the events in tx and writes what each did into results.
+// The order events' payments go to the ledger together (ledger.ApplyPayments:
+// a batch of paid orders costs three statements, not three per order), then
+// the other events apply one by one. Events of a batch arrived concurrently,
+// and the ledger's result does not depend on their order.
+func applyAll(ctx context.Context, tx pgx.Tx, events []*inbox.Event, results []applied) error {
+	steps := make([]step, len(events))
+	var (
+		payments []ledger.Payment
+		of       []int // the event of each payment
+	)
+	for i, event := range events {
+		st, err := prepare(event)
+		if err != nil {
+			return fmt.Errorf("webhook %s: %w", event.WebhookID, err)
+		}
+		steps[i] = st
+		if st.payment != nil {
+			payments, of = append(payments, *st.payment), append(of, i)
+		}
+	}
+	outs, err := ledger.ApplyPayments(ctx, tx, payments)
+	if err != nil {
+		if pe, ok := errors.AsType[*ledger.PaymentError](err); ok {
+			return fmt.Errorf("webhook %s: %w", events[of[pe.Index]].WebhookID, pe.Err)
+		}
+		return err
+	}
+	for k, i := range of {
+		results[i] = orderApplied(outs[k], steps[i].paid)
+	}
+	for i, st := range steps {
+		if st.payment != nil {
+			continue
+		}
+		if results[i], err = st.apply(ctx, tx); err != nil {
+			return fmt.Errorf("webhook %s: %w", events[i].WebhookID, err)
+		}
+	}
 	return nil
 }

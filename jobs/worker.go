@@ -100,24 +100,18 @@ func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, webhookID string, 
 	if err != nil {
 		return applied{}, err
 	}
-	res, err := w.applyStored(ctx, tx, event)
+	st, err := prepare(event)
 	if err != nil {
 		return applied{}, err
 	}
-	if err := inbox.MarkProcessed(ctx, tx, event.ID, jobID, res.note); err != nil {
-		return applied{}, err
-	}
-	return res, nil
-}
-
-// applyStored applies a stored event in tx; its inbox row is left to the
-// caller to mark.
-func (w *EventWorker) applyStored(ctx context.Context, tx pgx.Tx, event *inbox.Event) (applied, error) {
-	res, err := w.apply(ctx, tx, event)
+	res, err := st.apply(ctx, tx)
 	if err != nil {
 		return applied{}, err
 	}
 	res.hookTime = event.WebhookTimestamp
+	if err := inbox.MarkProcessed(ctx, tx, event.ID, jobID, res.note); err != nil {
+		return applied{}, err
+	}
 	return res, nil
 }
 
@@ -226,10 +220,21 @@ func (w *EventWorker) report(ctx context.Context, job *rivertype.JobRow, ev Even
 // errMalformed marks event data that can never be applied.
 var errMalformed = errors.New("malformed event")
 
-func (w *EventWorker) apply(ctx context.Context, tx pgx.Tx, event *inbox.Event) (applied, error) {
+// step is one event's work, read from its body: a payment for the ledger,
+// which a batch applies together with its other events' payments, or
+// other work, or nothing to do.
+type step struct {
+	payment *ledger.Payment
+	paid    bool // the payment is of a paid order: its booking result is counted
+	run     func(ctx context.Context, tx pgx.Tx) (applied, error)
+	done    applied // the result when there is nothing to do
+}
+
+// prepare reads the event's body into the step that applies it.
+func prepare(event *inbox.Event) (step, error) {
 	env, err := polar.ParseEnvelope(event.Body)
 	if err != nil {
-		return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
+		return step{}, fmt.Errorf("%w: %w", errMalformed, err)
 	}
 	// A delivery to a workspace's own endpoint may change only that
 	// workspace's sessions of the environment whose secret verified it.
@@ -241,36 +246,52 @@ func (w *EventWorker) apply(ctx context.Context, tx pgx.Tx, event *inbox.Event) 
 	case "order.created", "order.updated", "order.paid", "order.refunded":
 		order, err := polar.ParseOrder(env.Data)
 		if err != nil {
-			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
+			return step{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
-		return applyOrder(ctx, tx, order, scope)
+		return orderStep(order, scope), nil
 	case "checkout.created", "checkout.updated", "checkout.expired":
 		checkout, err := polar.ParseCheckout(env.Data)
 		if err != nil {
-			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
+			return step{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
-		return applyCheckout(ctx, tx, checkout, scope)
+		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyCheckout(ctx, tx, checkout, scope) }}, nil
 	case "refund.created", "refund.updated":
 		refund, err := polar.ParseRefund(env.Data)
 		if err != nil {
-			return applied{}, fmt.Errorf("%w: %w", errMalformed, err)
+			return step{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
-		return applyRefund(ctx, tx, refund, scope)
+		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyRefund(ctx, tx, refund, scope) }}, nil
 	}
-	return applied{result: ResultNoop, note: "event type not acted on"}, nil
+	return step{done: applied{result: ResultNoop, note: "event type not acted on"}}, nil
 }
 
-func applyOrder(ctx context.Context, tx pgx.Tx, order polar.Order, scope *ledger.Scope) (applied, error) {
+// apply runs the step alone in tx.
+func (st step) apply(ctx context.Context, tx pgx.Tx) (applied, error) {
+	switch {
+	case st.payment != nil:
+		out, err := ledger.ApplyPayment(ctx, tx, *st.payment)
+		if err != nil {
+			return applied{}, err
+		}
+		return orderApplied(out, st.paid), nil
+	case st.run != nil:
+		return st.run(ctx, tx)
+	}
+	return st.done, nil
+}
+
+// orderStep is the payment an order event makes, if it is a storefront sale.
+func orderStep(order polar.Order, scope *ledger.Scope) step {
 	ref, ok := order.Metadata.Storefront()
 	if !ok {
-		return applied{result: ResultNoop, note: "not a storefront sale"}, nil
+		return step{done: applied{result: ResultNoop, note: "not a storefront sale"}}
 	}
 	session := ledger.SessionRef{SessionID: ref.CheckoutSessionID, WorkspaceID: ref.WorkspaceID, Scope: scope}
 	if order.CheckoutID != nil {
 		session.ExternalCheckoutID = *order.CheckoutID
 	}
 	paid := order.Paid || order.Status == "paid" || order.Status == "partially_refunded" || order.Status == "refunded"
-	out, err := ledger.ApplyPayment(ctx, tx, ledger.Payment{
+	return step{paid: paid, payment: &ledger.Payment{
 		Session:           session,
 		ExternalOrderID:   order.ID,
 		ExternalStatus:    order.Status,
@@ -280,10 +301,11 @@ func applyOrder(ctx context.Context, tx pgx.Tx, order polar.Order, scope *ledger
 		Description:       "Polar order " + order.ID,
 		RefundDescription: "Refund of Polar order " + order.ID,
 		At:                time.Now(),
-	})
-	if err != nil {
-		return applied{}, err
-	}
+	}}
+}
+
+// orderApplied is what an order event's payment did.
+func orderApplied(out ledger.Outcome, paid bool) applied {
 	res := applied{result: ResultOK, sessionID: out.Session.ID, note: out.Booking}
 	if paid {
 		res.bookings = append(res.bookings, out.Booking)
@@ -292,7 +314,7 @@ func applyOrder(ctx context.Context, tx pgx.Tx, order polar.Order, scope *ledger
 		res.bookings = append(res.bookings, BookingReversed)
 		res.note += reversalNote(out)
 	}
-	return res, nil
+	return res
 }
 
 // reversalNote says on an inbox row what reversal its event booked, after

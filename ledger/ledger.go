@@ -218,20 +218,29 @@ func lockSession(ctx context.Context, db DB, ref SessionRef, order string) (*Ses
 			return nil, fmt.Errorf("find checkout session by checkout id: %w", err)
 		}
 	}
-	if err := ref.Scope.check(s); err != nil {
+	if err := checkLocked(ref, order, s, owner); err != nil {
 		return nil, err
 	}
+	return s, nil
+}
+
+// checkLocked refuses the session s that ref found for a call about order
+// (empty: none), owner being the session that records order, if any.
+func checkLocked(ref SessionRef, order string, s, owner *Session) error {
+	if err := ref.Scope.check(s); err != nil {
+		return err
+	}
 	if ref.WorkspaceID != "" && !strings.EqualFold(ref.WorkspaceID, s.WorkspaceID) {
-		return nil, ErrWorkspaceMismatch
+		return ErrWorkspaceMismatch
 	}
 	switch {
 	case order == "":
-	case owner != nil && owner != s:
-		return nil, fmt.Errorf("%w: order %s is recorded on checkout session %s, not on %s", ErrOrderConflict, truncate(order, 64), owner.ID, s.ID)
+	case owner != nil && owner.ID != s.ID:
+		return fmt.Errorf("%w: order %s is recorded on checkout session %s, not on %s", ErrOrderConflict, truncate(order, 64), owner.ID, s.ID)
 	case s.ExternalOrderID != nil && *s.ExternalOrderID != order:
-		return nil, fmt.Errorf("%w: checkout session %s records another order than %s", ErrOrderConflict, s.ID, truncate(order, 64))
+		return fmt.Errorf("%w: checkout session %s records another order than %s", ErrOrderConflict, s.ID, truncate(order, 64))
 	}
-	return s, nil
+	return nil
 }
 
 func nilIfEmpty(s string) any {

@@ -216,54 +216,72 @@ type sale struct {
 // source key exists (by relay or by hand; s.FinanceTransactionID is set to
 // it and the caller relinks the session), or the Skipped* result that says
 // why it cannot be. It books nothing; recordPayment or insertSale does.
-// The session must be locked.
+// The session must be locked, and locked before this statement began: it
+// must see what the lock's previous holder committed.
 func decideSale(ctx context.Context, db DB, s *Session, currency string) (sale, error) {
-	// One round trip for the wallet setting, the wallet, the category (the
-	// lines' products' finance category, when they all share one of the
-	// workspace's categories; otherwise none), an earlier booking of the
-	// sale, and what the session has recorded meanwhile.
-	var (
-		walletID, walletWS, walletCurrency *string
-		booked                             *string
-		out                                sale
-	)
-	err := db.QueryRow(ctx, `
-		SELECT cfg.value, w.ws_id::text, w.currency,
-		       (SELECT CASE WHEN count(*) > 0 AND count(c.id) = count(*) AND count(DISTINCT c.id) = 1
-		                    THEN min(c.id::text) END
-		        FROM inventory_checkout_lines l
-		        LEFT JOIN workspace_products p ON p.id = l.product_id AND p.ws_id = $2
-		        LEFT JOIN transaction_categories c ON c.id = p.finance_category_id AND c.ws_id = $2
-		        WHERE l.checkout_session_id = $1),
-		       EXISTS (SELECT 1 FROM checkout_session_refunds f WHERE f.checkout_session_id = $1),
-		       (SELECT t.id::text FROM wallet_transactions t WHERE t.source_kind = 'sale' AND t.source_ref = $1::text),
-		       EXISTS (SELECT 1 FROM pending_bookings b WHERE b.session_id = $1 AND b.posted_at IS NULL)
-		FROM (SELECT 1) one
-		LEFT JOIN workspace_configs cfg ON cfg.ws_id = $2 AND cfg.id = 'default_wallet_id'
-		LEFT JOIN workspace_wallets w ON w.id = CASE WHEN btrim(cfg.value) ~ '^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$'
-		                                       THEN btrim(cfg.value)::uuid END`, s.ID, s.WorkspaceID).
-		Scan(&walletID, &walletWS, &walletCurrency, &out.categoryID, &out.refundsRecorded, &booked, &out.pending)
+	var f saleFacts
+	err := db.QueryRow(ctx, `SELECT `+saleFactsColumns+`
+		FROM (SELECT $1::uuid AS id, $2::uuid AS ws_id) x `+saleFactsJoins, s.ID, s.WorkspaceID).
+		Scan(&f.walletID, &f.walletWS, &f.walletCurrency, &f.categoryID, &f.refundsRecorded, &f.booked, &f.pending)
 	if err != nil {
 		return sale{}, fmt.Errorf("read default wallet of workspace %s: %w", s.WorkspaceID, err)
 	}
+	return f.decide(s, currency), nil
+}
+
+// saleFacts is what deciding a session's sale needs to know, read in one
+// round trip: the wallet setting, the wallet, the category (the lines'
+// products' finance category, when they all share one of the workspace's
+// categories; otherwise none), an earlier booking of the sale, and what
+// the session has recorded meanwhile.
+type saleFacts struct {
+	walletID, walletWS, walletCurrency *string
+	categoryID                         *string
+	refundsRecorded                    bool
+	booked                             *string
+	pending                            bool
+}
+
+// saleFactsColumns and saleFactsJoins read saleFacts for the rows of x (id:
+// a session, ws_id: its workspace), in the order of saleFacts' fields.
+const (
+	saleFactsColumns = `cfg.value, w.ws_id::text, w.currency,
+		(SELECT CASE WHEN count(*) > 0 AND count(c.id) = count(*) AND count(DISTINCT c.id) = 1
+		             THEN min(c.id::text) END
+		 FROM inventory_checkout_lines l
+		 LEFT JOIN workspace_products p ON p.id = l.product_id AND p.ws_id = x.ws_id
+		 LEFT JOIN transaction_categories c ON c.id = p.finance_category_id AND c.ws_id = x.ws_id
+		 WHERE l.checkout_session_id = x.id),
+		EXISTS (SELECT 1 FROM checkout_session_refunds f WHERE f.checkout_session_id = x.id),
+		(SELECT t.id::text FROM wallet_transactions t WHERE t.source_kind = 'sale' AND t.source_ref = x.id::text),
+		EXISTS (SELECT 1 FROM pending_bookings b WHERE b.session_id = x.id AND b.posted_at IS NULL)`
+	saleFactsJoins = `
+		LEFT JOIN workspace_configs cfg ON cfg.ws_id = x.ws_id AND cfg.id = 'default_wallet_id'
+		LEFT JOIN workspace_wallets w ON w.id = CASE WHEN btrim(cfg.value) ~ '^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$'
+		                                       THEN btrim(cfg.value)::uuid END`
+)
+
+// decide is decideSale's decision from the facts.
+func (f saleFacts) decide(s *Session, currency string) sale {
+	out := sale{categoryID: f.categoryID, refundsRecorded: f.refundsRecorded, pending: f.pending}
 	switch {
-	case booked != nil:
+	case f.booked != nil:
 		// Booked before, though the session lost its link: relink, book nothing.
-		s.FinanceTransactionID, out.result = booked, AlreadyBooked
+		s.FinanceTransactionID, out.result = f.booked, AlreadyBooked
 	case currency != "" && !strings.EqualFold(currency, s.Currency):
 		out.result = SkippedCurrency
 		out.note = fmt.Sprintf("paid in %s, the sale is in %s: it can never be booked by relay", strings.ToUpper(currency), strings.ToUpper(s.Currency))
-	case walletWS == nil:
+	case f.walletWS == nil:
 		out.result, out.note = SkippedNoWallet, "no default wallet is set (workspace_configs default_wallet_id), or it names no wallet"
-	case !strings.EqualFold(*walletWS, s.WorkspaceID):
+	case !strings.EqualFold(*f.walletWS, s.WorkspaceID):
 		out.result, out.note = SkippedWalletWorkspace, "the default wallet belongs to another workspace"
-	case !strings.EqualFold(*walletCurrency, s.Currency):
+	case !strings.EqualFold(*f.walletCurrency, s.Currency):
 		out.result = SkippedCurrency
-		out.note = fmt.Sprintf("the default wallet is in %s, the sale in %s", strings.ToUpper(*walletCurrency), strings.ToUpper(s.Currency))
+		out.note = fmt.Sprintf("the default wallet is in %s, the sale in %s", strings.ToUpper(*f.walletCurrency), strings.ToUpper(s.Currency))
 	default:
-		out.walletID, out.result = strings.TrimSpace(*walletID), Booked
+		out.walletID, out.result = strings.TrimSpace(*f.walletID), Booked
 	}
-	return out, nil
+	return out
 }
 
 // insertSale books the sale decideSale decided on (sold.result Booked) and
@@ -341,15 +359,7 @@ func recordPayment(ctx context.Context, db DB, s *Session, p Payment, statusIsNe
 	// Booked meanwhile by a transaction that did not hold the session's
 	// lock: the source key kept it to one booking; relink to it.
 	sold.result, sold.walletID = AlreadyBooked, ""
-	var id string
-	if err := db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&id); err != nil {
-		return fmt.Errorf("find the booking of session %s: %w", s.ID, err)
-	}
-	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2 WHERE id = $1`, s.ID, id); err != nil {
-		return fmt.Errorf("relink session %s to its booking: %w", s.ID, err)
-	}
-	s.FinanceTransactionID = &id
-	return nil
+	return relinkSale(ctx, db, s)
 }
 
 // reconcileRefunds books one reversal that brings the sale's reversed total

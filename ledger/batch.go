@@ -1,0 +1,289 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// PaymentError is ApplyPayments' error: which payment failed, and why.
+type PaymentError struct {
+	Index int
+	Err   error
+}
+
+func (e *PaymentError) Error() string { return fmt.Sprintf("payment %d: %v", e.Index, e.Err) }
+func (e *PaymentError) Unwrap() error { return e.Err }
+
+// ApplyPayments applies the payments in one transaction with the effects
+// of ApplyPayment applied to each, and returns their outcomes in order.
+// The common case, a paid order for a session found by its id, unbooked,
+// with nothing refunded or pending, is applied for all such payments
+// together: one statement locks every session the payments name, one reads
+// what booking them needs, and one books every sale and completes every
+// session. That is three statements for the lot instead of three for each.
+// Every other payment, and every one whose session or order another payment
+// of the call also names, is applied afterwards, one by one, by
+// ApplyPayment. Payments of one call arrive concurrently, in no order the
+// provider promises; the ledger's result does not depend on their order.
+//
+// An error is a *PaymentError; the caller must roll the transaction back,
+// as after ApplyPayment's.
+func ApplyPayments(ctx context.Context, db DB, ps []Payment) ([]Outcome, error) {
+	out := make([]Outcome, len(ps))
+	together, err := lockTogether(ctx, db, ps)
+	if err != nil {
+		return nil, err
+	}
+	if err := bookTogether(ctx, db, ps, together, out); err != nil {
+		return nil, err
+	}
+	for i, p := range ps {
+		if _, done := together[i]; done {
+			continue
+		}
+		if out[i], err = ApplyPayment(ctx, db, p); err != nil {
+			return nil, &PaymentError{Index: i, Err: err}
+		}
+	}
+	return out, nil
+}
+
+// lockTogether locks the sessions the payments name, by id or by order, in
+// id order, and returns the payments that can be applied together, by
+// index, each with its session.
+func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, error) {
+	// A session or an order named twice is left to ApplyPayment: its
+	// payments then apply one after another.
+	bySession, byOrder := map[string]int{}, map[string]int{}
+	for _, p := range ps {
+		if isUUID(p.Session.SessionID) {
+			bySession[strings.ToLower(p.Session.SessionID)]++
+		}
+		if p.ExternalOrderID != "" {
+			byOrder[p.ExternalOrderID]++
+		}
+	}
+	candidates := make([]int, 0, len(ps))
+	var ids, orders []string
+	for i, p := range ps {
+		id := strings.ToLower(p.Session.SessionID)
+		if !p.Paid || p.RefundedAmount != 0 || !isUUID(id) || bySession[id] != 1 ||
+			(p.Session.WorkspaceID != "" && !isUUID(p.Session.WorkspaceID)) ||
+			(p.ExternalOrderID != "" && byOrder[p.ExternalOrderID] != 1) {
+			continue
+		}
+		candidates = append(candidates, i)
+		ids = append(ids, id)
+		if p.ExternalOrderID != "" {
+			orders = append(orders, p.ExternalOrderID)
+		}
+	}
+	if len(candidates) < 2 {
+		return nil, nil // nothing to gain: ApplyPayment does it
+	}
+
+	rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
+		WHERE id = ANY($1::uuid[]) OR polar_order_id = ANY($2::text[]) ORDER BY id FOR UPDATE`, ids, orders)
+	if err != nil {
+		return nil, fmt.Errorf("lock checkout sessions: %w", err)
+	}
+	named, owners := map[string]*Session{}, map[string]*Session{}
+	for rows.Next() {
+		s, err := scanSession(rows)
+		if err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("lock checkout sessions: %w", err)
+		}
+		named[s.ID] = s
+		if s.ExternalOrderID != nil {
+			owners[*s.ExternalOrderID] = s
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock checkout sessions: %w", err)
+	}
+
+	together := make(map[int]*Session, len(candidates))
+	for _, i := range candidates {
+		p := ps[i]
+		s := named[strings.ToLower(p.Session.SessionID)]
+		if s == nil || s.FinanceTransactionID != nil || s.RefundedAmount != 0 {
+			continue
+		}
+		var owner *Session
+		if p.ExternalOrderID != "" {
+			owner = owners[p.ExternalOrderID]
+		}
+		if checkLocked(p.Session, p.ExternalOrderID, s, owner) != nil {
+			continue // ApplyPayment says why
+		}
+		together[i] = s
+	}
+	return together, nil
+}
+
+// bookTogether decides the sales of the payments in together and books
+// those that book plainly (a wallet, nothing refunded or pending), with
+// every session's completion, in one statement; it writes their outcomes
+// into out. The others are taken out of together, for ApplyPayment.
+func bookTogether(ctx context.Context, db DB, ps []Payment, together map[int]*Session, out []Outcome) error {
+	if len(together) == 0 {
+		return nil
+	}
+	// The sessions are locked: this statement sees what their lock's
+	// previous holders committed.
+	order := make([]int, 0, len(together))
+	ids, workspaces := make([]string, 0, len(together)), make([]string, 0, len(together))
+	for i := range ps {
+		if s, ok := together[i]; ok {
+			order = append(order, i)
+			ids, workspaces = append(ids, s.ID), append(workspaces, s.WorkspaceID)
+		}
+	}
+	rows, err := db.Query(ctx, `SELECT x.id::text, `+saleFactsColumns+`
+		FROM unnest($1::uuid[], $2::uuid[]) AS x(id, ws_id) `+saleFactsJoins, ids, workspaces)
+	if err != nil {
+		return fmt.Errorf("read default wallets: %w", err)
+	}
+	facts := make(map[string]saleFacts, len(ids))
+	for rows.Next() {
+		var (
+			id string
+			f  saleFacts
+		)
+		if err := rows.Scan(&id, &f.walletID, &f.walletWS, &f.walletCurrency, &f.categoryID, &f.refundsRecorded, &f.booked, &f.pending); err != nil {
+			rows.Close()
+			return fmt.Errorf("read default wallets: %w", err)
+		}
+		facts[id] = f
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read default wallets: %w", err)
+	}
+
+	var (
+		book                                []int
+		sessions, orders, statuses, wallets []string
+		categories                          []*string
+		amounts                             []int64
+		currencies, descriptions            []string
+		ats                                 []time.Time
+	)
+	for _, i := range order {
+		s, p := together[i], ps[i]
+		f, ok := facts[s.ID]
+		if !ok || f.booked != nil || f.refundsRecorded || f.pending {
+			delete(together, i)
+			continue
+		}
+		sold := f.decide(s, p.Currency)
+		if sold.result != Booked {
+			delete(together, i)
+			continue
+		}
+		at := p.At
+		if at.IsZero() {
+			at = time.Now()
+		}
+		book = append(book, i)
+		sessions, orders, statuses = append(sessions, s.ID), append(orders, p.ExternalOrderID), append(statuses, p.ExternalStatus)
+		wallets, categories, amounts = append(wallets, sold.walletID), append(categories, sold.categoryID), append(amounts, s.TotalAmount)
+		currencies, descriptions, ats = append(currencies, strings.ToUpper(s.Currency)), append(descriptions, p.Description), append(ats, at)
+	}
+	if len(book) == 0 {
+		return nil
+	}
+
+	// As recordPayment for each: the status is newer (paid, nothing
+	// refunded), the session completes unless it had, and its sale is
+	// booked in the same statement. A sale whose source key is taken
+	// meanwhile gets no booking here and is relinked below.
+	rows, err = db.Query(ctx, `
+		WITH input AS (
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::bigint[], $7::text[], $8::text[], $9::timestamptz[])
+				AS i(session_id, order_id, status, wallet_id, category_id, amount, currency, description, at)),
+		sale AS (
+			INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
+			SELECT wallet_id, category_id, amount, currency, description, at, 'sale', session_id::text FROM input
+			ON CONFLICT (source_kind, source_ref) DO NOTHING
+			RETURNING id, source_ref)
+		UPDATE inventory_checkout_sessions s SET
+			polar_order_id         = coalesce(s.polar_order_id, nullif(i.order_id, '')),
+			polar_status           = nullif(i.status, ''),
+			status                 = 'completed',
+			completed_at           = CASE WHEN s.status <> 'completed' THEN coalesce(s.completed_at, i.at) ELSE s.completed_at END,
+			finance_transaction_id = coalesce(s.finance_transaction_id, sale.id),
+			updated_at             = now()
+		FROM input i LEFT JOIN sale ON sale.source_ref = i.session_id::text
+		WHERE s.id = i.session_id
+		RETURNING s.id::text, sale.id::text`,
+		sessions, orders, statuses, wallets, categories, amounts, currencies, descriptions, ats)
+	if err != nil {
+		return bookTogetherError(err, ps, book)
+	}
+	booked := make(map[string]*string, len(book)) // session → its new booking, nil if relinked
+	for rows.Next() {
+		var (
+			id   string
+			txID *string
+		)
+		if err := rows.Scan(&id, &txID); err != nil {
+			rows.Close()
+			return fmt.Errorf("book sales and complete their sessions: %w", err)
+		}
+		booked[id] = txID
+	}
+	if err := rows.Err(); err != nil {
+		return bookTogetherError(err, ps, book)
+	}
+
+	// The outcomes and sessions as ApplyPayment leaves them.
+	for _, i := range book {
+		s, p := together[i], ps[i]
+		txID, ok := booked[s.ID]
+		if !ok {
+			return &PaymentError{Index: i, Err: fmt.Errorf("book sale of checkout session %s: the session was not updated", s.ID)}
+		}
+		o := Outcome{Session: s, Completed: s.Status != StatusCompleted, Booking: Booked}
+		s.Status = StatusCompleted
+		if s.ExternalOrderID == nil && p.ExternalOrderID != "" {
+			s.ExternalOrderID = &p.ExternalOrderID
+		}
+		s.FinanceTransactionID = txID
+		if txID == nil {
+			// Booked meanwhile by a transaction that did not hold the
+			// session's lock: relink to that booking.
+			if err := relinkSale(ctx, db, s); err != nil {
+				return &PaymentError{Index: i, Err: err}
+			}
+			o.Booking = AlreadyBooked
+		}
+		out[i] = o
+	}
+	return nil
+}
+
+// bookTogetherError names the payment whose order another session took
+// meanwhile, when that is what failed; else the first of the statement's.
+func bookTogetherError(err error, ps []Payment, book []int) error {
+	if isOrderTaken(err) {
+		return &PaymentError{Index: book[0], Err: fmt.Errorf("%w: an order of these payments was recorded on another checkout session meanwhile", ErrOrderConflict)}
+	}
+	return &PaymentError{Index: book[0], Err: fmt.Errorf("book %d sales and complete their sessions: %w", len(book), err)}
+}
+
+// relinkSale links the locked session s to the booking under its sale's
+// source key and sets s.FinanceTransactionID.
+func relinkSale(ctx context.Context, db DB, s *Session) error {
+	var id string
+	if err := db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&id); err != nil {
+		return fmt.Errorf("find the booking of session %s: %w", s.ID, err)
+	}
+	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2 WHERE id = $1`, s.ID, id); err != nil {
+		return fmt.Errorf("relink session %s to its booking: %w", s.ID, err)
+	}
+	s.FinanceTransactionID = &id
+	return nil
+}
