@@ -666,20 +666,29 @@ func TestBatchWithAFailingEventSplitsIntoSingleJobs(t *testing.T) {
 	good := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	late := testkit.SeedShop(t, pool, testkit.ShopOptions{LateSession: true})
 	other := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	// Two plain sales, which the batch books together before the failing
+	// events fail: that booking is rolled back with the batch, and each is
+	// booked once by its own job.
+	plain1 := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	plain2 := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	storeBatch(t, sys, map[string][]byte{
-		"msg_good":  event(t, "order.paid.json", good, "ord_good", nil),
-		"msg_late":  event(t, "order.paid.json", late, "ord_late", nil),
-		"msg_cross": event(t, "order.paid.json", good, "ord_cross", func(d map[string]any) { d["metadata"].(map[string]any)["wsId"] = other.WS }),
+		"msg_good":   event(t, "order.paid.json", good, "ord_good", nil),
+		"msg_late":   event(t, "order.paid.json", late, "ord_late", nil),
+		"msg_cross":  event(t, "order.paid.json", good, "ord_cross", func(d map[string]any) { d["metadata"].(map[string]any)["wsId"] = other.WS }),
+		"msg_plain1": event(t, "order.paid.json", plain1, "ord_plain1", nil),
+		"msg_plain2": event(t, "order.updated.paid.json", plain2, "ord_plain2", nil),
 	})
-	states := sys.waitJobs(t, "msg_good", "msg_late", "msg_cross")
-	want := map[string]string{"msg_good": "completed", "msg_late": "discarded", "msg_cross": "cancelled"}
+	states := sys.waitJobs(t, "msg_good", "msg_late", "msg_cross", "msg_plain1", "msg_plain2")
+	want := map[string]string{"msg_good": "completed", "msg_late": "discarded", "msg_cross": "cancelled", "msg_plain1": "completed", "msg_plain2": "completed"}
 	for id, w := range want {
 		if states[id] != w {
 			t.Errorf("%s: job %s, want %s (its own job after the batch split)", id, states[id], w)
 		}
 	}
-	if n := len(bookings(t, pool, good)); n != 1 {
-		t.Errorf("%d bookings for the good sale, want 1", n)
+	for name, s := range map[string]testkit.Shop{"good": good, "plain1": plain1, "plain2": plain2} {
+		if n := len(bookings(t, pool, s)); n != 1 {
+			t.Errorf("%d bookings for the %s sale, want 1", n, name)
+		}
 	}
 	if n := len(bookings(t, pool, late)) + len(bookings(t, pool, other)); n != 0 {
 		t.Errorf("%d bookings for the failing events, want none", n)
