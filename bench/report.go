@@ -22,6 +22,7 @@ type report struct {
 	Ceiling           float64 // pgbench tps at Concurrency
 	RelayMax          float64 // relay closed loop, default pool
 	MultiTenant       float64 // the same, spread over Tenants workspaces' endpoints
+	SingleAround      float64 // mean of the single-endpoint closed loops before and after MultiTenant's
 	Tenants           int
 	P99At50           time.Duration
 	P99At50Set        bool
@@ -115,10 +116,10 @@ func (r *report) targets() string {
 	if r.P99At50Set {
 		fmt.Fprintf(&b, "| p99 ack latency ≤ 25 ms at 50%% of max | %s ms | %s |\n", msf(r.P99At50), met(r.P99At50 <= 25*time.Millisecond))
 	}
-	if r.Tenants > 0 && r.RelayMax > 0 {
-		ratio := r.MultiTenant / r.RelayMax
-		fmt.Fprintf(&b, "| %d workspaces' endpoints within 10%% of the single endpoint's ack rate | %.0f acks/s vs %.0f = %.2f× | %s |\n",
-			r.Tenants, r.MultiTenant, r.RelayMax, ratio, met(ratio >= 0.9))
+	if r.Tenants > 0 && r.SingleAround > 0 {
+		ratio := r.MultiTenant / r.SingleAround
+		fmt.Fprintf(&b, "| %d workspaces' endpoints within 10%% of the single endpoint's ack rate | %.0f acks/s vs %.0f (the mean of the single endpoint's runs before and after it) = %.2f× | %s |\n",
+			r.Tenants, r.MultiTenant, r.SingleAround, ratio, met(ratio >= 0.9))
 	}
 	if len(r.Process) >= 2 {
 		// The rate relay sustains is read where more is offered than that;
