@@ -139,12 +139,7 @@ func TestOrderRecordedConcurrentlyOnAnotherSession(t *testing.T) {
 	// The second transaction must be waiting for the first before it commits.
 	var r *result
 	for deadline := time.Now().Add(10 * time.Second); r == nil; {
-		var waiting int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting > 0 {
+		if lockWaiters(t, pool) > 0 {
 			break
 		}
 		select {
@@ -259,12 +254,7 @@ func TestSaleBookedMeanwhileWithoutTheSessionLock(t *testing.T) {
 	// The payment has looked for a booking, found none (the hand booking
 	// is not committed) and now waits on the source key.
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		var waiting int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting > 0 {
+		if lockWaiters(t, pool) > 0 {
 			break
 		}
 		select {
@@ -290,4 +280,16 @@ func TestSaleBookedMeanwhileWithoutTheSessionLock(t *testing.T) {
 	if got := sessionOf(t, pool, s.Session); got.status != ledger.StatusCompleted || got.booking == nil || *got.booking != handID {
 		t.Fatalf("session = %+v, want completed and linked to the hand booking %s", got, handID)
 	}
+}
+
+// lockWaiters counts the transactions in the test's database that wait for
+// a lock.
+func lockWaiters(t *testing.T, pool *pgxpool.Pool) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -146,18 +146,25 @@ func jobState(t *testing.T, pool *pgxpool.Pool, id int64) string {
 	return state
 }
 
+// rowLockWaiters counts the statements in the test's database that wait
+// for a row lock taken FOR UPDATE.
+func rowLockWaiters(t *testing.T, pool *pgxpool.Pool) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // waitLockWait polls until a session of this database waits in a SELECT ...
 // FOR UPDATE for a lock another transaction holds.
 func waitLockWait(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		var n int
-		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n > 0 {
+		if rowLockWaiters(t, pool) > 0 {
 			return
 		}
 		if time.Now().After(deadline) {

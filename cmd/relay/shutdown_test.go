@@ -66,12 +66,7 @@ func TestShutdownLetsARunningJobFinish(t *testing.T) {
 			t.Fatalf("serve returned %v while its job was still running", err)
 		default:
 		}
-		var waiting int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting == 0 {
+		if rowLockWaiters(t, pool) == 0 {
 			t.Fatal("the running job stopped waiting for the session when shutdown began: it was cancelled")
 		}
 		time.Sleep(20 * time.Millisecond) // poll interval
