@@ -165,14 +165,20 @@ func (w *EventWorker) refuse(ctx context.Context, job *river.Job[EventArgs], err
 	case errors.Is(err, ledger.ErrForeignEnvironment):
 		w.metrics.foreign.WithLabelValues(boundaryEnvironment).Inc()
 	}
-	note := "refused: " + err.Error()
-	if len(note) > 500 {
-		note = note[:500]
-	}
-	if err := inbox.MarkRefused(ctx, w.pool, job.Args.WebhookID, job.ID, note); err != nil {
+	if err := inbox.MarkRefused(ctx, w.pool, job.Args.WebhookID, job.ID, refusalNote(err)); err != nil {
 		w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "could not record a refusal on the inbox row",
 			slog.Int64("job_id", job.ID), slog.String("webhook_id", job.Args.WebhookID), slog.String("error", err.Error()))
 	}
+}
+
+// refusalNote is the inbox note of a refusal: at most 500 bytes, cut
+// between characters.
+func refusalNote(err error) string {
+	note := "refused: " + err.Error()
+	if len(note) > 500 {
+		note = strings.ToValidUTF8(note[:500], "")
+	}
+	return note
 }
 
 // completeTx completes job in tx, with the effects of its work.
