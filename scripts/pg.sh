@@ -22,7 +22,36 @@ pgbin() {
 }
 
 as_owner() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+}
+
+# reachable DIR: the directory (physical path) where DIR's cluster lives.
+# As root in a directory the postgres user cannot enter (a clone under
+# /root, say), the cluster lives under /var/tmp instead, in a directory
+# named for DIR's path, and DIR becomes a link to it: make run then works
+# from any clone, and the same clone finds the same cluster again.
+reachable() {
+  local dir=$1 parent alt
+  if [ -L "$dir" ] || [ "$(id -u)" != 0 ]; then
+    mkdir -p "$dir"
+    (cd "$dir" && pwd -P)
+    return
+  fi
+  parent=$(dirname "$dir")
+  mkdir -p "$parent"
+  parent=$(cd "$parent" && pwd -P)
+  if [ -d "$dir" ] || runuser -u postgres -- test -x "$parent"; then
+    mkdir -p "$dir"
+    (cd "$dir" && pwd -P)
+    return
+  fi
+  alt=/var/tmp/relay-pg-$(printf '%s' "$parent/$(basename "$dir")" | sha256sum | cut -c1-16)
+  mkdir -p "$alt"
+  chown postgres: "$alt"
+  chmod 700 "$alt"
+  ln -s "$alt" "$dir"
+  echo "pg.sh: the postgres user cannot enter $parent, so the cluster lives in $alt ($dir links to it)" >&2
+  echo "$alt"
 }
 
 cmd=${1:?usage: pg.sh start DIR PORT | stop DIR | crash DIR | url PORT}
@@ -30,8 +59,7 @@ case "$cmd" in
 start)
   dir=${2:?DIR}; port=${3:?PORT}
   bin=$(pgbin)
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd)
+  dir=$(reachable "$dir")
   [ "$(id -u)" = 0 ] && chown postgres: "$dir"
   if ! as_owner test -w "$dir"; then
     echo "pg.sh: the postgres user cannot write $dir (is a parent directory private?)" >&2
@@ -50,10 +78,12 @@ start)
 stop)
   dir=${2:?DIR}
   [ -f "$dir/PG_VERSION" ] || exit 0
+  dir=$(cd "$dir" && pwd -P)
   as_owner "$(pgbin)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
   ;;
 crash)
-  as_owner "$(pgbin)/pg_ctl" -D "${2:?DIR}" -m immediate -w -t 60 stop >/dev/null
+  dir=$(cd "${2:?DIR}" && pwd -P)
+  as_owner "$(pgbin)/pg_ctl" -D "$dir" -m immediate -w -t 60 stop >/dev/null
   ;;
 url)
   echo "postgres://postgres@127.0.0.1:${2:?PORT}/postgres?sslmode=disable"
