@@ -44,11 +44,9 @@ var baselines = []baseline{
 
 // current is this run's figures in a baseline's shape.
 func (r *report) current() baseline {
-	c := baseline{Label: "this run", Ceiling: r.Ceiling}
+	c := baseline{Label: "this run", Ceiling: r.Ceiling} // the higher of the two ceiling runs
 	for _, x := range r.Rows {
 		switch {
-		case strings.HasPrefix(x.Name, "pgbench ceiling: receiver tx") && c.Ceiling == 0:
-			c.Ceiling = x.Rate
 		case strings.HasPrefix(x.Name, "pgbench diagnostic: inbox insert only") && c.InboxOnly == 0:
 			c.InboxOnly, c.InboxOnlyWAL = x.Rate, perTx(x)
 		case strings.HasSuffix(x.Name, "group commit (default)") && c.ClosedLoop == 0:

@@ -221,7 +221,7 @@ func bookTogether(ctx context.Context, db DB, ps []Payment, together map[int]*Se
 		RETURNING s.id::text, sale.id::text`,
 		sessions, orders, statuses, wallets, categories, amounts, currencies, descriptions, ats)
 	if err != nil {
-		return bookTogetherError(err, ps, book)
+		return bookTogetherError(err, book)
 	}
 	booked := make(map[string]*string, len(book)) // session → its new booking, nil if relinked
 	for rows.Next() {
@@ -236,7 +236,7 @@ func bookTogether(ctx context.Context, db DB, ps []Payment, together map[int]*Se
 		booked[id] = txID
 	}
 	if err := rows.Err(); err != nil {
-		return bookTogetherError(err, ps, book)
+		return bookTogetherError(err, book)
 	}
 
 	// The outcomes and sessions as ApplyPayment leaves them.
@@ -267,7 +267,7 @@ func bookTogether(ctx context.Context, db DB, ps []Payment, together map[int]*Se
 
 // bookTogetherError names the payment whose order another session took
 // meanwhile, when that is what failed; else the first of the statement's.
-func bookTogetherError(err error, ps []Payment, book []int) error {
+func bookTogetherError(err error, book []int) error {
 	if isOrderTaken(err) {
 		return &PaymentError{Index: book[0], Err: fmt.Errorf("%w: an order of these payments was recorded on another checkout session meanwhile", ErrOrderConflict)}
 	}
@@ -277,13 +277,23 @@ func bookTogetherError(err error, ps []Payment, book []int) error {
 // relinkSale links the locked session s to the booking under its sale's
 // source key and sets s.FinanceTransactionID.
 func relinkSale(ctx context.Context, db DB, s *Session) error {
-	var id string
-	if err := db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&id); err != nil {
-		return fmt.Errorf("find the booking of session %s: %w", s.ID, err)
+	id, err := saleBookingOf(ctx, db, s.ID)
+	if err != nil {
+		return err
 	}
 	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2 WHERE id = $1`, s.ID, id); err != nil {
 		return fmt.Errorf("relink session %s to its booking: %w", s.ID, err)
 	}
 	s.FinanceTransactionID = &id
 	return nil
+}
+
+// saleBookingOf is the id of the booking under the sale's source key of
+// the session.
+func saleBookingOf(ctx context.Context, db DB, sessionID string) (string, error) {
+	var id string
+	if err := db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, sessionID).Scan(&id); err != nil {
+		return "", fmt.Errorf("find the booking of session %s: %w", sessionID, err)
+	}
+	return id, nil
 }

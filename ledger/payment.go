@@ -300,7 +300,7 @@ func insertSale(ctx context.Context, db DB, s *Session, sold *sale, description 
 		// Booked meanwhile by a transaction that did not hold the session's
 		// lock: the source key kept it to one booking; relink to it.
 		sold.result, sold.walletID = AlreadyBooked, ""
-		err = db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, s.ID).Scan(&txID)
+		txID, err = saleBookingOf(ctx, db, s.ID)
 	}
 	if err != nil {
 		return fmt.Errorf("book sale of session %s: %w", s.ID, err)
