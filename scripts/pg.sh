@@ -32,26 +32,21 @@ as_owner() {
 # from any clone, and the same clone finds the same cluster again.
 reachable() {
   local dir=$1 parent alt
-  if [ -L "$dir" ] || [ "$(id -u)" != 0 ]; then
-    mkdir -p "$dir"
-    (cd "$dir" && pwd -P)
-    return
+  if [ "$(id -u)" = 0 ] && [ ! -e "$dir" ] && [ ! -L "$dir" ]; then
+    parent=$(dirname "$dir")
+    mkdir -p "$parent"
+    parent=$(cd "$parent" && pwd -P)
+    if ! runuser -u postgres -- test -x "$parent"; then
+      alt=/var/tmp/relay-pg-$(printf '%s' "$parent/$(basename "$dir")" | sha256sum | cut -c1-16)
+      mkdir -p "$alt"
+      chown postgres: "$alt"
+      chmod 700 "$alt"
+      ln -s "$alt" "$dir"
+      echo "pg.sh: the postgres user cannot enter $parent, so the cluster lives in $alt ($dir links to it)" >&2
+    fi
   fi
-  parent=$(dirname "$dir")
-  mkdir -p "$parent"
-  parent=$(cd "$parent" && pwd -P)
-  if [ -d "$dir" ] || runuser -u postgres -- test -x "$parent"; then
-    mkdir -p "$dir"
-    (cd "$dir" && pwd -P)
-    return
-  fi
-  alt=/var/tmp/relay-pg-$(printf '%s' "$parent/$(basename "$dir")" | sha256sum | cut -c1-16)
-  mkdir -p "$alt"
-  chown postgres: "$alt"
-  chmod 700 "$alt"
-  ln -s "$alt" "$dir"
-  echo "pg.sh: the postgres user cannot enter $parent, so the cluster lives in $alt ($dir links to it)" >&2
-  echo "$alt"
+  mkdir -p "$dir"
+  (cd "$dir" && pwd -P)
 }
 
 cmd=${1:?usage: pg.sh start DIR PORT | stop DIR | crash DIR | url PORT}
