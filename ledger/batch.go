@@ -164,12 +164,8 @@ func bookTogether(ctx context.Context, db DB, ps []Payment, together map[int]*Se
 	}
 
 	var (
-		book                                []int
-		sessions, orders, statuses, wallets []string
-		categories                          []*string
-		amounts                             []int64
-		currencies, descriptions            []string
-		ats                                 []time.Time
+		book []int
+		bs   []saleBooking
 	)
 	for _, i := range order {
 		s, p := together[i], ps[i]
@@ -187,78 +183,31 @@ func bookTogether(ctx context.Context, db DB, ps []Payment, together map[int]*Se
 		if at.IsZero() {
 			at = time.Now()
 		}
+		// As recordPayment: the status is newer (paid, nothing refunded)
+		// and the session completes unless it had.
 		book = append(book, i)
-		sessions, orders, statuses = append(sessions, s.ID), append(orders, p.ExternalOrderID), append(statuses, p.ExternalStatus)
-		wallets, categories, amounts = append(wallets, sold.walletID), append(categories, sold.categoryID), append(amounts, s.TotalAmount)
-		currencies, descriptions, ats = append(currencies, strings.ToUpper(s.Currency)), append(descriptions, p.Description), append(ats, at)
+		bs = append(bs, saleBooking{
+			s: s, sold: &sold, description: p.Description, at: at,
+			order: p.ExternalOrderID, status: p.ExternalStatus, statusIsNewer: true, completeNow: s.Status != StatusCompleted,
+		})
 	}
 	if len(book) == 0 {
 		return nil
 	}
-
-	// As recordPayment for each: the status is newer (paid, nothing
-	// refunded), the session completes unless it had, and its sale is
-	// booked in the same statement. A sale whose source key is taken
-	// meanwhile gets no booking here and is relinked below.
-	rows, err = db.Query(ctx, `
-		WITH input AS (
-			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::bigint[], $7::text[], $8::text[], $9::timestamptz[])
-				AS i(session_id, order_id, status, wallet_id, category_id, amount, currency, description, at)),
-		sale AS (
-			INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
-			SELECT wallet_id, category_id, amount, currency, description, at, 'sale', session_id::text FROM input
-			ON CONFLICT (source_kind, source_ref) DO NOTHING
-			RETURNING id, source_ref)
-		UPDATE inventory_checkout_sessions s SET
-			polar_order_id         = coalesce(s.polar_order_id, nullif(i.order_id, '')),
-			polar_status           = nullif(i.status, ''),
-			status                 = 'completed',
-			completed_at           = CASE WHEN s.status <> 'completed' THEN coalesce(s.completed_at, i.at) ELSE s.completed_at END,
-			finance_transaction_id = coalesce(s.finance_transaction_id, sale.id),
-			updated_at             = now()
-		FROM input i LEFT JOIN sale ON sale.source_ref = i.session_id::text
-		WHERE s.id = i.session_id
-		RETURNING s.id::text, sale.id::text`,
-		sessions, orders, statuses, wallets, categories, amounts, currencies, descriptions, ats)
-	if err != nil {
-		return bookTogetherError(err, book)
-	}
-	booked := make(map[string]*string, len(book)) // session → its new booking, nil if relinked
-	for rows.Next() {
-		var (
-			id   string
-			txID *string
-		)
-		if err := rows.Scan(&id, &txID); err != nil {
-			rows.Close()
-			return fmt.Errorf("book sales and complete their sessions: %w", err)
+	if failed, err := bookSales(ctx, db, bs); err != nil {
+		if failed >= 0 {
+			return &PaymentError{Index: book[failed], Err: err}
 		}
-		booked[id] = txID
-	}
-	if err := rows.Err(); err != nil {
 		return bookTogetherError(err, book)
 	}
 
 	// The outcomes and sessions as ApplyPayment leaves them.
-	for _, i := range book {
-		s, p := together[i], ps[i]
-		txID, ok := booked[s.ID]
-		if !ok {
-			return &PaymentError{Index: i, Err: fmt.Errorf("book sale of checkout session %s: the session was not updated", s.ID)}
-		}
-		o := Outcome{Session: s, Completed: s.Status != StatusCompleted, Booking: Booked}
+	for j, i := range book {
+		s, p, b := together[i], ps[i], bs[j]
+		o := Outcome{Session: s, Completed: b.completeNow, Booking: b.sold.result}
 		s.Status = StatusCompleted
 		if s.ExternalOrderID == nil && p.ExternalOrderID != "" {
 			s.ExternalOrderID = &p.ExternalOrderID
-		}
-		s.FinanceTransactionID = txID
-		if txID == nil {
-			// Booked meanwhile by a transaction that did not hold the
-			// session's lock: relink to that booking.
-			if err := relinkSale(ctx, db, s); err != nil {
-				return &PaymentError{Index: i, Err: err}
-			}
-			o.Booking = AlreadyBooked
 		}
 		out[i] = o
 	}
@@ -271,29 +220,5 @@ func bookTogetherError(err error, book []int) error {
 	if isOrderTaken(err) {
 		return &PaymentError{Index: book[0], Err: fmt.Errorf("%w: an order of these payments was recorded on another checkout session meanwhile", ErrOrderConflict)}
 	}
-	return &PaymentError{Index: book[0], Err: fmt.Errorf("book %d sales and complete their sessions: %w", len(book), err)}
-}
-
-// relinkSale links the locked session s to the booking under its sale's
-// source key and sets s.FinanceTransactionID.
-func relinkSale(ctx context.Context, db DB, s *Session) error {
-	id, err := saleBookingOf(ctx, db, s.ID)
-	if err != nil {
-		return err
-	}
-	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2 WHERE id = $1`, s.ID, id); err != nil {
-		return fmt.Errorf("relink session %s to its booking: %w", s.ID, err)
-	}
-	s.FinanceTransactionID = &id
-	return nil
-}
-
-// saleBookingOf is the id of the booking under the sale's source key of
-// the session.
-func saleBookingOf(ctx context.Context, db DB, sessionID string) (string, error) {
-	var id string
-	if err := db.QueryRow(ctx, `SELECT id::text FROM wallet_transactions WHERE source_kind = 'sale' AND source_ref = $1`, sessionID).Scan(&id); err != nil {
-		return "", fmt.Errorf("find the booking of session %s: %w", sessionID, err)
-	}
-	return id, nil
+	return &PaymentError{Index: book[0], Err: err}
 }

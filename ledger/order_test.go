@@ -1,12 +1,15 @@
 package ledger_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/internal/testdb"
@@ -222,63 +225,117 @@ func TestConcurrentPaymentsOfOneOrderNamingTwoSessions(t *testing.T) {
 
 // TestSaleBookedMeanwhileWithoutTheSessionLock: a booking under the sale's
 // source key made by a transaction that does not lock the session (an
-// operator booking by hand) after the payment looked for one is not booked
-// again: the payment's booking, made in the same statement as the session's
-// update, yields to the source key, and the session is linked to the booking
-// that won.
+// operator booking by hand) after the booking path looked for one is not
+// booked again: the path's booking, made in the same statement as the
+// session's update, yields to the source key, and the session is linked to
+// the booking that won. The same for each path that books a sale: a paid
+// order, a batch's plain sales, a pending sale posted.
 func TestSaleBookedMeanwhileWithoutTheSessionLock(t *testing.T) {
 	pool := testdb.NewPool(t)
-	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
-	ctx := t.Context()
+	for _, c := range []struct {
+		name string
+		opts testkit.ShopOptions
+		// before readies the sale; book books it (with other, a plain
+		// sale of another shop, if it will) and returns its result.
+		before func(t *testing.T, s testkit.Shop)
+		book   func(ctx context.Context, s, other testkit.Shop) (string, error)
+	}{{
+		name: "paid order",
+		book: func(ctx context.Context, s, other testkit.Shop) (string, error) {
+			out, err := pay(ctx, pool, paid(s, orderOf(s)))
+			if err == nil && !out.Completed {
+				err = fmt.Errorf("outcome %+v, want the session completed", out)
+			}
+			return out.Booking, err
+		},
+	}, {
+		name: "batch of plain sales",
+		book: func(ctx context.Context, s, other testkit.Shop) (string, error) {
+			outs, err := inTx(ctx, pool, func(tx pgx.Tx) ([]ledger.Outcome, error) {
+				return ledger.ApplyPayments(ctx, tx, []ledger.Payment{paid(s, orderOf(s)), paid(other, orderOf(other))})
+			})
+			if err != nil {
+				return "", err
+			}
+			if !outs[0].Completed || outs[1].Booking != ledger.Booked {
+				return "", fmt.Errorf("outcomes %+v, want the session completed and the other sale booked", outs)
+			}
+			return outs[0].Booking, nil
+		},
+	}, {
+		name: "pending sale posted",
+		opts: testkit.ShopOptions{NoWallet: true},
+		before: func(t *testing.T, s testkit.Shop) {
+			mustPay(t, pool, paid(s, orderOf(s)))
+			exec(t, pool, `INSERT INTO workspace_configs (ws_id, id, value) VALUES ($1, 'default_wallet_id', $2)`, s.WS, s.Wallet)
+		},
+		book: func(ctx context.Context, s, other testkit.Shop) (string, error) {
+			rs, err := ledger.PostPending(ctx, pool, s.WS)
+			if err != nil {
+				return "", err
+			}
+			if len(rs) != 1 || rs[0].TransactionID == nil {
+				return "", fmt.Errorf("post = %+v, want the sale posted", rs)
+			}
+			return rs[0].Result, nil
+		},
+	}} {
+		t.Run(c.name, func(t *testing.T) {
+			s, other := testkit.SeedShop(t, pool, c.opts), testkit.SeedShop(t, pool, testkit.ShopOptions{})
+			ctx := t.Context()
+			if c.before != nil {
+				c.before(t, s)
+			}
 
-	byHand, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer byHand.Rollback(ctx) //nolint:errcheck // committed below
-	var handID string
-	if err := byHand.QueryRow(ctx, `INSERT INTO wallet_transactions (wallet_id, amount, currency, description, taken_at, source_kind, source_ref)
-		VALUES ($1, 4950, 'USD', 'booked by hand', now(), 'sale', $2) RETURNING id::text`, s.Wallet, s.Session).Scan(&handID); err != nil {
-		t.Fatal(err)
-	}
+			byHand, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer byHand.Rollback(ctx) //nolint:errcheck // committed below
+			var handID string
+			if err := byHand.QueryRow(ctx, `INSERT INTO wallet_transactions (wallet_id, amount, currency, description, taken_at, source_kind, source_ref)
+				VALUES ($1, 4950, 'USD', 'booked by hand', now(), 'sale', $2) RETURNING id::text`, s.Wallet, s.Session).Scan(&handID); err != nil {
+				t.Fatal(err)
+			}
 
-	type result struct {
-		out ledger.Outcome
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := pay(ctx, pool, paid(s, "ord_hand"))
-		done <- result{out, err}
-	}()
-	// The payment has looked for a booking, found none (the hand booking
-	// is not committed) and now waits on the source key.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if lockWaiters(t, pool) > 0 {
-			break
-		}
-		select {
-		case r := <-done:
-			t.Fatalf("the payment finished without waiting for the hand booking: %+v, %v", r.out, r.err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the payment neither waits nor finishes")
-		}
-		time.Sleep(2 * time.Millisecond) // poll interval
-	}
-	if err := byHand.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	r := <-done
-	if r.err != nil || r.out.Booking != ledger.AlreadyBooked || !r.out.Completed {
-		t.Fatalf("payment: %+v, %v; want completed, already booked", r.out, r.err)
-	}
-	if got := sales(t, pool, s.WS); len(got) != 1 || got[s.Session] != 1 {
-		t.Fatalf("sales = %v, want the hand booking only", got)
-	}
-	if got := sessionOf(t, pool, s.Session); got.status != ledger.StatusCompleted || got.booking == nil || *got.booking != handID {
-		t.Fatalf("session = %+v, want completed and linked to the hand booking %s", got, handID)
+			type result struct {
+				booking string
+				err     error
+			}
+			done := make(chan result, 1)
+			go func() {
+				booking, err := c.book(ctx, s, other)
+				done <- result{booking, err}
+			}()
+			// The path has looked for a booking, found none (the hand
+			// booking is not committed) and now waits on the source key.
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				if lockWaiters(t, pool) > 0 {
+					break
+				}
+				select {
+				case r := <-done:
+					t.Fatalf("booked without waiting for the hand booking: %s, %v", r.booking, r.err)
+				default:
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the booking neither waits nor finishes")
+				}
+				time.Sleep(2 * time.Millisecond) // poll interval
+			}
+			if err := byHand.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if r := <-done; r.err != nil || r.booking != ledger.AlreadyBooked {
+				t.Fatalf("booking: %s, %v; want %s", r.booking, r.err, ledger.AlreadyBooked)
+			}
+			if got := sales(t, pool, s.WS); len(got) != 1 || got[s.Session] != 1 {
+				t.Fatalf("sales = %v, want the hand booking only", got)
+			}
+			if got := sessionOf(t, pool, s.Session); got.status != ledger.StatusCompleted || got.booking == nil || *got.booking != handID {
+				t.Fatalf("session = %+v, want completed and linked to the hand booking %s", got, handID)
+			}
+		})
 	}
 }
 

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Payment is the payment provider's latest word on the order that pays a
@@ -215,7 +213,7 @@ type sale struct {
 // wallet and the category, AlreadyBooked when a booking under the sale's
 // source key exists (by relay or by hand; s.FinanceTransactionID is set to
 // it and the caller relinks the session), or the Skipped* result that says
-// why it cannot be. It books nothing; recordPayment or insertSale does.
+// why it cannot be. It books nothing; bookSales does.
 // The session must be locked, and locked before this statement began: it
 // must see what the lock's previous holder committed.
 func decideSale(ctx context.Context, db DB, s *Session, currency string) (sale, error) {
@@ -284,82 +282,30 @@ func (f saleFacts) decide(s *Session, currency string) sale {
 	return out
 }
 
-// insertSale books the sale decideSale decided on (sold.result Booked) and
-// sets s.FinanceTransactionID; the caller links the session to it. A sale
-// booked meanwhile under its source key is not booked again: sold.result
-// becomes AlreadyBooked.
-func insertSale(ctx context.Context, db DB, s *Session, sold *sale, description string, at time.Time) error {
-	var txID string
-	err := db.QueryRow(ctx, `
-		INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
-		VALUES ($1, $2, $3, $4, $5, $6, 'sale', $7)
-		ON CONFLICT (source_kind, source_ref) DO NOTHING
-		RETURNING id::text`,
-		sold.walletID, sold.categoryID, s.TotalAmount, strings.ToUpper(s.Currency), description, at, s.ID).Scan(&txID)
-	if errors.Is(err, pgx.ErrNoRows) {
-		// Booked meanwhile by a transaction that did not hold the session's
-		// lock: the source key kept it to one booking; relink to it.
-		sold.result, sold.walletID = AlreadyBooked, ""
-		txID, err = saleBookingOf(ctx, db, s.ID)
-	}
-	if err != nil {
-		return fmt.Errorf("book sale of session %s: %w", s.ID, err)
-	}
-	s.FinanceTransactionID = &txID
-	return nil
-}
-
-// sessionUpdate records a payment on a session: $1 the session, $2 the
-// order, $3 whether the status is newer, $4 the status, $5 whether the
-// session completes now, $6 when, $7 the refunded total, $8 its booking,
-// else booking, an expression for the booking made in the same statement.
-func sessionUpdate(booking string) string {
-	return `
-	polar_order_id         = coalesce(polar_order_id, nullif($2, '')),
-	polar_status           = CASE WHEN $3 THEN nullif($4, '') ELSE polar_status END,
-	status                 = CASE WHEN $5 THEN 'completed' ELSE status END,
-	completed_at           = CASE WHEN $5 THEN coalesce(completed_at, $6) ELSE completed_at END,
-	refunded_amount        = greatest(refunded_amount, $7),
-	finance_transaction_id = coalesce(finance_transaction_id, $8::uuid, ` + booking + `),
-	updated_at             = now()`
-}
-
 // recordPayment updates the locked session with the payment. When sold is
-// a sale to book (result Booked), the booking's INSERT runs in the same
-// statement, a CTE of the session's UPDATE, which links the session to it:
-// one round trip for both, the costliest statement of a paid order. If the
-// sale's source key is taken meanwhile, nothing is booked: the session is
+// a sale to book (result Booked), bookSales books it in the same statement;
+// if its source key is taken meanwhile, nothing is booked, the session is
 // relinked to that booking and sold.result becomes AlreadyBooked.
 // s.FinanceTransactionID is the session's booking afterwards.
 func recordPayment(ctx context.Context, db DB, s *Session, p Payment, statusIsNewer, completeNow bool, sold *sale) error {
-	args := []any{s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID}
-	if sold.result != Booked {
-		if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions SET `+sessionUpdate("NULL")+` WHERE id = $1`, args...); err != nil {
-			return fmt.Errorf("update checkout session %s: %w", s.ID, err)
-		}
-		return nil
+	if sold.result == Booked {
+		_, err := bookSales(ctx, db, []saleBooking{{
+			s: s, sold: sold, description: p.Description, at: p.At,
+			order: p.ExternalOrderID, status: p.ExternalStatus, statusIsNewer: statusIsNewer, completeNow: completeNow,
+			refunded: p.RefundedAmount,
+		}})
+		return err
 	}
-	var txID *string
-	if err := db.QueryRow(ctx, `
-		WITH sale AS (
-			INSERT INTO wallet_transactions (wallet_id, category_id, amount, currency, description, taken_at, source_kind, source_ref)
-			VALUES ($9, $10, $11, $12, $13, $6, 'sale', $1::text)
-			ON CONFLICT (source_kind, source_ref) DO NOTHING
-			RETURNING id)
-		UPDATE inventory_checkout_sessions SET `+sessionUpdate("(SELECT id FROM sale)")+`
-		WHERE id = $1::uuid
-		RETURNING (SELECT id::text FROM sale)`,
-		append(args, sold.walletID, sold.categoryID, s.TotalAmount, strings.ToUpper(s.Currency), p.Description)...).Scan(&txID); err != nil {
-		return fmt.Errorf("book sale of checkout session %s and update the session: %w", s.ID, err)
+	// Nothing to book: the session's update alone (bookSales' without the
+	// INSERT), with its booking if decideSale found one to relink.
+	if _, err := db.Exec(ctx, `UPDATE inventory_checkout_sessions s SET `+sessionSet("i.booking")+`
+		FROM (SELECT $1::uuid AS session_id, $2::text AS order_id, $3::bool AS status_is_newer, $4::text AS status,
+		             $5::bool AS complete_now, $6::timestamptz AS at, $7::bigint AS refunded, $8::uuid AS booking) i
+		WHERE s.id = i.session_id`,
+		s.ID, p.ExternalOrderID, statusIsNewer, p.ExternalStatus, completeNow, p.At, p.RefundedAmount, s.FinanceTransactionID); err != nil {
+		return fmt.Errorf("update checkout session %s: %w", s.ID, err)
 	}
-	if txID != nil {
-		s.FinanceTransactionID = txID
-		return nil
-	}
-	// Booked meanwhile by a transaction that did not hold the session's
-	// lock: the source key kept it to one booking; relink to it.
-	sold.result, sold.walletID = AlreadyBooked, ""
-	return relinkSale(ctx, db, s)
+	return nil
 }
 
 // reconcileRefunds books one reversal that brings the sale's reversed total

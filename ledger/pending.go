@@ -305,22 +305,26 @@ func postOne(ctx context.Context, tx DB, sessionID string) (r PostResult, ok boo
 		if err != nil {
 			return PostResult{}, false, err
 		}
-		if sold.result == Booked {
-			if err := insertSale(ctx, tx, s, &sold, ps.description, ps.paidAt); err != nil {
-				return PostResult{}, false, err
-			}
-		}
-		if skipped(sold.result) {
+		switch {
+		case skipped(sold.result):
 			r.PendingBooking, err = recordPending(ctx, tx, s, ps, sold)
 			r.Result = sold.result
 			return r, err == nil, err
-		}
-		if sold.result == Booked {
-			r.Result, r.WalletID = PostedPending, sold.walletID
-		}
-		if _, err := tx.Exec(ctx, `UPDATE inventory_checkout_sessions SET finance_transaction_id = $2, updated_at = now()
-			WHERE id = $1`, s.ID, *s.FinanceTransactionID); err != nil {
-			return PostResult{}, false, fmt.Errorf("link checkout session %s to its booking: %w", s.ID, err)
+		case sold.result == Booked:
+			// Booked the way a paid order is; the session, completed
+			// when it was paid, records no payment now.
+			if _, err := bookSales(ctx, tx, []saleBooking{{
+				s: s, sold: &sold, description: ps.description, at: ps.paidAt, refunded: s.RefundedAmount,
+			}}); err != nil {
+				return PostResult{}, false, err
+			}
+			if sold.result == Booked {
+				r.Result, r.WalletID = PostedPending, sold.walletID
+			}
+		default: // booked before under its source key: link the session to it
+			if err := linkSale(ctx, tx, s, *s.FinanceTransactionID); err != nil {
+				return PostResult{}, false, err
+			}
 		}
 	}
 	if r.Reversed, err = reconcileRefunds(ctx, tx, s, ps.refundDescription, time.Now()); err != nil {

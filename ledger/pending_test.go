@@ -208,6 +208,7 @@ func TestPostPendingBooksWhatWasPending(t *testing.T) {
 			p.At = at.Add(-time.Hour) // when it was paid; posting is later
 			mustPay(t, pool, p)
 			before, _ := pendingOf(t, pool, s.Session)
+			paidSession := sessionOf(t, pool, s.Session)
 
 			if c.fix == nil {
 				rs := post(t, pool, s.WS)
@@ -237,8 +238,15 @@ func TestPostPendingBooksWhatWasPending(t *testing.T) {
 				sale.description != p.Description || !sale.takenAt.Equal(p.At) {
 				t.Fatalf("sale = %+v, want the booking a timely sale gets: keyed by the session, 4950 USD, category, described and dated as paid", sale)
 			}
-			if got := sessionOf(t, pool, s.Session); got.booking == nil || *got.booking != sale.id {
+			got := sessionOf(t, pool, s.Session)
+			if got.booking == nil || *got.booking != sale.id {
 				t.Fatalf("session booking = %v, want linked to %s", got.booking, sale.id)
+			}
+			// Posting books the sale as a paid order does, and records no
+			// payment on the session.
+			if got.status != paidSession.status || got.polarStatus != paidSession.polarStatus || *got.order != *paidSession.order ||
+				got.refunded != paidSession.refunded || !got.completedAt.Equal(*paidSession.completedAt) {
+				t.Fatalf("session after posting = %+v, want as the payment left it: %+v", got, paidSession)
 			}
 			after, rows := pendingOf(t, pool, s.Session)
 			if rows != 1 || after.PostedAt == nil || after.TransactionID == nil || *after.TransactionID != sale.id {
