@@ -169,7 +169,7 @@ func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request, verify verifyF
 	}
 
 	level := slog.LevelInfo
-	if res.status >= 500 {
+	if res.status >= 500 && res.outcome != OutcomeOverloaded { // a refusal is not relay failing
 		level = slog.LevelError
 	} else if res.status >= 400 || res.outcome == OutcomeSpooled {
 		level = slog.LevelWarn

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/receiver"
 )
 
@@ -49,7 +50,7 @@ func (tr *trickler) answer(t *testing.T) *http.Response {
 	tr.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(tr.conn), nil)
 	if err != nil {
-		t.Fatalf("read answer: %v", err)
+		t.Fatalf("no answer before the body was complete: %v", err)
 	}
 	return resp
 }
@@ -131,11 +132,12 @@ func TestTricklingBodiesHoldWhatTheySent(t *testing.T) {
 // TestUnverifiedBudgetRefusesPastIt fills a budget shortened to 16 requests'
 // shares (the default admits 1,024): past it every request gets the same
 // 503 with Retry-After, a signed one as an anonymous one, and is counted;
-// a body that would grow past it is refused too; once a share is given back
-// a delivery is stored again.
+// a body that would grow past it is refused too; refusals are warnings in
+// the log; once a share is given back a delivery is stored again.
 func TestUnverifiedBudgetRefusesPastIt(t *testing.T) {
 	const shares = 16
-	h := newHarness(t, setup{opts: receiver.Options{MaxUnverifiedBytes: shares * 64 << 10}})
+	logs := &testkit.SyncBuffer{}
+	h := newHarness(t, setup{opts: receiver.Options{MaxUnverifiedBytes: shares * 64 << 10}, logs: logs})
 	paid := fixture(t, "order.paid.json")
 
 	tricklers := make([]*trickler, shares-1)
@@ -176,6 +178,23 @@ func TestUnverifiedBudgetRefusesPastIt(t *testing.T) {
 	}
 	if v := h.count(t, "unverified", receiver.OutcomeOverloaded); v != 3 {
 		t.Errorf("overloaded counter = %v, want 3 (the big body, the anonymous and the signed request)", v)
+	}
+
+	// Logged as a warning: a refusal is not relay failing, and an attack
+	// must not fill the error log.
+	refusals := func() (lines []string) {
+		for line := range strings.Lines(logs.String()) {
+			if strings.Contains(line, "outcome=overloaded") {
+				lines = append(lines, line)
+			}
+		}
+		return lines
+	}
+	waitUntil(t, "the refusals are logged", func() bool { return len(refusals()) == 3 })
+	for _, line := range refusals() {
+		if !strings.Contains(line, "level=WARN") {
+			t.Errorf("a refusal logged as %q, want a warning", line)
+		}
 	}
 
 	last.conn.Close()
