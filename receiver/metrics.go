@@ -20,6 +20,7 @@ const (
 	OutcomeMethodNotAllowed = "method_not_allowed"
 	OutcomeNotFound         = "not_found"   // a workspace endpoint whose id is not a UUID
 	OutcomeUnavailable      = "unavailable" // store failed or too slow: 503
+	OutcomeOverloaded       = "overloaded"  // unverified requests hold the memory budget: 503
 )
 
 // Event type labels besides Polar's own type names.
@@ -30,8 +31,10 @@ const (
 
 // Metrics are the receiver's Prometheus collectors.
 type Metrics struct {
-	received    *prometheus.CounterVec
-	ackDuration *prometheus.HistogramVec
+	received           *prometheus.CounterVec
+	ackDuration        *prometheus.HistogramVec
+	unverifiedRequests prometheus.Gauge
+	unverifiedBytes    prometheus.Gauge
 }
 
 // NewMetrics registers the receiver's collectors with reg.
@@ -46,8 +49,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time from request start to the answer, by outcome.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"outcome"}),
+		unverifiedRequests: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_webhook_unverified_requests",
+			Help: "Webhook requests reading their body or being verified.",
+		}),
+		unverifiedBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_webhook_unverified_bytes",
+			Help: "Memory budget (RELAY_MAX_UNVERIFIED_BYTES) taken by webhook requests not verified yet.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.received, m.ackDuration} {
+	for _, c := range []prometheus.Collector{m.received, m.ackDuration, m.unverifiedRequests, m.unverifiedBytes} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -58,6 +69,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		m.ackDuration.WithLabelValues(outcome)
 	}
 	m.received.WithLabelValues(labelUnverified, OutcomeUnauthorized)
+	m.received.WithLabelValues(labelUnverified, OutcomeOverloaded)
 	m.received.WithLabelValues(labelOther, OutcomeUnavailable)
 	for _, t := range polar.EventTypes() {
 		if polar.Handled(t) {

@@ -4,12 +4,10 @@
 package receiver
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -29,6 +27,12 @@ import (
 type Options struct {
 	// MaxBodyBytes bounds a request body; larger ones get 413. Default 1 MiB.
 	MaxBodyBytes int64
+	// MaxUnverifiedBytes bounds the memory that requests not verified yet
+	// hold together: each takes 64 KiB of it when admitted, its body grows
+	// within it as bytes arrive, and it gives it all back once verified.
+	// A request that would go past it gets 503, whoever sent it. Default
+	// DefaultMaxUnverifiedBytes(MaxBodyBytes).
+	MaxUnverifiedBytes int64
 	// AckTimeout bounds the store; past it the answer is 503. Default 5 s.
 	AckTimeout time.Duration
 	// AllowedCIDRs, when set, are the only client addresses served; others get 403.
@@ -68,12 +72,16 @@ type Receiver struct {
 	metrics  *Metrics
 	opts     Options
 	group    *groupCommitter
+	budget   *unverifiedBudget
 }
 
 // New returns the webhook endpoint. It stores into pool and enqueues with jobs.
 func New(pool *pgxpool.Pool, inserter jobs.Inserter, verifier *polar.Verifier, metrics *Metrics, opts Options) *Receiver {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.MaxUnverifiedBytes <= 0 {
+		opts.MaxUnverifiedBytes = DefaultMaxUnverifiedBytes(opts.MaxBodyBytes)
 	}
 	if opts.AckTimeout <= 0 {
 		opts.AckTimeout = 5 * time.Second
@@ -84,7 +92,8 @@ func New(pool *pgxpool.Pool, inserter jobs.Inserter, verifier *polar.Verifier, m
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	rc := &Receiver{pool: pool, jobs: inserter, verifier: verifier, metrics: metrics, opts: opts}
+	rc := &Receiver{pool: pool, jobs: inserter, verifier: verifier, metrics: metrics, opts: opts,
+		budget: &unverifiedBudget{max: opts.MaxUnverifiedBytes, requests: metrics.unverifiedRequests, bytes: metrics.unverifiedBytes}}
 	if opts.GroupCommit {
 		rc.group = newGroupCommitter(pool, inserter, cmp.Or(opts.Committers, 4), cmp.Or(opts.MaxBatch, 128), opts.Logger)
 	}
@@ -160,7 +169,7 @@ func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request, verify verifyF
 	}
 
 	level := slog.LevelInfo
-	if res.status >= 500 {
+	if res.status >= 500 && res.outcome != OutcomeOverloaded { // a refusal is not relay failing
 		level = slog.LevelError
 	} else if res.status >= 400 || res.outcome == OutcomeSpooled {
 		level = slog.LevelWarn
@@ -201,15 +210,26 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request, verify verify
 	if r.ContentLength > rc.opts.MaxBodyBytes {
 		return fail(http.StatusRequestEntityTooLarge, OutcomeTooLarge, "body too large", nil)
 	}
-	body, err := readBody(http.MaxBytesReader(w, r.Body, rc.opts.MaxBodyBytes), r.ContentLength)
+	// Until it is verified, a request could be anyone's: what it holds is
+	// bounded, and past the bound it is refused like everyone else's.
+	lease, ok := rc.budget.admit()
+	if !ok {
+		return rc.overloaded(w, res)
+	}
+	defer lease.release()
+	body, err := readBody(http.MaxBytesReader(w, r.Body, rc.opts.MaxBodyBytes), r.ContentLength, rc.opts.MaxBodyBytes, &lease)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return fail(http.StatusRequestEntityTooLarge, OutcomeTooLarge, "body too large", nil)
+		}
+		if errors.Is(err, errOverBudget) {
+			return rc.overloaded(w, res)
 		}
 		return fail(http.StatusBadRequest, OutcomeBadRequest, "could not read body", fmt.Errorf("read body: %w", err))
 	}
 
 	delivery, workspace, environment, err := verify(r, body)
+	lease.release()
 	switch {
 	case errors.Is(err, errUnknownEndpoint):
 		return fail(http.StatusNotFound, OutcomeNotFound, err.Error(), nil)
@@ -262,6 +282,19 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request, verify verify
 		res.outcome = OutcomeDuplicate
 	}
 	res.status = http.StatusOK
+	return res
+}
+
+// overloaded answers a request refused for the unverified requests' memory
+// budget: 503, which Polar retries, with Retry-After as a hint (the budget
+// frees as requests in flight are verified, or cut off at the server's read
+// timeout). 429 would blame this sender, which nothing was checked about.
+// The connection is closed rather than drained of a body that may trickle.
+func (rc *Receiver) overloaded(w http.ResponseWriter, res result) result {
+	w.Header().Set("Retry-After", "5")
+	w.Header().Set("Connection", "close")
+	res.status, res.outcome, res.reason = http.StatusServiceUnavailable, OutcomeOverloaded, "temporarily unavailable"
+	res.err = errOverBudget
 	return res
 }
 
@@ -339,17 +372,6 @@ func (rc *Receiver) Close() {
 	if rc.group != nil {
 		rc.group.close()
 	}
-}
-
-// readBody reads a body in one allocation when its length is announced,
-// where io.ReadAll would grow its buffer several times.
-func readBody(r io.Reader, contentLength int64) ([]byte, error) {
-	if contentLength <= 0 {
-		return io.ReadAll(r)
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, contentLength+bytes.MinRead))
-	_, err := buf.ReadFrom(r)
-	return buf.Bytes(), err
 }
 
 // cleanText makes s storable as PostgreSQL text: valid UTF-8, no NUL, at

@@ -116,3 +116,29 @@ func TestTakenPortNamesItsVariable(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxUnverifiedBytes: the unverified requests' budget defaults to 64 MiB,
+// or four of the largest bodies, and must hold two of them.
+func TestMaxUnverifiedBytes(t *testing.T) {
+	for _, tc := range []struct {
+		body, budget string
+		want         int64
+		err          string
+	}{
+		{"", "", 64 << 20, ""},
+		{"33554432", "", 128 << 20, ""},
+		{"", "4194304", 4 << 20, ""},
+		{"", "2097151", 0, "RELAY_MAX_UNVERIFIED_BYTES (2097151) must be at least twice RELAY_MAX_BODY_BYTES (1048576)"},
+	} {
+		cfg, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x",
+			"RELAY_MAX_BODY_BYTES": tc.body, "RELAY_MAX_UNVERIFIED_BYTES": tc.budget}), false)
+		switch {
+		case tc.err != "" && (err == nil || err.Error() != "configuration: "+tc.err):
+			t.Errorf("body %q, budget %q: %v, want %q", tc.body, tc.budget, err, tc.err)
+		case tc.err == "" && err != nil:
+			t.Errorf("body %q, budget %q: %v", tc.body, tc.budget, err)
+		case tc.err == "" && cfg.MaxUnverifiedBytes != tc.want:
+			t.Errorf("body %q, budget %q: %d, want %d", tc.body, tc.budget, cfg.MaxUnverifiedBytes, tc.want)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/spool"
 )
 
@@ -52,6 +53,10 @@ type config struct {
 	// cannot take; SpoolMaxBytes bounds it.
 	SpoolDir      string
 	SpoolMaxBytes int64
+
+	// MaxUnverifiedBytes bounds what webhook requests not verified yet hold
+	// together (receiver.Options.MaxUnverifiedBytes).
+	MaxUnverifiedBytes int64
 }
 
 // Roles of a replica.
@@ -113,6 +118,12 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.Secrets = secrets
 
 	c.MaxBodyBytes = int64(intVar(e, "RELAY_MAX_BODY_BYTES", 1<<20, &errs))
+	c.MaxUnverifiedBytes = int64(intVar(e, "RELAY_MAX_UNVERIFIED_BYTES", int(receiver.DefaultMaxUnverifiedBytes(c.MaxBodyBytes)), &errs))
+	// A body of the largest size is held twice for a moment while its
+	// buffer grows.
+	if c.MaxBodyBytes > 0 && c.MaxUnverifiedBytes < 2*c.MaxBodyBytes {
+		errs = append(errs, fmt.Errorf("RELAY_MAX_UNVERIFIED_BYTES (%d) must be at least twice RELAY_MAX_BODY_BYTES (%d)", c.MaxUnverifiedBytes, c.MaxBodyBytes))
+	}
 	c.Workers = intVar(e, "RELAY_WORKERS", 50, &errs)
 	c.MaxAttempts = intVar(e, "RELAY_MAX_ATTEMPTS", 12, &errs)
 	c.DBMaxConns = int32(intVar(e, "RELAY_DB_MAX_CONNS", 0, &errs))

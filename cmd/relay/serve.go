@@ -137,6 +137,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			MaxBatch:       cfg.MaxBatch,
 			Committers:     cfg.Committers,
 		}
+		opts.MaxUnverifiedBytes = cfg.MaxUnverifiedBytes
 		if sp != nil {
 			opts.Spool = sp
 		}
