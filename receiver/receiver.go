@@ -329,8 +329,7 @@ func (rc *Receiver) commit(ctx context.Context, event *inbox.Event) (bool, error
 // has committed. It is the spool's drain (a spool.CommitFunc), so that a
 // spooled delivery is committed exactly as it would have been.
 func (rc *Receiver) CommitEvents(ctx context.Context, events []*inbox.Event) error {
-	_, err := commitEvents(ctx, rc.pool, rc.jobs, events)
-	return err
+	return Commit(ctx, rc.pool, rc.jobs, events)
 }
 
 // Close stops the group committers after answering the requests they hold.

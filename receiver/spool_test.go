@@ -289,3 +289,71 @@ func TestRefusedEventIsNotSpooled(t *testing.T) {
 		t.Fatalf("msg_fine stored = %+v", got)
 	}
 }
+
+// The drain's commit (CommitEvents) tells a refusal from a failure: spooled
+// deliveries the database refuses for what they hold are set aside and the
+// rest are stored, each with its job, while an inbox the database cannot
+// write (the table away) or a database that is down stops the drain with
+// nothing set aside. A refused delivery set aside is stored by a retry once
+// the database takes it.
+func TestDrainSetsAsideWhatTheDatabaseRefuses(t *testing.T) {
+	dir := t.TempDir()
+	sp := openSpool(t, dir, spool.Options{})
+	h := newHarness(t, setup{opts: receiver.Options{Spool: sp}})
+	ctx := context.Background()
+	body := fixture(t, "order.paid.json")
+	for _, id := range []string{"msg_a", "msg_poison", "msg_b"} {
+		e := &inbox.Event{WebhookID: id, EventType: "order.paid", Status: inbox.StatusPending, WebhookTimestamp: time.Now(), Body: body}
+		if err := sp.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.poison(t)
+
+	down := newHarness(t, setup{pool: downPool(t)})
+	if n, err := sp.Drain(ctx, down.rc.CommitEvents, 0); err == nil || n != 0 {
+		t.Fatalf("drain with the database down = %d, %v; want an error", n, err)
+	}
+	if _, err := h.pool.Exec(ctx, `ALTER TABLE webhook_inbox RENAME TO webhook_inbox_away`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sp.Drain(ctx, h.rc.CommitEvents, 0); err == nil || n != 0 {
+		t.Fatalf("drain with the inbox away = %d, %v; want an error", n, err)
+	}
+	if _, err := h.pool.Exec(ctx, `ALTER TABLE webhook_inbox_away RENAME TO webhook_inbox`); err != nil {
+		t.Fatal(err)
+	}
+	if st := spoolStats(t, sp); st.Events != 3 || st.SetAside != 0 {
+		t.Fatalf("after failed drains: %+v, want 3 spooled and none set aside", st)
+	}
+
+	if n, err := sp.Drain(ctx, h.rc.CommitEvents, 0); err != nil || n != 3 {
+		t.Fatalf("drain = %d, %v; want the 3 out of the spool", n, err)
+	}
+	for _, id := range []string{"msg_a", "msg_b"} {
+		if got := h.stored(t, id); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
+			t.Errorf("%s: stored = %+v, want one row and one job", id, got)
+		}
+	}
+	aside, err := spool.SetAside(dir)
+	if err != nil || len(aside) != 1 || aside[0].WebhookID != "msg_poison" || !strings.Contains(aside[0].Reason, "poisoned row") {
+		t.Fatalf("set aside: %+v, %v; want msg_poison, refused as a poisoned row", aside, err)
+	}
+	if st := spoolStats(t, sp); st.Events != 0 || st.SetAside != 1 {
+		t.Fatalf("stats %+v, want none spooled, 1 set aside", st)
+	}
+
+	if _, err := h.pool.Exec(ctx, `DROP TRIGGER poison ON webhook_inbox`); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := aside[0].Event()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.rc.CommitEvents(ctx, []*inbox.Event{ev}); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if got := h.stored(t, "msg_poison"); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
+		t.Errorf("msg_poison retried: stored = %+v, want one row and one job", got)
+	}
+}

@@ -91,9 +91,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(opsmetrics.NewCollector(pool, logger))
-	if sp != nil {
-		reg.MustRegister(spool.NewCollector(sp))
-	}
+	// Without a spool its gauges read 0: the dashboard's spool row and its
+	// alerts see 0, not no data.
+	reg.MustRegister(spool.NewCollector(sp))
 	receiverMetrics, err := receiver.NewMetrics(reg)
 	if err != nil {
 		return fmt.Errorf("register receiver metrics: %w", err)
