@@ -406,8 +406,9 @@ func checkDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config) error {
 
 // readyHandler answers 200 when the database is reachable and migrated. With
 // a spool it also answers 200, "degraded: spooling", while the database is
-// down and the spool has room for a webhook: the load balancer must keep
-// sending, since the spool acknowledges what the database cannot take.
+// down and the spool has room for a webhook and is not stalled: the load
+// balancer must keep sending, since the spool acknowledges what the database
+// cannot take.
 func readyHandler(pool *pgxpool.Pool, sp *spool.Spool, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -418,6 +419,10 @@ func readyHandler(pool *pgxpool.Pool, sp *spool.Spool, maxBody int64) http.Handl
 			st, serr := sp.Stats()
 			if serr != nil || st.Bytes+maxBody > st.MaxBytes {
 				http.Error(w, "database unavailable, spool full or unreadable", http.StatusServiceUnavailable)
+				return
+			}
+			if sp.Stalled() { // its disk does not finish writes: a webhook would get 503
+				http.Error(w, "database unavailable, spool stalled (its disk does not finish writes)", http.StatusServiceUnavailable)
 				return
 			}
 			fmt.Fprintf(w, "degraded: spooling (database unavailable; %d webhooks spooled)\n", st.Events)

@@ -5,14 +5,19 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/spool"
 )
 
 // pgGate stands between relay and PostgreSQL: while shut its address
@@ -136,5 +141,60 @@ func TestServeWithSpoolStartsWhileTheDatabaseIsDown(t *testing.T) {
 		if !strings.Contains(p.logs.String(), want) {
 			t.Errorf("logs lack %q:\n%s", want, p.logs.String())
 		}
+	}
+}
+
+// While the database is down, /readyz is 200 "degraded: spooling" only as
+// long as the spool can write: once its disk stalls (HoldWrites, standing
+// for an fsync that does not return) for the spool's default 2 s, it is
+// 503, and 200 again once the disk returns.
+func TestReadyzIsNotReadyWhileTheSpoolStalls(t *testing.T) {
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	sp, err := spool.Open(t.TempDir(), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	srv := httptest.NewServer(readyHandler(pool, sp, 1<<20))
+	t.Cleanup(srv.Close)
+
+	if code, body := get(t, srv.URL); code != http.StatusOK || !strings.Contains(body, "degraded: spooling") {
+		t.Fatalf("/readyz with the database down = %d %q, want 200 degraded: spooling", code, body)
+	}
+	release, err := sp.HoldWrites()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release) // before the spool closes
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := sp.Append(ctx, &inbox.Event{WebhookID: "msg_stalled", Status: inbox.StatusIgnored}); err == nil {
+		t.Fatal("an append to a stalled disk returned nil")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := get(t, srv.URL)
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "spool stalled") {
+			break
+		}
+		if code != http.StatusOK || time.Now().After(deadline) {
+			t.Fatalf("/readyz while the spool's disk stalls = %d %q, want 200 and then 503 spool stalled within 10s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	release()
+	for {
+		code, body := get(t, srv.URL)
+		if code == http.StatusOK && strings.Contains(body, "degraded: spooling") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz once the disk returned = %d %q, want 200 degraded: spooling", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
