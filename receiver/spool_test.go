@@ -1,6 +1,7 @@
 package receiver_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/spool"
 )
@@ -356,4 +358,57 @@ func TestDrainSetsAsideWhatTheDatabaseRefuses(t *testing.T) {
 	if got := h.stored(t, "msg_poison"); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
 		t.Errorf("msg_poison retried: stored = %+v, want one row and one job", got)
 	}
+}
+
+// A client that hangs up while its webhook waits for the database is not
+// a database failure: nothing is spooled, nothing counted unavailable; the
+// request is logged and counted as client_gone, and Polar's retry brings
+// the webhook again.
+func TestClientGoneIsNotSpooled(t *testing.T) {
+	bothModes(t, func(t *testing.T, perRequest bool) {
+		sp := openSpool(t, t.TempDir(), spool.Options{})
+		logs := &testkit.SyncBuffer{}
+		h := newHarness(t, setup{perRequest: perRequest, logs: logs, opts: receiver.Options{Spool: sp}})
+		ctx := context.Background()
+		locker, err := h.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer locker.Rollback(ctx) //nolint:errcheck // released at the end
+		if _, err := locker.Exec(ctx, "LOCK TABLE webhook_inbox IN ACCESS EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
+
+		body := fixture(t, "order.paid.json")
+		hangUp, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		req, err := http.NewRequestWithContext(hangUp, http.MethodPost, h.srv.URL, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range polar.SignedHeaders(secret, "msg_gone", time.Now(), body) {
+			req.Header[k] = v
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("answered %d before the client hung up", resp.StatusCode)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for h.count(t, "order.paid", receiver.OutcomeClientGone)+h.count(t, "order.paid", receiver.OutcomeSpooled)+
+			h.count(t, "order.paid", receiver.OutcomeUnavailable) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the request was not counted within 10s of the client hanging up")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if gone, spooled := h.count(t, "order.paid", receiver.OutcomeClientGone), h.count(t, "order.paid", receiver.OutcomeSpooled); gone != 1 || spooled != 0 {
+			t.Errorf("counted %v client_gone and %v spooled, want 1 and 0", gone, spooled)
+		}
+		if st := spoolStats(t, sp); st.Events != 0 {
+			t.Errorf("the spool holds %d events, want none", st.Events)
+		}
+		if log := logs.String(); !strings.Contains(log, "outcome=client_gone") || !strings.Contains(log, "client gone") {
+			t.Errorf("want the request logged as client_gone:\n%s", log)
+		}
+	})
 }
