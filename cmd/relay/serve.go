@@ -136,6 +136,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			GroupCommit:    cfg.GroupCommit,
 			MaxBatch:       cfg.MaxBatch,
 			Committers:     cfg.Committers,
+			SpoolTimeout:   spoolTimeout,
 		}
 		if sp != nil {
 			opts.Spool = sp
@@ -288,6 +289,14 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 	return client, nil
 }
 
+// spoolTimeout bounds a spool append (receiver.Options.SpoolTimeout), which
+// starts once the store has failed, possibly at the ack timeout; writeMargin
+// is left for writing the answer after it.
+const (
+	spoolTimeout = 2 * time.Second
+	writeMargin  = time.Second
+)
+
 type namedServer struct {
 	name, addr string
 	addrVar    string // the variable that sets addr
@@ -299,10 +308,13 @@ func newServer(h http.Handler, cfg *config, logger *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler: h,
 		// Slow clients must not hold connections: headers and body each get
-		// a bound, and the answer is due within the ack timeout after that.
+		// a bound. The answer is due once the body is read, the store has
+		// committed or given up (the ack timeout), a spool append has
+		// returned, and the answer is written: a 200 from the spool must
+		// not be cut off.
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
-		WriteTimeout:      cfg.ReadTimeout + cfg.AckTimeout,
+		WriteTimeout:      cfg.ReadTimeout + cfg.AckTimeout + spoolTimeout + writeMargin,
 		IdleTimeout:       90 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
