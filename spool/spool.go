@@ -467,10 +467,11 @@ func (s *Spool) Drain(ctx context.Context, commit CommitFunc, max int) (int, err
 	}
 	var gone, keys [][]byte // keys to remove from the spool; those of decoded events
 	var events []*inbox.Event
+	var cerr error
 	for _, sp := range batch {
 		if sp.err != nil {
-			if err := s.setAside(sp, sp.err.Error()); err != nil {
-				return 0, err
+			if cerr = s.setAside(sp, sp.err.Error()); cerr != nil {
+				break // what was set aside is removed below; nothing is committed
 			}
 			gone = append(gone, sp.key)
 			continue
@@ -478,8 +479,7 @@ func (s *Spool) Drain(ctx context.Context, commit CommitFunc, max int) (int, err
 		keys = append(keys, sp.key)
 		events = append(events, sp.event)
 	}
-	var cerr error
-	if len(events) > 0 {
+	if cerr == nil && len(events) > 0 {
 		cerr = commit(ctx, events)
 		switch {
 		case cerr == nil:

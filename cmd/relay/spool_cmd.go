@@ -17,7 +17,7 @@ import (
 const spoolUsage = `usage:
   relay spool list [--dir DIR]
   relay spool show ID [--dir DIR] [--unmasked]
-  relay spool retry ID... [--dir DIR]
+  relay spool retry ID...|--all [--dir DIR]
   relay spool drop ID... [--dir DIR]
 
 The spool (RELAY_SPOOL_DIR, or --dir) sets aside a webhook it cannot move
@@ -36,9 +36,11 @@ func spoolCmd(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	fs := subFlags("spool "+sub, spoolUsage, stdout)
 	dir := fs.String("dir", env(getenv).str("RELAY_SPOOL_DIR", ""), "the spool's directory (default: RELAY_SPOOL_DIR)")
-	var unmasked bool
+	var unmasked, all bool
 	switch sub {
-	case "list", "retry", "drop":
+	case "list", "drop":
+	case "retry":
+		fs.BoolVar(&all, "all", false, "retry every set-aside webhook")
 	case "show":
 		fs.BoolVar(&unmasked, "unmasked", false, "show customer data (names, e-mails, addresses) in the payload")
 	default:
@@ -57,7 +59,9 @@ func spoolCmd(ctx context.Context, args []string, getenv func(string) string, st
 	case sub == "show" && len(pos) != 1:
 		fs.Usage()
 		return errors.New("spool show needs exactly one ID")
-	case (sub == "retry" || sub == "drop") && len(pos) == 0:
+	case all && len(pos) > 0:
+		return errors.New("spool retry takes ids or --all, not both")
+	case (sub == "retry" && !all || sub == "drop") && len(pos) == 0:
 		fs.Usage()
 		return fmt.Errorf("spool %s needs ids (relay spool list shows them)", sub)
 	}
@@ -97,14 +101,13 @@ func spoolCmd(ctx context.Context, args []string, getenv func(string) string, st
 	}
 
 	// retry: each event decoded as the drain would, then committed.
-	events := make(map[string]*inbox.Event, len(pos))
-	for _, id := range pos {
-		a, err := spool.ReadAside(*dir, id)
+	if all {
+		list, err := spool.SetAside(*dir)
 		if err != nil {
 			return err
 		}
-		if events[id], err = a.Event(); err != nil {
-			return fmt.Errorf("retry %s: this relay cannot read it either (drop it, or retry with a relay that reads it): %w", id, err)
+		for _, a := range list {
+			pos = append(pos, a.ID)
 		}
 	}
 	ops, closeOps, err := openOps(ctx, getenv)
@@ -113,13 +116,21 @@ func spoolCmd(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	defer closeOps()
 	return eachID(pos, func(id string) error {
-		if err := receiver.Commit(ctx, ops.Pool, ops.Client, []*inbox.Event{events[id]}); err != nil {
+		a, err := spool.ReadAside(*dir, id)
+		if err != nil {
+			return err
+		}
+		ev, err := a.Event()
+		if err != nil {
+			return fmt.Errorf("retry %s: this relay cannot read it either (drop it, or retry with a relay that reads it): %w", id, err)
+		}
+		if err := receiver.Commit(ctx, ops.Pool, ops.Client, []*inbox.Event{ev}); err != nil {
 			return fmt.Errorf("retry %s: %w", id, err)
 		}
 		if err := spool.DropAside(*dir, id); err != nil {
 			return fmt.Errorf("retry %s: stored, but not removed from the set-aside webhooks (a retry again is a duplicate, dropped): %w", id, err)
 		}
-		fmt.Fprintf(stdout, "stored %s (webhook %s) in the inbox\n", id, events[id].WebhookID)
+		fmt.Fprintf(stdout, "stored %s (webhook %s) in the inbox\n", id, ev.WebhookID)
 		return nil
 	})
 }
