@@ -412,3 +412,51 @@ func TestClientGoneIsNotSpooled(t *testing.T) {
 		}
 	})
 }
+
+// With the database down and the spool's disk stalled (HoldWrites stands
+// for an fsync that does not return), a delivery waits for the spool's
+// timeout and gets 503; once the spool is stalled, deliveries get 503 at
+// once instead of each adding a write that waits. Default timeouts.
+func TestStalledSpoolAnswers503AtOnce(t *testing.T) {
+	sp := openSpool(t, t.TempDir(), spool.Options{})
+	release, err := sp.HoldWrites()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release) // before the spool closes
+	h := newHarness(t, setup{pool: downPool(t), opts: receiver.Options{Spool: sp}})
+	body := fixture(t, "order.paid.json")
+
+	if code, _ := h.post(t, "msg_waits", body, nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("first delivery to a stalled spool: %d, want 503", code)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !sp.Stalled() {
+		if time.Now().After(deadline) {
+			t.Fatal("the spool does not say it is stalled")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	for i := range 20 {
+		if code, _ := h.post(t, fmt.Sprintf("msg_stalled_%d", i), body, nil); code != http.StatusServiceUnavailable {
+			t.Fatalf("delivery to a stalled spool: %d, want 503", code)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("20 deliveries to a stalled spool took %s, want 503 at once (the spool's timeout is 2s)", took)
+	}
+	if n := sp.Appending(); n != 1 {
+		t.Errorf("%d appends writing, want the first one only", n)
+	}
+	release()
+	for sp.Appending() > 0 { // the held write finishes
+		if time.Now().After(deadline) {
+			t.Fatal("the held write did not finish once the disk returned")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, _ := h.post(t, "msg_after", body, nil); code != http.StatusOK {
+		t.Fatalf("delivery once the disk returned: %d, want 200 from the spool", code)
+	}
+}
