@@ -291,7 +291,7 @@ func TestSpooledAnswerArrivesWithinTheWriteTimeout(t *testing.T) {
 	go srv.Serve(ln) //nolint:errcheck // closed below
 	t.Cleanup(func() { srv.Close() })
 
-	// The spool's disk is slow: each append takes 1.5 s.
+	// The spool's disk is slow: the append takes 1.2 s.
 	release, err := sp.HoldWrites()
 	if err != nil {
 		t.Fatal(err)
@@ -301,16 +301,16 @@ func TestSpooledAnswerArrivesWithinTheWriteTimeout(t *testing.T) {
 		for sp.Appending() == 0 {
 			time.Sleep(5 * time.Millisecond)
 		}
-		time.Sleep(1500 * time.Millisecond)
+		time.Sleep(1200 * time.Millisecond)
 		release()
 	}()
 
-	// The body comes in two halves 800 ms apart, within the read timeout.
+	// The body comes in two halves 500 ms apart, within the read timeout.
 	body := testkit.Fixture(t, "order.paid.json")
 	pr, pw := io.Pipe()
 	go func() {
 		pw.Write(body[:len(body)/2]) //nolint:errcheck // the request fails if it does
-		time.Sleep(800 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond)
 		pw.Write(body[len(body)/2:]) //nolint:errcheck
 		pw.Close()
 	}()
