@@ -38,7 +38,7 @@ func TestAppendsInFlightAreBoundedWhileTheDiskStalls(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(100 * time.Microsecond):
+			case <-time.After(time.Millisecond):
 			}
 		}
 	})
