@@ -21,6 +21,7 @@ const (
 	OutcomeNotFound         = "not_found"   // a workspace endpoint whose id is not a UUID
 	OutcomeUnavailable      = "unavailable" // store failed or too slow: 503
 	OutcomeOverloaded       = "overloaded"  // unverified requests hold the memory budget: 503
+	OutcomeClientGone       = "client_gone" // the client hung up before its webhook was stored: nothing answered
 )
 
 // Event type labels besides Polar's own type names.

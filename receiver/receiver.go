@@ -271,6 +271,10 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request, verify verify
 	}
 
 	stored, err := rc.store(r.Context(), event)
+	if errors.Is(err, errClientGone) {
+		res.eventType = polar.LabelFor(event.EventType)
+		return fail(statusClientGone, OutcomeClientGone, "", err)
+	}
 	if err != nil {
 		res.eventType = polar.LabelFor(event.EventType)
 		return fail(http.StatusServiceUnavailable, OutcomeUnavailable, "temporarily unavailable", err)
@@ -298,6 +302,13 @@ func (rc *Receiver) overloaded(w http.ResponseWriter, res result) result {
 	return res
 }
 
+// errClientGone means the client hung up before its webhook was stored.
+var errClientGone = errors.New("client gone before the webhook was stored")
+
+// statusClientGone is logged for a request whose client hung up (nginx's
+// 499); nobody receives it.
+const statusClientGone = 499
+
 // stored is what store did with an event.
 type stored struct {
 	inserted bool  // committed to the database; false for a duplicate
@@ -311,12 +322,20 @@ type stored struct {
 // transaction rolls back or, if it commits late, Polar's retry finds a
 // duplicate), so the caller is never left hanging. When the transaction
 // fails or is abandoned and a spool is configured, the event is appended to
-// the spool instead, within SpoolTimeout; a copy spooled for a transaction
-// that committed late after all is a duplicate the drain drops.
+// the spool instead, within SpoolTimeout, unless ctx ended (the client hung
+// up: errClientGone); a copy spooled for a transaction that committed late
+// after all is a duplicate the drain drops.
 func (rc *Receiver) store(ctx context.Context, event *inbox.Event) (stored, error) {
 	inserted, err := rc.commit(ctx, event)
 	if err == nil {
 		return stored{inserted: inserted}, nil
+	}
+	if ctx.Err() != nil {
+		// The request's own context ended, not the ack timeout: the client
+		// hung up, and nobody waits for a 200. Polar retries what it did
+		// not get an answer for; spooling it would only hide a failure the
+		// database never had.
+		return stored{}, fmt.Errorf("%w: %w", errClientGone, err)
 	}
 	if rc.opts.Spool == nil || refusedForItsData(err) {
 		return stored{}, err
@@ -362,8 +381,7 @@ func (rc *Receiver) commit(ctx context.Context, event *inbox.Event) (bool, error
 // has committed. It is the spool's drain (a spool.CommitFunc), so that a
 // spooled delivery is committed exactly as it would have been.
 func (rc *Receiver) CommitEvents(ctx context.Context, events []*inbox.Event) error {
-	_, err := commitEvents(ctx, rc.pool, rc.jobs, events)
-	return err
+	return Commit(ctx, rc.pool, rc.jobs, events)
 }
 
 // Close stops the group committers after answering the requests they hold.

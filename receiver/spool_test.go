@@ -1,6 +1,7 @@
 package receiver_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/spool"
 )
@@ -287,5 +289,174 @@ func TestRefusedEventIsNotSpooled(t *testing.T) {
 	}
 	if got := h.stored(t, "msg_fine"); got.rows != 1 || got.jobs != 1 {
 		t.Fatalf("msg_fine stored = %+v", got)
+	}
+}
+
+// The drain's commit (CommitEvents) tells a refusal from a failure: spooled
+// deliveries the database refuses for what they hold are set aside and the
+// rest are stored, each with its job, while an inbox the database cannot
+// write (the table away) or a database that is down stops the drain with
+// nothing set aside. A refused delivery set aside is stored by a retry once
+// the database takes it.
+func TestDrainSetsAsideWhatTheDatabaseRefuses(t *testing.T) {
+	dir := t.TempDir()
+	sp := openSpool(t, dir, spool.Options{})
+	h := newHarness(t, setup{opts: receiver.Options{Spool: sp}})
+	ctx := context.Background()
+	body := fixture(t, "order.paid.json")
+	for _, id := range []string{"msg_a", "msg_poison", "msg_b"} {
+		e := &inbox.Event{WebhookID: id, EventType: "order.paid", Status: inbox.StatusPending, WebhookTimestamp: time.Now(), Body: body}
+		if err := sp.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.poison(t)
+
+	down := newHarness(t, setup{pool: downPool(t)})
+	if n, err := sp.Drain(ctx, down.rc.CommitEvents, 0); err == nil || n != 0 {
+		t.Fatalf("drain with the database down = %d, %v; want an error", n, err)
+	}
+	if _, err := h.pool.Exec(ctx, `ALTER TABLE webhook_inbox RENAME TO webhook_inbox_away`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sp.Drain(ctx, h.rc.CommitEvents, 0); err == nil || n != 0 {
+		t.Fatalf("drain with the inbox away = %d, %v; want an error", n, err)
+	}
+	if _, err := h.pool.Exec(ctx, `ALTER TABLE webhook_inbox_away RENAME TO webhook_inbox`); err != nil {
+		t.Fatal(err)
+	}
+	if st := spoolStats(t, sp); st.Events != 3 || st.SetAside != 0 {
+		t.Fatalf("after failed drains: %+v, want 3 spooled and none set aside", st)
+	}
+
+	if n, err := sp.Drain(ctx, h.rc.CommitEvents, 0); err != nil || n != 3 {
+		t.Fatalf("drain = %d, %v; want the 3 out of the spool", n, err)
+	}
+	for _, id := range []string{"msg_a", "msg_b"} {
+		if got := h.stored(t, id); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
+			t.Errorf("%s: stored = %+v, want one row and one job", id, got)
+		}
+	}
+	aside, err := spool.SetAside(dir)
+	if err != nil || len(aside) != 1 || aside[0].WebhookID != "msg_poison" || !strings.Contains(aside[0].Reason, "poisoned row") {
+		t.Fatalf("set aside: %+v, %v; want msg_poison, refused as a poisoned row", aside, err)
+	}
+	if st := spoolStats(t, sp); st.Events != 0 || st.SetAside != 1 {
+		t.Fatalf("stats %+v, want none spooled, 1 set aside", st)
+	}
+
+	if _, err := h.pool.Exec(ctx, `DROP TRIGGER poison ON webhook_inbox`); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := aside[0].Event()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.rc.CommitEvents(ctx, []*inbox.Event{ev}); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if got := h.stored(t, "msg_poison"); got != (stored{rows: 1, jobs: 1, status: "pending"}) {
+		t.Errorf("msg_poison retried: stored = %+v, want one row and one job", got)
+	}
+}
+
+// A client that hangs up while its webhook waits for the database is not
+// a database failure: nothing is spooled, nothing counted unavailable; the
+// request is logged and counted as client_gone, and Polar's retry brings
+// the webhook again.
+func TestClientGoneIsNotSpooled(t *testing.T) {
+	bothModes(t, func(t *testing.T, perRequest bool) {
+		sp := openSpool(t, t.TempDir(), spool.Options{})
+		logs := &testkit.SyncBuffer{}
+		h := newHarness(t, setup{perRequest: perRequest, logs: logs, opts: receiver.Options{Spool: sp}})
+		ctx := context.Background()
+		locker, err := h.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer locker.Rollback(ctx) //nolint:errcheck // released at the end
+		if _, err := locker.Exec(ctx, "LOCK TABLE webhook_inbox IN ACCESS EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
+
+		body := fixture(t, "order.paid.json")
+		hangUp, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		req, err := http.NewRequestWithContext(hangUp, http.MethodPost, h.srv.URL, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range polar.SignedHeaders(secret, "msg_gone", time.Now(), body) {
+			req.Header[k] = v
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("answered %d before the client hung up", resp.StatusCode)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for h.count(t, "order.paid", receiver.OutcomeClientGone)+h.count(t, "order.paid", receiver.OutcomeSpooled)+
+			h.count(t, "order.paid", receiver.OutcomeUnavailable) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the request was not counted within 10s of the client hanging up")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if gone, spooled := h.count(t, "order.paid", receiver.OutcomeClientGone), h.count(t, "order.paid", receiver.OutcomeSpooled); gone != 1 || spooled != 0 {
+			t.Errorf("counted %v client_gone and %v spooled, want 1 and 0", gone, spooled)
+		}
+		if st := spoolStats(t, sp); st.Events != 0 {
+			t.Errorf("the spool holds %d events, want none", st.Events)
+		}
+		if log := logs.String(); !strings.Contains(log, "outcome=client_gone") || !strings.Contains(log, "client gone") {
+			t.Errorf("want the request logged as client_gone:\n%s", log)
+		}
+	})
+}
+
+// With the database down and the spool's disk stalled (HoldWrites stands
+// for an fsync that does not return), a delivery waits for the spool's
+// timeout and gets 503; once the spool is stalled, deliveries get 503 at
+// once instead of each adding a write that waits. Default timeouts.
+func TestStalledSpoolAnswers503AtOnce(t *testing.T) {
+	sp := openSpool(t, t.TempDir(), spool.Options{})
+	release, err := sp.HoldWrites()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release) // before the spool closes
+	h := newHarness(t, setup{pool: downPool(t), opts: receiver.Options{Spool: sp}})
+	body := fixture(t, "order.paid.json")
+
+	if code, _ := h.post(t, "msg_waits", body, nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("first delivery to a stalled spool: %d, want 503", code)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !sp.Stalled() {
+		if time.Now().After(deadline) {
+			t.Fatal("the spool does not say it is stalled")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	for i := range 20 {
+		if code, _ := h.post(t, fmt.Sprintf("msg_stalled_%d", i), body, nil); code != http.StatusServiceUnavailable {
+			t.Fatalf("delivery to a stalled spool: %d, want 503", code)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("20 deliveries to a stalled spool took %s, want 503 at once (the spool's timeout is 2s)", took)
+	}
+	if n := sp.Appending(); n != 1 {
+		t.Errorf("%d appends writing, want the first one only", n)
+	}
+	release()
+	for sp.Appending() > 0 { // the held write finishes
+		if time.Now().After(deadline) {
+			t.Fatal("the held write did not finish once the disk returned")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, _ := h.post(t, "msg_after", body, nil); code != http.StatusOK {
+		t.Fatalf("delivery once the disk returned: %d, want 200 from the spool", code)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/spool"
 )
 
 // storeResult is what committing one request's event came to.
@@ -47,11 +48,23 @@ func commitEvents(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserte
 	return inserted, err
 }
 
+// Commit is CommitEvents with the pool and job inserter given: what
+// relay spool retry commits a set-aside webhook with. An error wraps
+// spool.ErrRefused when the database refused the events for what they hold,
+// so that the drain sets the refused one aside instead of retrying it.
+func Commit(ctx context.Context, pool *pgxpool.Pool, inserter jobs.Inserter, events []*inbox.Event) error {
+	_, err := commitEvents(ctx, pool, inserter, events)
+	if refusedForItsData(err) {
+		return fmt.Errorf("%w: %w", spool.ErrRefused, err)
+	}
+	return err
+}
+
 // refusedForItsData reports whether err is PostgreSQL refusing an event for
 // what it holds (a data exception, a constraint, a trigger's RAISE) rather
 // than failing to store it. Such an event gets 503 and is not spooled: the
-// drain's commit would be refused the same way, and it would hold up every
-// event spooled after it.
+// drain's commit would be refused the same way, and set it aside for an
+// operator, while Polar's retry may yet succeed.
 func refusedForItsData(err error) bool {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || len(pgErr.Code) != 5 {

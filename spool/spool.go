@@ -33,6 +33,8 @@ const (
 	DefaultMaxBytes    int64 = 1 << 30
 	DefaultLockTimeout       = time.Second
 	DefaultDrainEvents       = 128
+	DefaultMaxAppends        = 64
+	DefaultStallAfter        = 2 * time.Second
 )
 
 // FileName is the spool's file in its directory.
@@ -55,6 +57,14 @@ var (
 	ErrLocked = errors.New("spool is in use by another process")
 	// ErrClosed means the spool was closed.
 	ErrClosed = errors.New("spool is closed")
+	// ErrStalled means appends have waited StallAfter for the disk with none
+	// finishing: a new one would only wait too.
+	ErrStalled = errors.New("spool is stalled: its disk has not finished a write")
+	// ErrRefused, wrapped in a CommitFunc's error, means the database
+	// refused the events for what they hold (a constraint, a data
+	// exception), as against failing to store them: Drain then sets aside
+	// the event it refuses instead of retrying it forever.
+	ErrRefused = errors.New("refused by the database")
 )
 
 // The buckets: a record (an event without its body) and the body under the
@@ -96,6 +106,15 @@ type Options struct {
 	LockTimeout time.Duration
 	// Logger gets the spool's and its drainer's state changes; none if nil.
 	Logger *slog.Logger
+	// MaxAppends bounds the appends writing at once, counting those whose
+	// caller has given up waiting (each holds its event's body); past it an
+	// append waits for one to finish, within its context. DefaultMaxAppends
+	// if 0.
+	MaxAppends int
+	// StallAfter is how long appends may wait with none finishing before
+	// the spool is stalled: Stalled reports it, and Append fails at once
+	// with ErrStalled. DefaultStallAfter if 0.
+	StallAfter time.Duration
 }
 
 // Spool is a durable local queue of verified deliveries. Its methods are safe
@@ -107,6 +126,14 @@ type Spool struct {
 	logger   *slog.Logger
 	notify   chan struct{} // a token after an append commits; Run waits on it
 	drainMu  sync.Mutex    // one Drain at a time, so none commits what another is committing
+	asideDir string        // where Drain sets aside what it cannot commit
+
+	maxAppends int
+	stallAfter time.Duration
+	slots      chan struct{} // a token per append writing
+	mu         sync.Mutex
+	appending  int       // appends writing, with or without a caller waiting
+	progressAt time.Time // when one last finished, or the first of those writing began
 }
 
 // Open opens or creates the spool in dir, and checks its totals against
@@ -116,8 +143,8 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if dir == "" {
 		return nil, errors.New("open spool: no directory given")
 	}
-	if opts.MaxBytes < 0 || opts.LockTimeout < 0 {
-		return nil, fmt.Errorf("open spool %s: MaxBytes and LockTimeout must not be negative", dir)
+	if opts.MaxBytes < 0 || opts.LockTimeout < 0 || opts.MaxAppends < 0 || opts.StallAfter < 0 {
+		return nil, fmt.Errorf("open spool %s: MaxBytes, LockTimeout, MaxAppends and StallAfter must not be negative", dir)
 	}
 	if opts.MaxBytes == 0 {
 		opts.MaxBytes = DefaultMaxBytes
@@ -125,6 +152,8 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if opts.LockTimeout == 0 {
 		opts.LockTimeout = DefaultLockTimeout
 	}
+	opts.MaxAppends = orDefault(opts.MaxAppends, DefaultMaxAppends)
+	opts.StallAfter = orDefault(opts.StallAfter, DefaultStallAfter)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -147,7 +176,8 @@ func Open(dir string, opts Options) (*Spool, error) {
 	db.MaxBatchSize = maxBatch
 	s := &Spool{
 		db: db, path: path, maxBytes: opts.MaxBytes, logger: opts.Logger,
-		notify: make(chan struct{}, 1),
+		notify: make(chan struct{}, 1), asideDir: AsideDir(dir),
+		maxAppends: opts.MaxAppends, stallAfter: opts.StallAfter, slots: make(chan struct{}, opts.MaxAppends),
 	}
 	events, size, err := s.check()
 	if err != nil {
@@ -210,7 +240,10 @@ func (s *Spool) check() (events, size int64, err error) {
 // their fsyncs. It returns ErrFull (wrapped) when ev does not fit, and any
 // other error when ev may not be on disk. When ctx ends first, Append returns
 // its error, and ev may yet be stored: a redelivery is then a duplicate,
-// which the drain's commit drops by webhook id.
+// which the drain's commit drops by webhook id. A write whose caller gave up
+// still counts against MaxAppends until it ends, so that a stalled disk holds
+// a bounded number of writes (and bodies) instead of one per request; once
+// the spool is stalled, Append fails at once with ErrStalled.
 //
 // Only ev's webhook id, type, status, timestamps, error and body are kept.
 func (s *Spool) Append(ctx context.Context, ev *inbox.Event) error {
@@ -225,6 +258,9 @@ func (s *Spool) Append(ctx context.Context, ev *inbox.Event) error {
 		WebhookTimestamp: ev.WebhookTimestamp, EventTimestamp: ev.EventTimestamp, Error: ev.Error,
 		WorkspaceID: ev.WorkspaceID, Environment: ev.Environment, BodyLen: len(ev.Body),
 	}
+	if err := s.startAppend(ctx); err != nil {
+		return fmt.Errorf("spool webhook %s: %w", ev.WebhookID, err)
+	}
 	// A full spool refuses without waiting for a transaction; appends racing
 	// for the last space are decided inside their transactions.
 	var used int64
@@ -232,9 +268,11 @@ func (s *Spool) Append(ctx context.Context, ev *inbox.Event) error {
 		_, used = readTotals(tx.Bucket(bucketTotals))
 		return nil
 	}); err != nil {
+		s.endAppend()
 		return fmt.Errorf("spool webhook %s: %w", ev.WebhookID, err)
 	}
 	if used+int64(len(ev.Body)) > s.maxBytes {
+		s.endAppend()
 		return fmt.Errorf("spool webhook %s: %w (%d of %d bytes used)", ev.WebhookID, ErrFull, used, s.maxBytes)
 	}
 	// The body is copied because a write may outlive this call (ctx ends
@@ -243,6 +281,7 @@ func (s *Spool) Append(ctx context.Context, ev *inbox.Event) error {
 	done := make(chan error, 1)
 	go func() {
 		err := s.db.Batch(func(tx *bolt.Tx) error { return s.put(tx, rec, body) })
+		s.endAppend()
 		if err == nil {
 			select {
 			case s.notify <- struct{}{}:
@@ -266,6 +305,66 @@ func (s *Spool) Append(ctx context.Context, ev *inbox.Event) error {
 	case <-ctx.Done():
 		return fmt.Errorf("spool webhook %s: %w (the write goes on, and may be stored)", ev.WebhookID, ctx.Err())
 	}
+}
+
+// startAppend takes one of the MaxAppends slots, waiting for one within
+// ctx, unless the spool is stalled.
+func (s *Spool) startAppend(ctx context.Context) error {
+	if s.Stalled() {
+		return fmt.Errorf("%w for %s, %d appends waiting", ErrStalled, s.stallAfter, s.Appending())
+	}
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("all %d spool writes busy: %w", s.maxAppends, ctx.Err())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.appending == 0 {
+		s.progressAt = time.Now()
+	}
+	s.appending++
+	return nil
+}
+
+// endAppend gives back the slot of an append whose write has ended.
+func (s *Spool) endAppend() {
+	s.mu.Lock()
+	s.appending--
+	s.progressAt = time.Now()
+	s.mu.Unlock()
+	<-s.slots
+}
+
+// Appending is how many appends are writing, whether or not their callers
+// still wait: at most MaxAppends.
+func (s *Spool) Appending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appending
+}
+
+// Stalled reports whether new appends cannot be written: appends have
+// waited StallAfter with none finishing (the disk does not return their
+// fsync).
+func (s *Spool) Stalled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appending > 0 && time.Since(s.progressAt) > s.stallAfter
+}
+
+// HoldWrites is a test seam standing for a disk whose fsync does not
+// return: it holds bbolt's writer lock, as a commit stuck in fsync holds
+// it, until release is called, so appends wait exactly as they would on a
+// stalled disk. bbolt has no hook into its fsync, and a real stalled disk
+// needs device-mapper or FUSE. Nothing but tests calls it.
+func (s *Spool) HoldWrites() (release func(), err error) {
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		return nil, fmt.Errorf("hold the spool's writes: %w", err)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { tx.Rollback() }) }, nil //nolint:errcheck // nothing was written
 }
 
 // put adds one event to tx. bbolt's Batch may call it more than once, each
@@ -305,26 +404,31 @@ type Stats struct {
 	Bytes    int64     // their records' and bodies' bytes
 	MaxBytes int64     // the limit on Bytes
 	Oldest   time.Time // when the oldest event was spooled; zero if none
+	SetAside int       // events set aside (see Drain), kept beside the spool
 }
 
 // Stats reads the spool's totals and its oldest event's time from the last
-// commit: one read transaction, no scan.
+// commit (one read transaction, no scan), and counts the set-aside events.
 func (s *Spool) Stats() (Stats, error) {
 	st := Stats{MaxBytes: s.maxBytes}
 	err := s.view(func(tx *bolt.Tx) error {
 		st.Events, st.Bytes = readTotals(tx.Bucket(bucketTotals))
-		_, v := tx.Bucket(bucketRecords).Cursor().First()
-		if v == nil {
-			return nil
+		// A record that does not decode is set aside by the next drain;
+		// meanwhile the oldest that does gives the age.
+		c := tx.Bucket(bucketRecords).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var rec record
+			if json.Unmarshal(v, &rec) == nil {
+				st.Oldest = rec.SpooledAt
+				return nil
+			}
 		}
-		var rec record
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("decode the oldest record: %w", err)
-		}
-		st.Oldest = rec.SpooledAt
 		return nil
 	})
 	if err != nil {
+		return Stats{}, fmt.Errorf("read spool stats: %w", err)
+	}
+	if st.SetAside, err = countAside(s.asideDir); err != nil {
 		return Stats{}, fmt.Errorf("read spool stats: %w", err)
 	}
 	return st, nil
@@ -333,55 +437,120 @@ func (s *Spool) Stats() (Stats, error) {
 // CommitFunc stores events in the database, in the receiver's transaction:
 // it returns nil only after that transaction has committed. It must drop an
 // event whose webhook id is stored already: a drain whose removal from the
-// spool fails commits its events again later.
+// spool fails commits its events again later. Its error wraps ErrRefused
+// when the database refused the events for what they hold; any other error
+// means the database could not take them now.
 type CommitFunc func(ctx context.Context, events []*inbox.Event) error
 
 // Drain passes the oldest spooled events, at most max (DefaultDrainEvents if
 // max <= 0) and 8 MiB of bodies beyond the first, to commit, and removes them
-// from the spool once commit returned nil. It returns how many it removed.
-// Events appended meanwhile are newer and stay. A failing commit leaves the
-// spool as it was.
+// from the spool once commit returned nil. Events appended meanwhile are
+// newer and stay. A commit failing otherwise than ErrRefused (the database
+// is down) leaves those events spooled, to be retried.
+//
+// An event that cannot hold up the others: one whose record does not decode
+// (bit rot, a record of another version), or one the database refuses (the
+// events of a refused commit are committed again one by one to find it), is
+// set aside: written to a file of its own in AsideDir, fsync'd, then removed
+// from the spool, and logged. SetAside lists those files; an operator
+// retries or drops them (relay spool). Drain returns how many events left
+// the spool, committed or set aside.
 func (s *Spool) Drain(ctx context.Context, commit CommitFunc, max int) (int, error) {
 	if max <= 0 {
 		max = DefaultDrainEvents
 	}
 	s.drainMu.Lock()
 	defer s.drainMu.Unlock()
-	keys, events, err := s.oldest(max)
-	if err != nil || len(events) == 0 {
+	batch, err := s.oldest(max)
+	if err != nil || len(batch) == 0 {
 		return 0, err
 	}
-	if err := commit(ctx, events); err != nil {
-		return 0, fmt.Errorf("commit %d spooled webhooks: %w", len(events), err)
+	var gone, keys [][]byte // keys to remove from the spool; those of decoded events
+	var events []*inbox.Event
+	var cerr error
+	for _, sp := range batch {
+		if sp.err != nil {
+			if cerr = s.setAside(sp, sp.err.Error()); cerr != nil {
+				break // what was set aside is removed below; nothing is committed
+			}
+			gone = append(gone, sp.key)
+			continue
+		}
+		keys = append(keys, sp.key)
+		events = append(events, sp.event)
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return remove(tx, keys) }); err != nil {
-		return 0, fmt.Errorf("remove %d committed webhooks from the spool (they will be committed again, as duplicates): %w",
-			len(keys), err)
+	if cerr == nil && len(events) > 0 {
+		cerr = commit(ctx, events)
+		switch {
+		case cerr == nil:
+			gone = append(gone, keys...)
+		case errors.Is(cerr, ErrRefused):
+			var done [][]byte
+			done, cerr = s.commitEach(ctx, commit, batch)
+			gone = append(gone, done...)
+		default:
+			cerr = fmt.Errorf("commit %d spooled webhooks: %w", len(events), cerr)
+		}
 	}
-	return len(keys), nil
+	if len(gone) == 0 {
+		return 0, cerr
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return remove(tx, gone) }); err != nil {
+		return 0, errors.Join(cerr, fmt.Errorf("remove %d committed or set-aside webhooks from the spool (they will be committed or set aside again, as duplicates): %w",
+			len(gone), err))
+	}
+	return len(gone), cerr
+}
+
+// commitEach commits the decoded events of batch one at a time, setting
+// aside each one the database refuses, and returns the keys of those
+// committed or set aside. It stops at the first failure that is not a
+// refusal: the database is down, and the rest wait.
+func (s *Spool) commitEach(ctx context.Context, commit CommitFunc, batch []*spooled) ([][]byte, error) {
+	var done [][]byte
+	for _, sp := range batch {
+		if sp.err != nil {
+			continue // set aside already
+		}
+		err := commit(ctx, []*inbox.Event{sp.event})
+		if errors.Is(err, ErrRefused) {
+			err = s.setAside(sp, err.Error())
+		}
+		if err != nil {
+			return done, fmt.Errorf("commit spooled webhook %s: %w", sp.event.WebhookID, err)
+		}
+		done = append(done, sp.key)
+	}
+	return done, nil
+}
+
+// spooled is one spooled event as Drain reads it: its key, its record and
+// body as stored, and the event they decode to, or why they do not.
+type spooled struct {
+	key, meta, body []byte
+	event           *inbox.Event
+	err             error
 }
 
 // oldest reads the events Drain passes on, with their keys.
-func (s *Spool) oldest(max int) (keys [][]byte, events []*inbox.Event, err error) {
+func (s *Spool) oldest(max int) (batch []*spooled, err error) {
 	err = s.view(func(tx *bolt.Tx) error {
 		bodies := tx.Bucket(bucketBodies)
 		c := tx.Bucket(bucketRecords).Cursor()
 		read := 0
-		for k, v := c.First(); k != nil && len(events) < max && (len(events) == 0 || read < drainBytes); k, v = c.Next() {
-			ev, err := decode(k, v, bodies.Get(k))
-			if err != nil {
-				return err
-			}
-			keys = append(keys, bytes.Clone(k)) // k lives as long as tx
-			events = append(events, ev)
-			read += len(ev.Body)
+		for k, v := c.First(); k != nil && len(batch) < max && (len(batch) == 0 || read < drainBytes); k, v = c.Next() {
+			// k, v and the body live as long as tx.
+			sp := &spooled{key: bytes.Clone(k), meta: bytes.Clone(v), body: bytes.Clone(bodies.Get(k))}
+			sp.event, sp.err = decode(k, sp.meta, sp.body)
+			batch = append(batch, sp)
+			read += len(sp.body)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("read spooled webhooks: %w", err)
+		return nil, fmt.Errorf("read spooled webhooks: %w", err)
 	}
-	return keys, events, nil
+	return batch, nil
 }
 
 // view is s.db.View, failing with ErrClosed after Close.
@@ -393,8 +562,8 @@ func (s *Spool) view(fn func(*bolt.Tx) error) error {
 	return err
 }
 
-// decode makes the event stored under key of its record and body, copying
-// what it keeps: both live only as long as their transaction.
+// decode makes the event stored under key of its record and body. The event
+// holds body: pass a copy of one that lives only as long as its transaction.
 func decode(key, meta, body []byte) (*inbox.Event, error) {
 	var rec record
 	if err := json.Unmarshal(meta, &rec); err != nil {
@@ -409,7 +578,7 @@ func decode(key, meta, body []byte) (*inbox.Event, error) {
 	return &inbox.Event{
 		WebhookID: rec.WebhookID, EventType: rec.EventType, Status: rec.Status,
 		WebhookTimestamp: rec.WebhookTimestamp, EventTimestamp: rec.EventTimestamp, Error: rec.Error,
-		WorkspaceID: rec.WorkspaceID, Environment: rec.Environment, Body: bytes.Clone(body),
+		WorkspaceID: rec.WorkspaceID, Environment: rec.Environment, Body: body,
 	}, nil
 }
 

@@ -440,6 +440,7 @@ func TestCollector(t *testing.T) {
 	reg.MustRegister(NewCollector(s))
 	for name, want := range map[string]float64{
 		"relay_spool_events": 0, "relay_spool_bytes": 0, "relay_spool_max_bytes": 1 << 20, "relay_spool_oldest_age_seconds": 0,
+		"relay_spool_set_aside_events": 0, "relay_spool_appends_in_flight": 0,
 	} {
 		if got := gauge(t, reg, name); got != want {
 			t.Errorf("empty spool: %s = %v, want %v", name, got, want)
@@ -470,6 +471,19 @@ func TestCollector(t *testing.T) {
 	s.Close()
 	if families, err := reg.Gather(); err != nil || len(families) != 0 {
 		t.Fatalf("scrape of a closed spool: %v, %v", families, err)
+	}
+}
+
+// Without a spool the gauges are there, at 0: the dashboard's spool row and
+// the alerts read 0, not no data.
+func TestCollectorWithoutASpool(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(nil))
+	for _, name := range []string{"relay_spool_events", "relay_spool_bytes", "relay_spool_max_bytes",
+		"relay_spool_oldest_age_seconds", "relay_spool_set_aside_events", "relay_spool_appends_in_flight"} {
+		if got := gauge(t, reg, name); got != 0 {
+			t.Errorf("no spool: %s = %v, want 0", name, got)
+		}
 	}
 }
 

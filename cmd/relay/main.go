@@ -23,6 +23,7 @@ commands:
   inbox     list, show or replay stored webhooks (relay inbox --help)
   endpoints add, list, remove or rekey workspaces' webhook secrets (relay endpoints --help)
   bookings  list pending bookings or post them now (relay bookings --help)
+  spool     list, show, retry or drop webhooks the spool set aside (relay spool --help)
 `
 
 func main() {
@@ -64,6 +65,8 @@ func command(ctx context.Context, args []string, getenv func(string) string, std
 		return endpointsCmd(ctx, rest, getenv, os.Stdin, stdout)
 	case "bookings":
 		return bookingsCmd(ctx, rest, getenv, stdout)
+	case "spool":
+		return spoolCmd(ctx, rest, getenv, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -91,9 +91,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(opsmetrics.NewCollector(pool, logger))
-	if sp != nil {
-		reg.MustRegister(spool.NewCollector(sp))
-	}
+	// Without a spool its gauges read 0: the dashboard's spool row and its
+	// alerts see 0, not no data.
+	reg.MustRegister(spool.NewCollector(sp))
 	receiverMetrics, err := receiver.NewMetrics(reg)
 	if err != nil {
 		return fmt.Errorf("register receiver metrics: %w", err)
@@ -136,6 +136,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			GroupCommit:    cfg.GroupCommit,
 			MaxBatch:       cfg.MaxBatch,
 			Committers:     cfg.Committers,
+			SpoolTimeout:   spoolTimeout,
 		}
 		opts.MaxUnverifiedBytes = cfg.MaxUnverifiedBytes
 		if sp != nil {
@@ -289,6 +290,14 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 	return client, nil
 }
 
+// spoolTimeout bounds a spool append (receiver.Options.SpoolTimeout), which
+// starts once the store has failed, possibly at the ack timeout; writeMargin
+// is left for writing the answer after it.
+const (
+	spoolTimeout = 2 * time.Second
+	writeMargin  = time.Second
+)
+
 type namedServer struct {
 	name, addr string
 	addrVar    string // the variable that sets addr
@@ -300,10 +309,13 @@ func newServer(h http.Handler, cfg *config, logger *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler: h,
 		// Slow clients must not hold connections: headers and body each get
-		// a bound, and the answer is due within the ack timeout after that.
+		// a bound. The answer is due once the body is read, the store has
+		// committed or given up (the ack timeout), a spool append has
+		// returned, and the answer is written: a 200 from the spool must
+		// not be cut off.
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
-		WriteTimeout:      cfg.ReadTimeout + cfg.AckTimeout,
+		WriteTimeout:      cfg.ReadTimeout + cfg.AckTimeout + spoolTimeout + writeMargin,
 		IdleTimeout:       90 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -407,8 +419,9 @@ func checkDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config) error {
 
 // readyHandler answers 200 when the database is reachable and migrated. With
 // a spool it also answers 200, "degraded: spooling", while the database is
-// down and the spool has room for a webhook: the load balancer must keep
-// sending, since the spool acknowledges what the database cannot take.
+// down and the spool has room for a webhook and is not stalled: the load
+// balancer must keep sending, since the spool acknowledges what the database
+// cannot take.
 func readyHandler(pool *pgxpool.Pool, sp *spool.Spool, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -419,6 +432,10 @@ func readyHandler(pool *pgxpool.Pool, sp *spool.Spool, maxBody int64) http.Handl
 			st, serr := sp.Stats()
 			if serr != nil || st.Bytes+maxBody > st.MaxBytes {
 				http.Error(w, "database unavailable, spool full or unreadable", http.StatusServiceUnavailable)
+				return
+			}
+			if sp.Stalled() { // its disk does not finish writes: a webhook would get 503
+				http.Error(w, "database unavailable, spool stalled (its disk does not finish writes)", http.StatusServiceUnavailable)
 				return
 			}
 			fmt.Fprintf(w, "degraded: spooling (database unavailable; %d webhooks spooled)\n", st.Events)
