@@ -2,8 +2,11 @@ package jobs_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,5 +254,82 @@ func TestSandboxSecretNeverBooksAProductionSession(t *testing.T) {
 	sys.addSecret(t, other.WS, endpoints.Production, secretB)
 	if state := sys.deliverTo(t, other.WS, secretB, "msg_prod_sandbox", event(t, "order.updated.paid.json", other, "ord_ps", nil)); state != "cancelled" {
 		t.Errorf("job: %s, want cancelled (refused)", state)
+	}
+}
+
+// TestWebhookIDIsUniquePerEndpoint is the attack on de-duplication: workspace
+// A signs, with its own secret, a delivery whose webhook id is one that
+// workspace B's endpoint and then the platform's receive later from Polar.
+// Each real delivery is stored and booked; each, redelivered 20 times at
+// once to its endpoint, is stored once and books once.
+func TestWebhookIDIsUniquePerEndpoint(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	a := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	b := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	c := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	sys.addSecret(t, a.WS, endpoints.Production, secretA)
+	sys.addSecret(t, b.WS, endpoints.Production, secretB)
+	const id = "msg_taken_by_a"
+
+	if code := sys.postTo(t, a.WS, secretA, id, event(t, "order.updated.paid.json", a, "ord_a", nil)); code != http.StatusOK {
+		t.Fatalf("A's delivery: status %d, want 200", code)
+	}
+	deliverAtOnce := func(what string, post func() int) {
+		t.Helper()
+		codes := make(chan int, 20)
+		var wg sync.WaitGroup
+		for range 20 {
+			wg.Go(func() { codes <- post() })
+		}
+		wg.Wait()
+		close(codes)
+		for code := range codes {
+			if code != http.StatusOK {
+				t.Errorf("%s: status %d, want 200", what, code)
+			}
+		}
+	}
+	bBody := event(t, "order.updated.paid.json", b, "ord_b", nil)
+	deliverAtOnce("B's delivery", func() int { return sys.postTo(t, b.WS, secretB, id, bBody) })
+	cBody := event(t, "order.updated.paid.json", c, "ord_c", nil)
+	deliverAtOnce("the platform's delivery", func() int { return sys.post(t, id, cBody) })
+
+	poll(t, "every job of the three deliveries to finish", func() bool {
+		var n int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM river_job
+			WHERE kind IN ('polar_event', 'polar_event_batch') AND finalized_at IS NULL`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
+	rows, err := pool.Query(context.Background(), `SELECT coalesce(workspace_id::text, 'platform'), status, count(*) OVER (PARTITION BY workspace_id)
+		FROM webhook_inbox WHERE webhook_id = $1 ORDER BY id`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var ws, status string
+		var n int
+		if err := rows.Scan(&ws, &status, &n); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %s ×%d", ws, status, n))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{a.WS + " processed ×1", b.WS + " processed ×1", "platform processed ×1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("inbox rows of %s = %q, want %q", id, got, want)
+	}
+	for name, s := range map[string]shop{"A": a, "B": b, "C (the platform's)": c} {
+		if bk := bookings(t, pool, s); len(bk) != 1 || bk[0].amount != 4950 {
+			t.Errorf("%s's bookings = %+v, want one of 4950", name, bk)
+		}
+		if got := session(t, pool, s); got.status != "completed" {
+			t.Errorf("%s's session = %+v, want completed", name, got)
+		}
 	}
 }
