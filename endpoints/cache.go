@@ -3,6 +3,7 @@ package endpoints
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,9 @@ import (
 // Reasons Verify refuses a delivery. Their texts are short and safe to show
 // the caller.
 var (
+	// ErrNoSecret is matched by errors.Is when the workspace has no secret.
+	// The error's text is that of a secret that does not verify, for the
+	// caller must not learn which workspaces are connected.
 	ErrNoSecret = errors.New("no webhook secret configured for this workspace")
 	// ErrUnverified is matched by errors.Is on every verification failure;
 	// the error's text is polar's reason (e.g. "no matching signature"),
@@ -38,6 +42,12 @@ type unverified struct{ reason error }
 func (e unverified) Error() string        { return e.reason.Error() }
 func (e unverified) Unwrap() error        { return e.reason }
 func (e unverified) Is(target error) bool { return target == ErrUnverified }
+
+// noSecret is unverified for a workspace without secrets: the same text,
+// and ErrNoSecret for relay's own use.
+type noSecret struct{ unverified }
+
+func (e noSecret) Is(target error) bool { return target == ErrUnverified || target == ErrNoSecret }
 
 // channel is what the trigger of 00005_endpoint_secrets.sql notifies.
 const channel = "relay_endpoint_secrets"
@@ -73,6 +83,15 @@ type Cache struct {
 	state   atomic.Pointer[snapshot]
 	failing bool // the last refresh failed; only the loop touches it
 
+	// unknown verifies the deliveries of a workspace without secrets, with
+	// a random secret nobody has: such a request costs the HMAC and gets
+	// the answer a wrong signature gets, so neither tells an unconnected
+	// workspace from a connected one.
+	unknown *polar.Verifier
+	// verifications counts verifier calls (tests hold both kinds of
+	// workspace to the same work).
+	verifications atomic.Int64
+
 	mu      sync.Mutex
 	started bool
 	stop    context.CancelFunc
@@ -106,6 +125,11 @@ func NewCache(pool *pgxpool.Pool, keys *Keyring, opts CacheOptions) (*Cache, err
 		return nil, errors.New("endpoint cache: negative poll interval")
 	}
 	c := &Cache{pool: pool, keys: keys, opts: opts, logger: cmp.Or(opts.Logger, slog.Default())}
+	unknown, err := polar.NewVerifier([]string{"polar_whs_" + rand.Text()})
+	if err != nil {
+		return nil, fmt.Errorf("endpoint cache: %w", err)
+	}
+	c.unknown = unknown
 	c.metrics = cacheMetrics{
 		secrets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relay_endpoint_secrets",
@@ -174,22 +198,30 @@ func (c *Cache) Close() {
 
 // Verify checks a delivery to workspaceID's endpoint against that
 // workspace's secrets. It passes if any of them verifies it, and returns
-// the environment of the secret that did. Failures are ErrNoSecret,
-// ErrNotReady, or match ErrUnverified (with polar's reason as text).
+// the environment of the secret that did. Failures are ErrNotReady, or
+// match ErrUnverified (with polar's reason as text); for a workspace without
+// secrets, verified against a secret nobody has, they also match
+// ErrNoSecret, with the same text.
 func (c *Cache) Verify(workspaceID string, body []byte, header http.Header) (polar.Delivery, string, error) {
 	snap := c.state.Load()
 	if snap == nil {
 		return polar.Delivery{}, "", ErrNotReady
 	}
-	if !isUUID(workspaceID) {
-		return polar.Delivery{}, "", ErrNoSecret
+	var envs []envVerifier
+	if isUUID(workspaceID) {
+		envs = snap.workspaces[strings.ToLower(workspaceID)]
 	}
-	envs := snap.workspaces[strings.ToLower(workspaceID)]
 	if len(envs) == 0 {
-		return polar.Delivery{}, "", ErrNoSecret
+		c.verifications.Add(1)
+		_, err := c.unknown.Verify(body, header)
+		if err == nil { // nobody has the secret: cannot happen
+			err = polar.ErrSignatureMismatch
+		}
+		return polar.Delivery{}, "", noSecret{unverified{err}}
 	}
 	var last error
 	for _, ev := range envs {
+		c.verifications.Add(1)
 		d, err := ev.verifier.Verify(body, header)
 		if err == nil {
 			return d, ev.environment, nil

@@ -131,9 +131,6 @@ func TestTwoWorkspacesVerifyOnlyTheirOwn(t *testing.T) {
 	if _, _, err := c.Verify(ws1, []byte(`{ }`), tampered); !errors.Is(err, ErrUnverified) {
 		t.Errorf("tampered body: %v", err)
 	}
-	if ErrNoSecret.Error() != "no webhook secret configured for this workspace" {
-		t.Errorf("ErrNoSecret says %q", ErrNoSecret)
-	}
 
 	// Metrics count by environment only; no workspace id is a label.
 	if got := value(c.metrics.secrets.WithLabelValues(Production)); got != 2 {
@@ -334,5 +331,39 @@ func TestCacheNotStarted(t *testing.T) {
 	}
 	if _, err := NewCache(nil, nil, CacheOptions{Registerer: reg}); err == nil {
 		t.Error("a second cache registered the same metrics")
+	}
+}
+
+// TestUnconnectedWorkspaceLooksConnected: a delivery to a workspace without
+// secrets gets the answer, and costs the HMAC, that a wrong signature to a
+// connected one does, so that nobody can list the connected workspaces.
+func TestUnconnectedWorkspaceLooksConnected(t *testing.T) {
+	pool := testdb.NewPool(t)
+	keys := keyring(t, newKey64(t))
+	connected, unconnected := newWorkspace(t, pool), newWorkspace(t, pool)
+	add(t, NewStore(pool, keys), connected, Production, "polar_whs_connected_secret_01")
+	c := startCache(t, pool, keys, CacheOptions{})
+
+	body := []byte(`{"type":"order.paid"}`)
+	for name, header := range map[string]http.Header{
+		"wrong secret":  signed("polar_whs_attackers_guess_0001", body),
+		"old timestamp": signedAt("polar_whs_attackers_guess_0001", body, time.Now().Add(-10*time.Minute)),
+		"no headers":    {},
+	} {
+		var texts []string
+		for _, ws := range []string{connected, unconnected, "00000000-0000-4000-8000-000000000000"} {
+			before := c.verifications.Load()
+			_, _, err := c.Verify(ws, body, header)
+			if !errors.Is(err, ErrUnverified) {
+				t.Errorf("%s to %s: %v, want ErrUnverified", name, ws, err)
+			}
+			if got := c.verifications.Load() - before; got != 1 {
+				t.Errorf("%s to %s: %d verifier calls, want 1", name, ws, got)
+			}
+			texts = append(texts, errText(err))
+		}
+		if texts[0] != texts[1] || texts[1] != texts[2] {
+			t.Errorf("%s: the connected and unconnected workspaces' answers differ: %q", name, texts)
+		}
 	}
 }

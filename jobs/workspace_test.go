@@ -1,8 +1,10 @@
 package jobs_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -331,5 +333,49 @@ func TestWebhookIDIsUniquePerEndpoint(t *testing.T) {
 		if got := session(t, pool, s); got.status != "completed" {
 			t.Errorf("%s's session = %+v, want completed", name, got)
 		}
+	}
+}
+
+// TestUnconnectedWorkspaceAnswersAsAConnectedOne: a bad signature gets the
+// same bytes back (status, headers but the date, body) whether or not the
+// workspace has connected its Polar organization, so that nobody can list
+// the connected ones (endpoints' TestUnconnectedWorkspaceLooksConnected
+// holds them to the same work).
+func TestUnconnectedWorkspaceAnswersAsAConnectedOne(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	connected := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	unconnected := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	sys.addSecret(t, connected.WS, endpoints.Production, secretA)
+	body := []byte(`{"type":"order.paid","data":{}}`)
+
+	answer := func(ws string) string {
+		req, err := http.NewRequest(http.MethodPost, sys.wsURL+"/"+ws, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = polar.SignedHeaders("polar_whs_an_attackers_guess_01", "msg_probe", time.Now(), body)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		resp.Header.Del("Date")
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s\n", resp.Status)
+		if err := resp.Header.Write(&b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(&b, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	got, want := answer(unconnected.WS), answer(connected.WS)
+	if got != want {
+		t.Errorf("an unconnected workspace's answer:\n%s\nwant a connected one's:\n%s", got, want)
+	}
+	if !strings.HasPrefix(want, "401 ") {
+		t.Errorf("answer to a bad signature:\n%s\nwant 401", want)
 	}
 }
