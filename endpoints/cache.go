@@ -101,6 +101,9 @@ type Cache struct {
 type snapshot struct {
 	generation int64
 	workspaces map[string][]envVerifier
+	// plain is every secret verified with, by row id: a row the keys cannot
+	// open any more keeps the secret it held when they could (reload).
+	plain map[string]string
 }
 
 // envVerifier checks a workspace's deliveries with one environment's
@@ -113,6 +116,7 @@ type envVerifier struct {
 type cacheMetrics struct {
 	secrets    *prometheus.GaugeVec
 	unreadable prometheus.Gauge
+	kept       prometheus.Gauge
 	reloads    *prometheus.CounterVec
 	checked    prometheus.Gauge
 }
@@ -139,6 +143,10 @@ func NewCache(pool *pgxpool.Pool, keys *Keyring, opts CacheOptions) (*Cache, err
 			Name: "relay_endpoint_secrets_unreadable",
 			Help: "Stored workspace endpoint secrets the configured keys cannot decrypt (their workspace's deliveries may fail).",
 		}),
+		kept: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_endpoint_secrets_unreadable_kept",
+			Help: "Of the unreadable secrets, those still verified with as this replica decrypted them before (typically re-encrypted by a rekey to a key it lacks).",
+		}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_endpoint_cache_reloads_total",
 			Help: "Refreshes of the endpoint secret cache: loads, and checks that failed, by result (ok, error).",
@@ -155,7 +163,7 @@ func NewCache(pool *pgxpool.Pool, keys *Keyring, opts CacheOptions) (*Cache, err
 		c.metrics.reloads.WithLabelValues(r)
 	}
 	if opts.Registerer != nil {
-		for _, col := range []prometheus.Collector{c.metrics.secrets, c.metrics.unreadable, c.metrics.reloads, c.metrics.checked} {
+		for _, col := range []prometheus.Collector{c.metrics.secrets, c.metrics.unreadable, c.metrics.kept, c.metrics.reloads, c.metrics.checked} {
 			if err := opts.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("endpoint cache metrics: %w", err)
 			}
@@ -357,24 +365,40 @@ func (c *Cache) reload(ctx context.Context) error {
 		return fmt.Errorf("read endpoint secrets: %w", err)
 	}
 
+	// A row's secret never changes (a new secret is a new row; rekey only
+	// re-encrypts): what this replica decrypted before is still the row's
+	// secret when a rekey to a key it lacks makes the row unreadable here.
+	var before map[string]string
+	if prev := c.state.Load(); prev != nil {
+		before = prev.plain
+	}
 	plain := map[[2]string][]string{}
+	byRow := make(map[string]string, len(rows))
 	counts := map[string]int{}
-	unreadable := 0
+	unreadable, kept := 0, 0
 	for _, st := range rows {
 		p, err := c.keys.open(st.ID, st.Workspace, st.Environment, st.keyID, st.ciphertext)
+		secret := string(p)
 		if err != nil {
 			// One bad row must not stop every other workspace's updates.
 			unreadable++
-			c.logger.Error("endpoint secrets: cannot decrypt a secret; its workspace's deliveries will not verify with it",
-				"secret_id", st.ID, "workspace", st.Workspace, "environment", st.Environment,
-				"error", fmt.Sprintf("%s cannot decrypt it: wrong key?", c.keys.Source()))
-			continue
+			attrs := []any{"secret_id", st.ID, "workspace", st.Workspace, "environment", st.Environment,
+				"error", fmt.Sprintf("%s cannot decrypt it: wrong key?", c.keys.Source())}
+			var ok bool
+			if secret, ok = before[st.ID]; !ok {
+				c.logger.Error("endpoint secrets: cannot decrypt a secret; its workspace's deliveries will not verify with it", attrs...)
+				continue
+			}
+			kept++
+			c.logger.Error("endpoint secrets: cannot decrypt a secret (rekeyed to a key this replica lacks?); "+
+				"verifying with it as decrypted before, until this replica restarts", attrs...)
 		}
 		k := [2]string{st.Workspace, st.Environment}
-		plain[k] = append(plain[k], string(p))
+		plain[k] = append(plain[k], secret)
+		byRow[st.ID] = secret
 		counts[st.Environment]++
 	}
-	snap := &snapshot{generation: gen, workspaces: make(map[string][]envVerifier, len(plain))}
+	snap := &snapshot{generation: gen, workspaces: make(map[string][]envVerifier, len(plain)), plain: byRow}
 	for _, env := range []string{Production, Sandbox} { // production is tried first
 		for k, secrets := range plain {
 			if k[1] != env {
@@ -392,7 +416,8 @@ func (c *Cache) reload(ctx context.Context) error {
 		c.metrics.secrets.WithLabelValues(env).Set(float64(counts[env]))
 	}
 	c.metrics.unreadable.Set(float64(unreadable))
+	c.metrics.kept.Set(float64(kept))
 	c.metrics.checked.SetToCurrentTime()
-	c.logger.Debug("endpoint secrets loaded", "generation", gen, "secrets", len(rows)-unreadable, "unreadable", unreadable)
+	c.logger.Debug("endpoint secrets loaded", "generation", gen, "secrets", len(rows)-unreadable+kept, "unreadable", unreadable, "kept", kept)
 	return nil
 }
