@@ -378,4 +378,14 @@ func TestUnconnectedWorkspaceAnswersAsAConnectedOne(t *testing.T) {
 	if !strings.HasPrefix(want, "401 ") {
 		t.Errorf("answer to a bad signature:\n%s\nwant 401", want)
 	}
+	// The operator's log says why, and whose endpoint it was.
+	var line string
+	for l := range strings.SplitSeq(sys.logs.String(), "\n") {
+		if strings.Contains(l, "status=401") && strings.Contains(l, unconnected.WS) {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "no webhook secret configured for this workspace") {
+		t.Errorf("no log line of the unconnected workspace's 401 says it has no secret: %q", line)
+	}
 }
