@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -397,6 +398,10 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 		if code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_replay?endpoint=platform", bearer(testToken), ""); code != http.StatusOK ||
 			!strings.Contains(body, `"endpoint": "platform"`) {
 			t.Errorf("API show ?endpoint=platform: %d %s", code, body)
+		}
+		out, err = p.cli(t, "inbox", "list", "--type", "order.updated")
+		if err != nil || !regexp.MustCompile(`msg_replay +`+s.WS+`/production `).MatchString(out) || !regexp.MustCompile(`msg_replay +platform `).MatchString(out) {
+			t.Errorf("inbox list does not name both endpoints of msg_replay: %v\n%s", err, out)
 		}
 		if _, err := p.cli(t, "inbox", "replay", "msg_replay"); err == nil || !strings.Contains(err.Error(), "several endpoints") {
 			t.Errorf("inbox replay of an id two endpoints stored: %v, want an error", err)
