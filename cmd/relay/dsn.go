@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/url"
@@ -105,10 +106,11 @@ func redactErr(err error, dsn string) error {
 }
 
 // redactingWriter takes dsn's password out of every log line written to w.
-// slog writes a record in one Write.
+// slog writes a record in one Write. A line without it (every one, unless
+// something quotes the connection string) is passed on as it is.
 type redactingWriter struct {
 	w         io.Writer
-	passwords []string
+	passwords [][]byte
 }
 
 func newRedactingWriter(w io.Writer, dsn string) io.Writer {
@@ -116,15 +118,21 @@ func newRedactingWriter(w io.Writer, dsn string) io.Writer {
 	if len(pws) == 0 {
 		return w
 	}
-	return &redactingWriter{w: w, passwords: pws}
+	r := &redactingWriter{w: w}
+	for _, pw := range pws {
+		r.passwords = append(r.passwords, []byte(pw))
+	}
+	return r
 }
 
 func (r *redactingWriter) Write(p []byte) (int, error) {
-	s := string(p)
+	out := p
 	for _, pw := range r.passwords {
-		s = strings.ReplaceAll(s, pw, hiddenPassword)
+		if bytes.Contains(out, pw) {
+			out = bytes.ReplaceAll(out, pw, []byte(hiddenPassword))
+		}
 	}
-	if _, err := io.WriteString(r.w, s); err != nil {
+	if _, err := r.w.Write(out); err != nil {
 		return 0, err
 	}
 	return len(p), nil
