@@ -70,7 +70,8 @@ func endpointName(workspaceID, environment string) string {
 	return workspaceID + "/" + environment
 }
 
-// ParseEndpoint reads an endpoint as Endpoint writes it.
+// ParseEndpoint reads an endpoint as Endpoint writes it. A workspace id
+// that is not one names an endpoint that has stored nothing.
 func ParseEndpoint(s string) (workspaceID, environment string, err error) {
 	if s == Platform {
 		return "", "", nil
@@ -79,7 +80,7 @@ func ParseEndpoint(s string) (workspaceID, environment string, err error) {
 	if !ok || ws == "" || (env != "production" && env != "sandbox") {
 		return "", "", fmt.Errorf("endpoint %q: want %q or <workspace id>/production or <workspace id>/sandbox", s, Platform)
 	}
-	return ws, env, nil
+	return strings.ToLower(ws), env, nil
 }
 
 // DB is what the inbox runs its statements on: a pool, a connection or a
@@ -210,8 +211,9 @@ var ErrNotFound = errors.New("inbox: no such webhook")
 var ErrAmbiguous = errors.New("inbox: several endpoints stored this webhook id; name one")
 
 // keyMatch selects the row of key ($1, $2, $3); webhook_id leads the unique
-// index, so it is one index look-up.
-const keyMatch = `webhook_id = $1 AND workspace_id IS NOT DISTINCT FROM $2::uuid AND environment IS NOT DISTINCT FROM $3`
+// index, so it is one index look-up. The workspace is compared as text: one
+// that is not a UUID matches nothing rather than failing the statement.
+const keyMatch = `webhook_id = $1 AND workspace_id::text IS NOT DISTINCT FROM $2::text AND environment IS NOT DISTINCT FROM $3`
 
 // Find returns the rows of a webhook id, oldest first: one per endpoint
 // that stored it, or, when endpoint is not empty (as Endpoint writes it),

@@ -388,9 +388,15 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 			!strings.Contains(err.Error(), "platform") || !strings.Contains(err.Error(), s.WS+"/production") {
 			t.Errorf("inbox show of an id two endpoints stored: %v, want an error naming both", err)
 		}
-		out, err = p.cli(t, "inbox", "show", "--endpoint", s.WS+"/production", "msg_replay")
+		out, err = p.cli(t, "inbox", "show", "--endpoint", strings.ToUpper(s.WS)+"/production", "msg_replay")
 		if err != nil || !strings.Contains(out, "endpoint:     "+s.WS+"/production") {
 			t.Errorf("inbox show --endpoint: %v\n%s", err, out)
+		}
+		if code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_replay?endpoint=shop/production", bearer(testToken), ""); code != http.StatusNotFound {
+			t.Errorf("API show at a workspace that is not a UUID: %d %s, want 404", code, body)
+		}
+		if code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_replay?endpoint=shop", bearer(testToken), ""); code != http.StatusBadRequest {
+			t.Errorf("API show at a malformed endpoint: %d %s, want 400", code, body)
 		}
 		if code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_replay", bearer(testToken), ""); code != http.StatusConflict {
 			t.Errorf("API show of an id two endpoints stored: %d %s, want 409", code, body)
