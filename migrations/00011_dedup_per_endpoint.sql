@@ -20,15 +20,18 @@ ALTER TABLE webhook_inbox DROP CONSTRAINT IF EXISTS webhook_inbox_webhook_id_key
 -- name its endpoint too (null for the platform), as new jobs do. No older
 -- replica can insert since the constraint went, and no newer one runs before
 -- this migration is done, so every webhook id still has one row here.
+-- Unfinished jobs by state: River's fetch index leads with it, so finished
+-- jobs River keeps are not read.
 UPDATE river_job j SET args = j.args || jsonb_build_object('workspace_id', i.workspace_id, 'environment', i.environment)
 FROM webhook_inbox i
-WHERE j.kind = 'polar_event' AND j.finalized_at IS NULL AND NOT j.args ? 'environment'
+WHERE j.state IN ('available', 'pending', 'retryable', 'running', 'scheduled') AND j.kind = 'polar_event'
+  AND NOT j.args ? 'environment'
   AND i.webhook_id = j.args->>'webhook_id';
 UPDATE river_job j SET args = jsonb_set(j.args, '{events}', (
     SELECT jsonb_agg(e || jsonb_build_object('workspace_id', i.workspace_id, 'environment', i.environment) ORDER BY n)
     FROM jsonb_array_elements(j.args->'events') WITH ORDINALITY AS x(e, n)
     LEFT JOIN webhook_inbox i ON i.webhook_id = x.e->>'webhook_id'))
-WHERE j.kind = 'polar_event_batch' AND j.finalized_at IS NULL
+WHERE j.state IN ('available', 'pending', 'retryable', 'running', 'scheduled') AND j.kind = 'polar_event_batch'
   AND jsonb_typeof(j.args->'events') = 'array' AND jsonb_array_length(j.args->'events') > 0;
 
 -- +goose Down
