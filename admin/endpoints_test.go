@@ -106,6 +106,7 @@ func TestEndpointsAPI(t *testing.T) {
 		want               int
 	}{
 		{"POST", "/admin/api/endpoints", addBody(ws1, "live", secret1), http.StatusBadRequest},
+		{"POST", "/admin/api/endpoints", addBody(ws1, "sandbox", secret1), http.StatusBadRequest}, // production's secret, for sandbox
 		{"POST", "/admin/api/endpoints", addBody("shop", "sandbox", secret1), http.StatusBadRequest},
 		{"POST", "/admin/api/endpoints", addBody(ws1, "sandbox", ""), http.StatusBadRequest},
 		{"POST", "/admin/api/endpoints", addBody(ws1, "sandbox", secret1+"\n"), http.StatusBadRequest},

@@ -242,7 +242,7 @@ func (a *api) listInbox(w http.ResponseWriter, r *http.Request) {
 // showInbox always masks: unmasked payloads are for the CLI, which needs
 // database credentials, not for a browser session.
 func (a *api) showInbox(w http.ResponseWriter, r *http.Request) {
-	d, err := a.ops.ShowInbox(r.Context(), r.PathValue("webhook_id"), false)
+	d, err := a.ops.ShowInbox(r.Context(), r.PathValue("webhook_id"), r.URL.Query().Get("endpoint"), false)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -252,7 +252,7 @@ func (a *api) showInbox(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) replay(w http.ResponseWriter, r *http.Request) {
 	webhookID := r.PathValue("webhook_id")
-	jobID, err := a.ops.Replay(r.Context(), webhookID)
+	jobID, err := a.ops.Replay(r.Context(), webhookID, r.URL.Query().Get("endpoint"))
 	if err != nil {
 		a.fail(w, r, err)
 		return

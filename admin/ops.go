@@ -346,8 +346,11 @@ func (o *Ops) eachMatching(ctx context.Context, verb string, f JobFilter, since 
 
 // InboxEvent is a stored webhook without its body.
 type InboxEvent struct {
-	ID               int64      `json:"id"`
-	WebhookID        string     `json:"webhook_id"`
+	ID        int64  `json:"id"`
+	WebhookID string `json:"webhook_id"`
+	// Endpoint is the one that verified it: "platform", or
+	// "<workspace id>/<environment>". A webhook id is unique per endpoint.
+	Endpoint         string     `json:"endpoint"`
 	EventType        string     `json:"event_type"`
 	Status           string     `json:"status"`
 	WebhookTimestamp time.Time  `json:"webhook_timestamp"`
@@ -361,7 +364,7 @@ type InboxEvent struct {
 
 func inboxEvent(e *inbox.Event) InboxEvent {
 	return InboxEvent{
-		ID: e.ID, WebhookID: e.WebhookID, EventType: e.EventType, Status: e.Status,
+		ID: e.ID, WebhookID: e.WebhookID, Endpoint: e.Endpoint(), EventType: e.EventType, Status: e.Status,
 		WebhookTimestamp: e.WebhookTimestamp, EventTimestamp: e.EventTimestamp,
 		ReceivedAt: e.ReceivedAt, ProcessedAt: e.ProcessedAt, JobID: e.JobID,
 		Note: e.Error, BodyBytes: len(e.Body),
@@ -402,12 +405,11 @@ type InboxDetail struct {
 }
 
 // ShowInbox returns one stored webhook; the payload is masked unless
-// unmasked is set. A body that is not JSON is shown only unmasked.
-func (o *Ops) ShowInbox(ctx context.Context, webhookID string, unmasked bool) (*InboxDetail, error) {
-	e, err := inbox.Get(ctx, o.Pool, webhookID)
-	if errors.Is(err, inbox.ErrNotFound) {
-		return nil, webhookNotFound(webhookID)
-	}
+// unmasked is set. A body that is not JSON is shown only unmasked. endpoint
+// (InboxEvent.Endpoint) is needed only when several endpoints have stored
+// the webhook id.
+func (o *Ops) ShowInbox(ctx context.Context, webhookID, endpoint string, unmasked bool) (*InboxDetail, error) {
+	e, err := o.getInbox(ctx, webhookID, endpoint)
 	if err != nil {
 		return nil, err
 	}
@@ -442,25 +444,44 @@ func (o *Ops) ShowInbox(ctx context.Context, webhookID string, unmasked bool) (*
 
 // Replay enqueues a new job for a stored webhook (jobs.Replay). The ledger
 // ignores what it has already applied, so replaying is always safe.
-func (o *Ops) Replay(ctx context.Context, webhookID string) (int64, error) {
+func (o *Ops) Replay(ctx context.Context, webhookID, endpoint string) (int64, error) {
 	// Checked here too so the caller gets a clear error it can map to 409.
-	e, err := inbox.Get(ctx, o.Pool, webhookID)
-	if errors.Is(err, inbox.ErrNotFound) {
-		return 0, webhookNotFound(webhookID)
-	}
+	e, err := o.getInbox(ctx, webhookID, endpoint)
 	if err != nil {
-		return 0, fmt.Errorf("replay %q: %w", webhookID, err)
+		return 0, fmt.Errorf("replay: %w", err)
 	}
 	if !polar.Handled(e.EventType) {
 		return 0, fmt.Errorf("replay %q (%q): %w", webhookID, e.EventType, ErrNotReplayable)
 	}
-	id, err := jobs.Replay(ctx, o.Pool, o.Client, webhookID)
+	id, err := jobs.Replay(ctx, o.Pool, o.Client, webhookID, e.Endpoint())
 	if errors.Is(err, inbox.ErrNotFound) { // deleted since the check above
-		return 0, webhookNotFound(webhookID)
+		return 0, webhookNotFound(webhookID, endpoint)
 	}
 	return id, err
 }
 
-func webhookNotFound(webhookID string) error {
+// getInbox is inbox.Get with its errors in the admin's kinds: an unknown
+// id is not found, an id several endpoints stored (without one named) a
+// conflict naming them, a malformed endpoint a bad request.
+func (o *Ops) getInbox(ctx context.Context, webhookID, endpoint string) (*inbox.Event, error) {
+	if endpoint != "" {
+		if _, _, err := inbox.ParseEndpoint(endpoint); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadRequest, err)
+		}
+	}
+	e, err := inbox.Get(ctx, o.Pool, webhookID, endpoint)
+	switch {
+	case errors.Is(err, inbox.ErrNotFound):
+		return nil, webhookNotFound(webhookID, endpoint)
+	case errors.Is(err, inbox.ErrAmbiguous):
+		return nil, fmt.Errorf("%w: %w", ErrConflict, err)
+	}
+	return e, err
+}
+
+func webhookNotFound(webhookID, endpoint string) error {
+	if endpoint != "" {
+		return errorf(ErrNotFound, "webhook %q not found in the inbox at endpoint %s", webhookID, endpoint)
+	}
 	return errorf(ErrNotFound, "webhook %q not found in the inbox", webhookID)
 }

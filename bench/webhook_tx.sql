@@ -21,7 +21,8 @@ WITH raw_job_data AS (
     SELECT
         unnest(ARRAY[0]::bigint[]) AS id,
         unnest(ARRAY[json_build_object('webhook_id', 'msg_pgbench_' || :client_id || '_' || :r,
-                                       'event_type', 'order.updated')::jsonb]) AS args,
+                                       'event_type', 'order.updated',
+                                       'workspace_id', NULL, 'environment', NULL)::jsonb]) AS args,
         unnest(ARRAY[clock_timestamp()]::timestamptz[]) AS created_at,
         unnest(ARRAY['polar_event']::text[]) AS kind,
         unnest(ARRAY[12]::smallint[]) AS max_attempts,
@@ -61,11 +62,12 @@ RETURNING
     river_job.created_at, river_job.errors, river_job.finalized_at, river_job.kind, river_job.max_attempts,
     river_job.metadata, river_job.priority, river_job.queue, river_job.state, river_job.scheduled_at, river_job.tags,
     river_job.unique_key, river_job.unique_states, (xmax != 0) AS unique_skipped_as_duplicate \gset j_
-INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error)
+INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error, workspace_id, environment)
 VALUES ('msg_pgbench_' || :client_id || '_' || :r, 'order.updated', 'pending', now(), now() - interval '1 second',
-        convert_to(:body, 'UTF8'), NULL)
-ON CONFLICT (webhook_id) DO NOTHING
-RETURNING id AS inbox_id, received_at \gset
+        convert_to(:body, 'UTF8'), NULL, NULL, NULL)
+ON CONFLICT (webhook_id, workspace_id, environment) DO NOTHING
+RETURNING id AS inbox_id, webhook_id AS inbox_webhook_id, coalesce(workspace_id::text, '') AS inbox_workspace,
+          coalesce(environment, '') AS inbox_environment, received_at \gset
 \if :notify = 1
 WITH topic_to_notify AS (
     SELECT concat(current_schema(), '.', 'river_insert') AS topic, unnest(ARRAY['{"queue": "default"}']::text[]) AS payload

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/relayhq/relay/console"
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testkit"
 )
 
@@ -244,5 +245,40 @@ func TestNeedsAttentionListsPendingBookings(t *testing.T) {
 	i := strings.Index(page, `id="sec-pending"`)
 	if i < 0 || !strings.Contains(page[i:], "pending: no default wallet") {
 		t.Errorf("the pending section does not show the sale with its reason:\n%s", page)
+	}
+}
+
+// TestOneWebhookIDAtTwoEndpoints: a webhook id is unique per endpoint, so
+// the console shows each endpoint's delivery of one id on its own page
+// (the platform's without ?endpoint=), and replays the one it shows.
+func TestOneWebhookIDAtTwoEndpoints(t *testing.T) {
+	s := startSystem(t, 3)
+	shop := testkit.SeedShop(t, s.pool, testkit.ShopOptions{})
+	s.send(t, "msg_twice", testkit.Event(t, "order.updated.paid.json", shop.Sale("ord_twice"), nil))
+	waitPage(t, s.admin.URL+"/admin/deliveries/msg_twice", "session completed, 49.50 USD booked")
+	ws := &inbox.Event{WebhookID: "msg_twice", EventType: "customer.created", Status: inbox.StatusIgnored,
+		WebhookTimestamp: time.Now(), Body: testkit.Fixture(t, "customer.created.json"),
+		WorkspaceID: shop.WS, Environment: "sandbox"}
+	if _, err := inbox.Insert(t.Context(), s.pool, ws); err != nil {
+		t.Fatal(err)
+	}
+	endpoint := shop.WS + "/sandbox"
+
+	waitPage(t, s.admin.URL+"/admin/?q=msg_twice", `href="./deliveries/msg_twice"`, `href="./deliveries/msg_twice?endpoint=`+shop.WS+`%2fsandbox"`)
+	platform := waitPage(t, s.admin.URL+"/admin/deliveries/msg_twice", "order.updated", `data-action="../deliveries/msg_twice/replay"`)
+	if strings.Contains(platform, "customer.created") {
+		t.Error("the platform's delivery page shows the workspace's delivery of the same id")
+	}
+	theirs := waitPage(t, s.admin.URL+"/admin/deliveries/msg_twice?endpoint="+endpoint, "customer.created")
+	if strings.Contains(theirs, "order.updated") {
+		t.Error("the workspace's delivery page shows the platform's delivery of the same id")
+	}
+	code, body, _ := do(t, http.MethodPost, s.admin.URL+"/admin/deliveries/msg_twice/replay", http.Header{"X-Relay-Console": {"1"}}, "")
+	if code != http.StatusAccepted {
+		t.Errorf("replay of the platform's delivery: %d %s", code, body)
+	}
+	code, body, _ = do(t, http.MethodPost, s.admin.URL+"/admin/deliveries/msg_twice/replay?endpoint="+endpoint, http.Header{"X-Relay-Console": {"1"}}, "")
+	if code != http.StatusConflict || !strings.Contains(body, "does not act on") {
+		t.Errorf("replay of the workspace's customer.created: %d %s, want 409 (not replayable), not the platform's", code, body)
 	}
 }

@@ -199,6 +199,7 @@ func (c *Console) delivery(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
+	ds = pickEndpoint(ds, r.URL.Query().Get("endpoint"))
 	if len(ds) == 0 {
 		c.fail(w, r, fmt.Errorf("%w: webhook %q not found in the inbox", admin.ErrNotFound, id))
 		return
@@ -206,11 +207,11 @@ func (c *Console) delivery(w http.ResponseWriter, r *http.Request) {
 	d := deliveryData{Delivery: ds[0]}
 	// Always masked: unmasked payloads are for the CLI, which needs the
 	// database's credentials, not for a browser.
-	if d.Detail, err = c.ops.ShowInbox(r.Context(), id, false); err != nil {
+	if d.Detail, err = c.ops.ShowInbox(r.Context(), id, ds[0].Endpoint(), false); err != nil {
 		c.fail(w, r, err)
 		return
 	}
-	if d.Jobs, err = c.store.jobsOf(r.Context(), id); err != nil {
+	if d.Jobs, err = c.store.jobsOf(r.Context(), ds[0]); err != nil {
 		c.fail(w, r, err)
 		return
 	}
@@ -221,12 +222,27 @@ func (c *Console) delivery(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, x := range related {
-			if x.WebhookID != id {
+			if x.WebhookID != id || x.Endpoint() != d.Endpoint() {
 				d.Related = append(d.Related, x)
 			}
 		}
 	}
 	c.render(w, r, "delivery", view{Title: "Delivery " + id, Nav: "deliveries", Data: d})
+}
+
+// pickEndpoint keeps the delivery of the endpoint named (a webhook id is
+// unique per endpoint, inbox.Event.Endpoint), or with none named the
+// platform's, which the console's links name by no endpoint, else the
+// newest; ds is newest first.
+func pickEndpoint(ds []*Delivery, endpoint string) []*Delivery {
+	if endpoint == "" {
+		i := slices.IndexFunc(ds, func(d *Delivery) bool { return d.WorkspaceID == "" })
+		if i < 0 {
+			i = 0
+		}
+		return ds[min(i, len(ds)):min(i+1, len(ds))]
+	}
+	return slices.DeleteFunc(ds, func(d *Delivery) bool { return d.Endpoint() != endpoint })
 }
 
 func cmpOr(a, b string) string {
@@ -361,7 +377,16 @@ func (c *Console) bulkRetry(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) replay(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("webhook_id")
-	jobID, err := c.ops.Replay(r.Context(), id)
+	ds, err := c.store.byWebhookIDs(r.Context(), []string{id})
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	endpoint := r.URL.Query().Get("endpoint")
+	if picked := pickEndpoint(ds, endpoint); len(picked) == 1 {
+		endpoint = picked[0].Endpoint()
+	}
+	jobID, err := c.ops.Replay(r.Context(), id, endpoint)
 	if err != nil {
 		c.fail(w, r, err)
 		return

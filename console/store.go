@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
 )
@@ -40,6 +41,18 @@ type Delivery struct {
 	Attention bool `json:"attention"`
 
 	refs saleRefs
+}
+
+// Endpoint names the endpoint that stored the delivery (inbox.Event.Endpoint).
+func (d *Delivery) Endpoint() string {
+	return (&inbox.Event{WorkspaceID: d.WorkspaceID, Environment: d.Environment}).Endpoint()
+}
+
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // Job is a River job with every attempt's error.
@@ -176,16 +189,14 @@ func scanJob(row pgx.Row) (*Job, error) {
 // deliveryColumns read an inbox row aliased i with its newest job: the one
 // recorded on it, else, while it is pending, the newest job that carries it
 // (a row learns its job only when the job processes it).
-const deliveryColumns = `i.id, i.webhook_id, i.event_type, i.status, i.received_at, i.processed_at,
+var deliveryColumns = `i.id, i.webhook_id, i.event_type, i.status, i.received_at, i.processed_at,
 	coalesce(i.error, ''), coalesce(i.workspace_id::text, ''), coalesce(i.environment, ''), coalesce(w.name, ''),
 	CASE WHEN i.status IN ('pending', 'processed') THEN i.body END,
 	j.id IS NOT NULL, ` + jobColumns + `
 	FROM webhook_inbox i
 	LEFT JOIN workspaces w ON w.id = i.workspace_id
 	LEFT JOIN LATERAL (SELECT * FROM river_job j WHERE j.id = coalesce(i.job_id, CASE WHEN i.status = 'pending' THEN
-		(SELECT max(x.id) FROM river_job x
-		 WHERE x.args @> jsonb_build_object('webhook_id', i.webhook_id)
-		    OR x.args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', i.webhook_id)))) END)) j ON true`
+		` + inbox.JobOf("i.webhook_id", "i.workspace_id", "i.environment") + ` END)) j ON true`
 
 func (s *store) queryDeliveries(ctx context.Context, where string, args ...any) ([]*Delivery, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+deliveryColumns+` `+where, args...)
@@ -406,13 +417,14 @@ func (s *store) attachBookings(ctx context.Context, sales []*Sale) error {
 	return rows.Err()
 }
 
-// jobsOf returns every job that carries the webhook, alone or in a batch,
+// jobsOf returns every job that carries the delivery, alone or in a batch,
 // oldest first.
-func (s *store) jobsOf(ctx context.Context, webhookID string) ([]*Job, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM river_job j
-		WHERE j.args @> jsonb_build_object('webhook_id', $1::text)
-		   OR j.args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', $1::text)))
-		ORDER BY j.id`, webhookID)
+func (s *store) jobsOf(ctx context.Context, d *Delivery) ([]*Job, error) {
+	webhookID := d.WebhookID
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM river_job j,
+		jsonb_build_object('webhook_id', $1::text, 'workspace_id', $2::uuid, 'environment', $3::text) k
+		WHERE j.args @> k OR j.args @> jsonb_build_object('events', jsonb_build_array(k))
+		ORDER BY j.id`, webhookID, nullable(d.WorkspaceID), nullable(d.Environment))
 	if err != nil {
 		return nil, fmt.Errorf("jobs of %q: %w", webhookID, err)
 	}

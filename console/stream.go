@@ -132,14 +132,15 @@ func (c *Console) Run(ctx context.Context) {
 
 // poller is what the poll loop remembers between polls.
 type poller struct {
-	since time.Time // ask from here next
-	seen  map[string]seenDelivery
+	since time.Time               // ask from here next
+	seen  map[string]seenDelivery // by endpoint and webhook id
 }
 
 type seenDelivery struct {
-	sum     [32]byte
-	settled bool // nothing more will happen unless an operator acts
-	at      time.Time
+	webhookID string
+	sum       [32]byte
+	settled   bool // nothing more will happen unless an operator acts
+	at        time.Time
 }
 
 // maxChanges bounds the deliveries one poll reads; under a burst beyond it
@@ -162,9 +163,9 @@ func (c *Console) poll(ctx context.Context, p *poller) ([]event, error) {
 	if err != nil {
 		return nil, err
 	}
-	for id, s := range p.seen {
+	for _, s := range p.seen {
 		if !s.settled && len(ids) < 2*maxChanges {
-			ids = append(ids, id)
+			ids = append(ids, s.webhookID)
 		}
 	}
 	ds, err := c.store.byWebhookIDs(ctx, dedupe(ids))
@@ -179,8 +180,11 @@ func (c *Console) poll(ctx context.Context, p *poller) ([]event, error) {
 			return nil, fmt.Errorf("encode delivery %q: %w", d.WebhookID, err)
 		}
 		sum := sha256.Sum256(data)
-		prev, ok := p.seen[d.WebhookID]
-		p.seen[d.WebhookID] = seenDelivery{sum: sum, settled: settled(d), at: now}
+		// By endpoint too: endpoints that stored one webhook id are
+		// deliveries of their own.
+		key := d.Endpoint() + " " + d.WebhookID
+		prev, ok := p.seen[key]
+		p.seen[key] = seenDelivery{webhookID: d.WebhookID, sum: sum, settled: settled(d), at: now}
 		if !ok || prev.sum != sum {
 			batch = append(batch, event{id: cursor, name: "delivery", data: data})
 		}

@@ -3,6 +3,7 @@ package endpoints
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,9 @@ import (
 // Reasons Verify refuses a delivery. Their texts are short and safe to show
 // the caller.
 var (
+	// ErrNoSecret is matched by errors.Is when the workspace has no secret.
+	// The error's text is that of a secret that does not verify, for the
+	// caller must not learn which workspaces are connected.
 	ErrNoSecret = errors.New("no webhook secret configured for this workspace")
 	// ErrUnverified is matched by errors.Is on every verification failure;
 	// the error's text is polar's reason (e.g. "no matching signature"),
@@ -38,6 +42,12 @@ type unverified struct{ reason error }
 func (e unverified) Error() string        { return e.reason.Error() }
 func (e unverified) Unwrap() error        { return e.reason }
 func (e unverified) Is(target error) bool { return target == ErrUnverified }
+
+// noSecret is unverified for a workspace without secrets: the same text,
+// and ErrNoSecret for relay's own use.
+type noSecret struct{ unverified }
+
+func (e noSecret) Is(target error) bool { return target == ErrUnverified || target == ErrNoSecret }
 
 // channel is what the trigger of 00005_endpoint_secrets.sql notifies.
 const channel = "relay_endpoint_secrets"
@@ -73,6 +83,15 @@ type Cache struct {
 	state   atomic.Pointer[snapshot]
 	failing bool // the last refresh failed; only the loop touches it
 
+	// unknown verifies the deliveries of a workspace without secrets, with
+	// a random secret nobody has: such a request costs the HMAC and gets
+	// the answer a wrong signature gets, so neither tells an unconnected
+	// workspace from a connected one.
+	unknown *polar.Verifier
+	// verifications counts verifier calls (tests hold both kinds of
+	// workspace to the same work).
+	verifications atomic.Int64
+
 	mu      sync.Mutex
 	started bool
 	stop    context.CancelFunc
@@ -82,6 +101,9 @@ type Cache struct {
 type snapshot struct {
 	generation int64
 	workspaces map[string][]envVerifier
+	// plain is every secret verified with, by row id: a row the keys cannot
+	// open any more keeps the secret it held when they could (reload).
+	plain map[string]string
 }
 
 // envVerifier checks a workspace's deliveries with one environment's
@@ -94,6 +116,7 @@ type envVerifier struct {
 type cacheMetrics struct {
 	secrets    *prometheus.GaugeVec
 	unreadable prometheus.Gauge
+	kept       prometheus.Gauge
 	reloads    *prometheus.CounterVec
 	checked    prometheus.Gauge
 }
@@ -106,6 +129,11 @@ func NewCache(pool *pgxpool.Pool, keys *Keyring, opts CacheOptions) (*Cache, err
 		return nil, errors.New("endpoint cache: negative poll interval")
 	}
 	c := &Cache{pool: pool, keys: keys, opts: opts, logger: cmp.Or(opts.Logger, slog.Default())}
+	unknown, err := polar.NewVerifier([]string{"polar_whs_" + rand.Text()})
+	if err != nil {
+		return nil, fmt.Errorf("endpoint cache: %w", err)
+	}
+	c.unknown = unknown
 	c.metrics = cacheMetrics{
 		secrets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relay_endpoint_secrets",
@@ -114,6 +142,10 @@ func NewCache(pool *pgxpool.Pool, keys *Keyring, opts CacheOptions) (*Cache, err
 		unreadable: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_endpoint_secrets_unreadable",
 			Help: "Stored workspace endpoint secrets the configured keys cannot decrypt (their workspace's deliveries may fail).",
+		}),
+		kept: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_endpoint_secrets_unreadable_kept",
+			Help: "Of the unreadable secrets, those still verified with as this replica decrypted them before (typically re-encrypted by a rekey to a key it lacks).",
 		}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_endpoint_cache_reloads_total",
@@ -131,7 +163,7 @@ func NewCache(pool *pgxpool.Pool, keys *Keyring, opts CacheOptions) (*Cache, err
 		c.metrics.reloads.WithLabelValues(r)
 	}
 	if opts.Registerer != nil {
-		for _, col := range []prometheus.Collector{c.metrics.secrets, c.metrics.unreadable, c.metrics.reloads, c.metrics.checked} {
+		for _, col := range []prometheus.Collector{c.metrics.secrets, c.metrics.unreadable, c.metrics.kept, c.metrics.reloads, c.metrics.checked} {
 			if err := opts.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("endpoint cache metrics: %w", err)
 			}
@@ -174,22 +206,30 @@ func (c *Cache) Close() {
 
 // Verify checks a delivery to workspaceID's endpoint against that
 // workspace's secrets. It passes if any of them verifies it, and returns
-// the environment of the secret that did. Failures are ErrNoSecret,
-// ErrNotReady, or match ErrUnverified (with polar's reason as text).
+// the environment of the secret that did. Failures are ErrNotReady, or
+// match ErrUnverified (with polar's reason as text); for a workspace without
+// secrets, verified against a secret nobody has, they also match
+// ErrNoSecret, with the same text.
 func (c *Cache) Verify(workspaceID string, body []byte, header http.Header) (polar.Delivery, string, error) {
 	snap := c.state.Load()
 	if snap == nil {
 		return polar.Delivery{}, "", ErrNotReady
 	}
-	if !isUUID(workspaceID) {
-		return polar.Delivery{}, "", ErrNoSecret
+	var envs []envVerifier
+	if isUUID(workspaceID) {
+		envs = snap.workspaces[strings.ToLower(workspaceID)]
 	}
-	envs := snap.workspaces[strings.ToLower(workspaceID)]
 	if len(envs) == 0 {
-		return polar.Delivery{}, "", ErrNoSecret
+		c.verifications.Add(1)
+		_, err := c.unknown.Verify(body, header)
+		if err == nil { // nobody has the secret: cannot happen
+			err = polar.ErrSignatureMismatch
+		}
+		return polar.Delivery{}, "", noSecret{unverified{err}}
 	}
 	var last error
 	for _, ev := range envs {
+		c.verifications.Add(1)
 		d, err := ev.verifier.Verify(body, header)
 		if err == nil {
 			return d, ev.environment, nil
@@ -325,24 +365,40 @@ func (c *Cache) reload(ctx context.Context) error {
 		return fmt.Errorf("read endpoint secrets: %w", err)
 	}
 
+	// A row's secret never changes (a new secret is a new row; rekey only
+	// re-encrypts): what this replica decrypted before is still the row's
+	// secret when a rekey to a key it lacks makes the row unreadable here.
+	var before map[string]string
+	if prev := c.state.Load(); prev != nil {
+		before = prev.plain
+	}
 	plain := map[[2]string][]string{}
+	byRow := make(map[string]string, len(rows))
 	counts := map[string]int{}
-	unreadable := 0
+	unreadable, kept := 0, 0
 	for _, st := range rows {
 		p, err := c.keys.open(st.ID, st.Workspace, st.Environment, st.keyID, st.ciphertext)
+		secret := string(p)
 		if err != nil {
 			// One bad row must not stop every other workspace's updates.
 			unreadable++
-			c.logger.Error("endpoint secrets: cannot decrypt a secret; its workspace's deliveries will not verify with it",
-				"secret_id", st.ID, "workspace", st.Workspace, "environment", st.Environment,
-				"error", fmt.Sprintf("%s cannot decrypt it: wrong key?", c.keys.Source()))
-			continue
+			attrs := []any{"secret_id", st.ID, "workspace", st.Workspace, "environment", st.Environment,
+				"error", fmt.Sprintf("%s cannot decrypt it: wrong key?", c.keys.Source())}
+			var ok bool
+			if secret, ok = before[st.ID]; !ok {
+				c.logger.Error("endpoint secrets: cannot decrypt a secret; its workspace's deliveries will not verify with it", attrs...)
+				continue
+			}
+			kept++
+			c.logger.Error("endpoint secrets: cannot decrypt a secret (rekeyed to a key this replica lacks?); "+
+				"verifying with it as decrypted before, until this replica restarts", attrs...)
 		}
 		k := [2]string{st.Workspace, st.Environment}
-		plain[k] = append(plain[k], string(p))
+		plain[k] = append(plain[k], secret)
+		byRow[st.ID] = secret
 		counts[st.Environment]++
 	}
-	snap := &snapshot{generation: gen, workspaces: make(map[string][]envVerifier, len(plain))}
+	snap := &snapshot{generation: gen, workspaces: make(map[string][]envVerifier, len(plain)), plain: byRow}
 	for _, env := range []string{Production, Sandbox} { // production is tried first
 		for k, secrets := range plain {
 			if k[1] != env {
@@ -360,7 +416,8 @@ func (c *Cache) reload(ctx context.Context) error {
 		c.metrics.secrets.WithLabelValues(env).Set(float64(counts[env]))
 	}
 	c.metrics.unreadable.Set(float64(unreadable))
+	c.metrics.kept.Set(float64(kept))
 	c.metrics.checked.SetToCurrentTime()
-	c.logger.Debug("endpoint secrets loaded", "generation", gen, "secrets", len(rows)-unreadable, "unreadable", unreadable)
+	c.logger.Debug("endpoint secrets loaded", "generation", gen, "secrets", len(rows)-unreadable+kept, "unreadable", unreadable, "kept", kept)
 	return nil
 }

@@ -131,9 +131,6 @@ func TestTwoWorkspacesVerifyOnlyTheirOwn(t *testing.T) {
 	if _, _, err := c.Verify(ws1, []byte(`{ }`), tampered); !errors.Is(err, ErrUnverified) {
 		t.Errorf("tampered body: %v", err)
 	}
-	if ErrNoSecret.Error() != "no webhook secret configured for this workspace" {
-		t.Errorf("ErrNoSecret says %q", ErrNoSecret)
-	}
 
 	// Metrics count by environment only; no workspace id is a label.
 	if got := value(c.metrics.secrets.WithLabelValues(Production)); got != 2 {
@@ -143,7 +140,7 @@ func TestTwoWorkspacesVerifyOnlyTheirOwn(t *testing.T) {
 		t.Errorf("relay_endpoint_secrets{environment=sandbox} = %v, want 1", got)
 	}
 	families, err := reg.Gather()
-	if err != nil || len(families) != 4 {
+	if err != nil || len(families) != 5 {
 		t.Fatalf("gather: %v, %d families", err, len(families))
 	}
 	for _, f := range families {
@@ -334,5 +331,88 @@ func TestCacheNotStarted(t *testing.T) {
 	}
 	if _, err := NewCache(nil, nil, CacheOptions{Registerer: reg}); err == nil {
 		t.Error("a second cache registered the same metrics")
+	}
+}
+
+// TestUnconnectedWorkspaceLooksConnected: a delivery to a workspace without
+// secrets gets the answer, and costs the HMAC, that a wrong signature to a
+// connected one does, so that nobody can list the connected workspaces.
+func TestUnconnectedWorkspaceLooksConnected(t *testing.T) {
+	pool := testdb.NewPool(t)
+	keys := keyring(t, newKey64(t))
+	connected, unconnected := newWorkspace(t, pool), newWorkspace(t, pool)
+	add(t, NewStore(pool, keys), connected, Production, "polar_whs_connected_secret_01")
+	c := startCache(t, pool, keys, CacheOptions{})
+
+	body := []byte(`{"type":"order.paid"}`)
+	for name, header := range map[string]http.Header{
+		"wrong secret":  signed("polar_whs_attackers_guess_0001", body),
+		"old timestamp": signedAt("polar_whs_attackers_guess_0001", body, time.Now().Add(-10*time.Minute)),
+		"no headers":    {},
+	} {
+		var texts []string
+		for _, ws := range []string{connected, unconnected, "00000000-0000-4000-8000-000000000000"} {
+			before := c.verifications.Load()
+			_, _, err := c.Verify(ws, body, header)
+			if !errors.Is(err, ErrUnverified) {
+				t.Errorf("%s to %s: %v, want ErrUnverified", name, ws, err)
+			}
+			if got := c.verifications.Load() - before; got != 1 {
+				t.Errorf("%s to %s: %d verifier calls, want 1", name, ws, got)
+			}
+			texts = append(texts, errText(err))
+		}
+		if texts[0] != texts[1] || texts[1] != texts[2] {
+			t.Errorf("%s: the connected and unconnected workspaces' answers differ: %q", name, texts)
+		}
+	}
+}
+
+// TestReplicaWithoutTheNewKeyKeepsVerifyingAfterRekey: a replica still on
+// the old key, when another rekeys to a new one, keeps verifying with the
+// secrets it had decrypted, and says so in its metrics; a secret added
+// under the new key it cannot read, and a removed one it drops.
+func TestReplicaWithoutTheNewKeyKeepsVerifyingAfterRekey(t *testing.T) {
+	pool := testdb.NewPool(t)
+	oldKey, newKey := newKey64(t), newKey64(t)
+	oldOnly := keyring(t, oldKey)
+	rotating := NewStore(pool, keyring(t, newKey, oldKey))
+	ws := newWorkspace(t, pool)
+	const prodSecret, sandSecret, later = "polar_whs_before_the_rekey_01", "polar_whs_sandbox_before_rekey", "polar_whs_added_after_rekey_01"
+	add(t, NewStore(pool, oldOnly), ws, Production, prodSecret)
+	sand := add(t, NewStore(pool, oldOnly), ws, Sandbox, sandSecret)
+	c := startCache(t, pool, oldOnly, CacheOptions{Registerer: prometheus.NewRegistry()})
+	reloads := func() float64 { return value(c.metrics.reloads.WithLabelValues("ok")) }
+
+	before := reloads()
+	if n, err := rotating.Rekey(context.Background()); err != nil || n != 2 {
+		t.Fatalf("rekey: %d, %v", n, err)
+	}
+	within(t, 5*time.Second, "the replica reloads after the rekey", func() bool { return reloads() > before })
+	for secret, env := range map[string]string{prodSecret: Production, sandSecret: Sandbox} {
+		if got, err := verifies(c, ws, secret); err != nil || got != env {
+			t.Errorf("after the rekey, the old key's replica verifies the %s secret: %q, %v", env, got, err)
+		}
+	}
+	if u, k := value(c.metrics.unreadable), value(c.metrics.kept); u != 2 || k != 2 {
+		t.Errorf("relay_endpoint_secrets_unreadable = %v, _kept = %v; want 2, 2", u, k)
+	}
+
+	add(t, rotating, ws, Production, later)
+	if _, err := rotating.Remove(context.Background(), sand.ID); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 5*time.Second, "the removed secret stops verifying", func() bool {
+		_, err := verifies(c, ws, sandSecret)
+		return errors.Is(err, ErrUnverified)
+	})
+	if _, err := verifies(c, ws, later); !errors.Is(err, ErrUnverified) {
+		t.Errorf("a secret only the new key opens: %v, want unverified on the old key's replica", err)
+	}
+	if _, err := verifies(c, ws, prodSecret); err != nil {
+		t.Errorf("the kept production secret after more changes: %v", err)
+	}
+	if u, k := value(c.metrics.unreadable), value(c.metrics.kept); u != 2 || k != 1 {
+		t.Errorf("relay_endpoint_secrets_unreadable = %v, _kept = %v; want 2, 1", u, k)
 	}
 }

@@ -3,6 +3,7 @@ package endpoints
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -151,11 +152,6 @@ func (s *Store) Add(ctx context.Context, workspace, environment, secret string) 
 	if !s.keys.Configured() {
 		return Secret{}, ErrNoKey
 	}
-	// A secret encrypted with a key the servers lack would not verify
-	// there: refuse to add under a keyring that cannot open what exists.
-	if err := s.checkKeyIDs(ctx); err != nil {
-		return Secret{}, err
-	}
 	id, err := newID()
 	if err != nil {
 		return Secret{}, err
@@ -165,12 +161,33 @@ func (s *Store) Add(ctx context.Context, workspace, environment, secret string) 
 		return Secret{}, err
 	}
 	out := Secret{ID: id, Workspace: ws, Environment: environment, Last4: last4(secret)}
-	err = s.pool.QueryRow(ctx, `
-		INSERT INTO endpoint_secrets (id, workspace_id, environment, ciphertext, key_id, last4)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`,
-		id, ws, environment, ct, kid, out.Last4).Scan(&out.CreatedAt)
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// The lock rekey takes, and that adds take from one another: what
+		// is checked below cannot change before the insert commits. Without
+		// it, an add whose keyring lacks the key a concurrent rekey moved
+		// every secret to stored its secret under the old key, and two adds
+		// of one secret for both environments both passed.
+		if _, err := tx.Exec(ctx, `LOCK TABLE endpoint_secrets IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+			return err
+		}
+		// A secret encrypted with a key the servers lack would not verify
+		// there: refuse to add under a keyring that cannot open what exists.
+		if err := s.checkKeyIDs(ctx, tx); err != nil {
+			return err
+		}
+		if err := s.checkOtherEnvironment(ctx, tx, ws, environment, secret); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `
+			INSERT INTO endpoint_secrets (id, workspace_id, environment, ciphertext, key_id, last4)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`,
+			id, ws, environment, ct, kid, out.Last4).Scan(&out.CreatedAt)
+	})
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "23503" {
 		return Secret{}, fmt.Errorf("%w: workspace %s does not exist", ErrNotFound, ws)
+	}
+	if errors.Is(err, ErrInvalid) || errors.Is(err, errKeyring) {
+		return Secret{}, err
 	}
 	if err != nil {
 		return Secret{}, fmt.Errorf("add endpoint secret: %w", err)
@@ -178,11 +195,40 @@ func (s *Store) Add(ctx context.Context, workspace, environment, secret string) 
 	return out, nil
 }
 
+// checkOtherEnvironment refuses a secret the workspace's other environment
+// has: production's secrets are tried first, so a sandbox delivery (test
+// cards) signed with it would verify as production and complete production
+// sales.
+func (s *Store) checkOtherEnvironment(ctx context.Context, tx pgx.Tx, ws, environment, secret string) error {
+	rows, err := tx.Query(ctx, selectStored+` WHERE workspace_id = $1 AND environment <> $2`, ws, environment)
+	if err != nil {
+		return err
+	}
+	others, err := pgx.CollectRows(rows, scanStored)
+	if err != nil {
+		return err
+	}
+	for _, st := range others {
+		plain, err := s.open(st)
+		if err != nil {
+			return err
+		}
+		if subtle.ConstantTimeCompare(plain, []byte(secret)) == 1 {
+			return fmt.Errorf("%w: this secret is stored for %s of workspace %s already (secret %s, …%s): "+
+				"a workspace's production and sandbox endpoints must have different secrets, "+
+				"or sandbox deliveries would complete production sales", ErrInvalid, st.Environment, ws, st.ID, st.Last4)
+		}
+	}
+	return nil
+}
+
 // checkKeyIDs fails if a stored secret was encrypted with a key this
 // keyring lacks.
-func (s *Store) checkKeyIDs(ctx context.Context) error {
+func (s *Store) checkKeyIDs(ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) error {
 	var id, ws string
-	err := s.pool.QueryRow(ctx, `SELECT id::text, workspace_id::text FROM endpoint_secrets
+	err := db.QueryRow(ctx, `SELECT id::text, workspace_id::text FROM endpoint_secrets
 		WHERE key_id <> ALL($1) ORDER BY created_at LIMIT 1`, s.keyIDs()).Scan(&id, &ws)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -203,8 +249,11 @@ func (s *Store) keyIDs() []string {
 	return ids
 }
 
+// errKeyring marks a keyring that cannot open a stored secret.
+var errKeyring = errors.New("wrong key?")
+
 func (s *Store) cannotDecrypt(id, ws string) error {
-	return fmt.Errorf("%s cannot decrypt endpoint secret %s of workspace %s: wrong key?", s.keys.Source(), id, ws)
+	return fmt.Errorf("%s cannot decrypt endpoint secret %s of workspace %s: %w", s.keys.Source(), id, ws, errKeyring)
 }
 
 // secretColumns are what scanSecret reads.

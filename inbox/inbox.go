@@ -1,12 +1,13 @@
 // Package inbox stores every verified webhook delivery, byte-exact, keyed by
-// its delivery id. It is the receiver's durable record and the workers'
-// source of truth for an event's body.
+// the endpoint that verified it and its delivery id. It is the receiver's
+// durable record and the workers' source of truth for an event's body.
 package inbox
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,6 +42,47 @@ type Event struct {
 	Environment string
 }
 
+// Key identifies a stored delivery: Polar's webhook id is unique per
+// endpoint, the platform's or a workspace's in one environment, not across
+// them (a workspace signing with its own secret picks its ids).
+type Key struct {
+	WebhookID   string
+	WorkspaceID string // "" for the platform's endpoint
+	Environment string // "" for the platform's endpoint
+}
+
+// Key is the event's key.
+func (e *Event) Key() Key {
+	return Key{WebhookID: e.WebhookID, WorkspaceID: e.WorkspaceID, Environment: e.Environment}
+}
+
+// Platform names the platform's own endpoint in Endpoint and ParseEndpoint.
+const Platform = "platform"
+
+// Endpoint names the endpoint that verified the event: "platform", or
+// "<workspace id>/<environment>".
+func (e *Event) Endpoint() string { return endpointName(e.WorkspaceID, e.Environment) }
+
+func endpointName(workspaceID, environment string) string {
+	if workspaceID == "" {
+		return Platform
+	}
+	return workspaceID + "/" + environment
+}
+
+// ParseEndpoint reads an endpoint as Endpoint writes it. A workspace id
+// that is not one names an endpoint that has stored nothing.
+func ParseEndpoint(s string) (workspaceID, environment string, err error) {
+	if s == Platform {
+		return "", "", nil
+	}
+	ws, env, ok := strings.Cut(s, "/")
+	if !ok || ws == "" || (env != "production" && env != "sandbox") {
+		return "", "", fmt.Errorf("endpoint %q: want %q or <workspace id>/production or <workspace id>/sandbox", s, Platform)
+	}
+	return strings.ToLower(ws), env, nil
+}
+
 // DB is what the inbox runs its statements on: a pool, a connection or a
 // transaction.
 type DB interface {
@@ -49,11 +91,12 @@ type DB interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// Insert stores events, each unless a row with its webhook id exists, and
-// reports per event whether it inserted it; the ids and received times of the
-// inserted ones are set, and those of the others zeroed. Of several events with one webhook id, the first is
-// inserted. An insert racing a concurrent transaction's insert of the same id
-// waits for it, then reports false, or inserts if that transaction rolled back.
+// Insert stores events, each unless a row with its key (endpoint and webhook
+// id) exists, and reports per event whether it inserted it; the ids and
+// received times of the inserted ones are set, and those of the others
+// zeroed. Of several events with one key, the first is inserted. An insert
+// racing a concurrent transaction's insert of the same key waits for it,
+// then reports false, or inserts if that transaction rolled back.
 func Insert(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
 	rows, err := db.Query(ctx, insertSQL, insertArgs(events)...)
 	if err != nil {
@@ -76,8 +119,8 @@ func QueueInsert(b *pgx.Batch, events ...*Event) {
 const insertSQL = `
 	INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error, workspace_id, environment)
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bytea[], $7::text[], $8::uuid[], $9::text[])
-	ON CONFLICT (webhook_id) DO NOTHING
-	RETURNING id, webhook_id, received_at`
+	ON CONFLICT (webhook_id, workspace_id, environment) DO NOTHING
+	RETURNING id, webhook_id, coalesce(workspace_id::text, ''), coalesce(environment, ''), received_at`
 
 func insertArgs(events []*Event) []any {
 	n := len(events)
@@ -107,38 +150,46 @@ func readInserted(rows pgx.Rows, events []*Event) ([]bool, error) {
 		id         int64
 		receivedAt time.Time
 	}
-	inserted := make(map[string]insertedRow, len(events))
+	inserted := make(map[Key]insertedRow, len(events))
 	for rows.Next() {
 		var (
-			r  insertedRow
-			id string
+			r insertedRow
+			k Key
 		)
-		if err := rows.Scan(&r.id, &id, &r.receivedAt); err != nil {
+		if err := rows.Scan(&r.id, &k.WebhookID, &k.WorkspaceID, &k.Environment, &r.receivedAt); err != nil {
 			return nil, fmt.Errorf("insert inbox rows: %w", err)
 		}
-		inserted[id] = r
+		inserted[k] = r
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("insert %d inbox rows: %w", len(events), err)
 	}
 	out := make([]bool, len(events))
 	for i, e := range events {
-		r, ok := inserted[e.WebhookID]
+		r, ok := inserted[e.Key()]
 		e.ID, e.ReceivedAt, out[i] = r.id, r.receivedAt, ok // zero for a duplicate
-		delete(inserted, e.WebhookID)                       // later events with this id are duplicates
+		delete(inserted, e.Key())                           // later events with this key are duplicates
 	}
 	return out, nil
 }
 
-// columns reads a row. Its job is recorded when the job processes it (or a
-// replay makes a new one); until then it is found by the webhook id in the
-// job's arguments, its own or a batch's, so that storing a webhook costs no
-// second write.
-const columns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
+// JobOf is an SQL expression for the newest job carrying the delivery whose
+// webhook id, workspace id and environment are the SQL expressions given,
+// alone or in a batch. A row's job is recorded when the job processes it (or
+// a replay makes a new one); until then it is found by its key in the job's
+// arguments, so that storing a webhook costs no second write. Jobs name the
+// platform's endpoint with nulls (jobs.EventArgs), so a key matches exactly.
+func JobOf(webhookID, workspaceID, environment string) string {
+	key := `jsonb_build_object('webhook_id', ` + webhookID + `, 'workspace_id', ` + workspaceID + `, 'environment', ` + environment + `)`
+	return `(SELECT max(j.id) FROM river_job j
+		WHERE j.args @> ` + key + `
+		   OR j.args @> jsonb_build_object('events', jsonb_build_array(` + key + `)))`
+}
+
+// columns reads a row with its job, recorded or found by JobOf.
+var columns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
 	received_at, processed_at, body, coalesce(workspace_id::text, ''), coalesce(environment, ''),
-	coalesce(job_id, (SELECT max(j.id) FROM river_job j
-		WHERE j.args @> jsonb_build_object('webhook_id', webhook_id)
-		   OR j.args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', webhook_id))))),
+	coalesce(job_id, ` + JobOf("webhook_id", "workspace_id", "environment") + `),
 	error`
 
 // storedColumns reads a row as stored, without looking for its job.
@@ -152,58 +203,122 @@ func scan(row pgx.Row) (*Event, error) {
 	return &e, err
 }
 
-// ErrNotFound means no row has the webhook id.
+// ErrNotFound means no row has the webhook id (at the endpoint asked for).
 var ErrNotFound = errors.New("inbox: no such webhook")
 
-// Get returns the row of a webhook id.
-func Get(ctx context.Context, db DB, webhookID string) (*Event, error) {
-	return get(ctx, db, columns, webhookID)
-}
+// ErrAmbiguous means several endpoints have stored the webhook id, and the
+// caller named none of them.
+var ErrAmbiguous = errors.New("inbox: several endpoints stored this webhook id; name one")
 
-// GetStored returns the row of a webhook id as stored: JobID is set only once
-// a job has processed it. It is what a worker needs, at one index lookup.
-func GetStored(ctx context.Context, db DB, webhookID string) (*Event, error) {
-	return get(ctx, db, storedColumns, webhookID)
-}
+// keyMatch selects the row of key ($1, $2, $3); webhook_id leads the unique
+// index, so it is one index look-up. The workspace is compared as text: one
+// that is not a UUID matches nothing rather than failing the statement.
+const keyMatch = `webhook_id = $1 AND workspace_id::text IS NOT DISTINCT FROM $2::text AND environment IS NOT DISTINCT FROM $3`
 
-func get(ctx context.Context, db DB, cols, webhookID string) (*Event, error) {
-	e, err := scan(db.QueryRow(ctx, `SELECT `+cols+` FROM webhook_inbox WHERE webhook_id = $1`, webhookID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("get inbox row %q: %w", webhookID, ErrNotFound)
+// Find returns the rows of a webhook id, oldest first: one per endpoint
+// that stored it, or, when endpoint is not empty (as Endpoint writes it),
+// that endpoint's row only. It fails with ErrNotFound when there is none.
+func Find(ctx context.Context, db DB, webhookID, endpoint string) ([]*Event, error) {
+	var (
+		rows pgx.Rows
+		err  error
+	)
+	if endpoint == "" {
+		rows, err = db.Query(ctx, `SELECT `+columns+` FROM webhook_inbox WHERE webhook_id = $1 ORDER BY id`, webhookID)
+	} else {
+		ws, env, perr := ParseEndpoint(endpoint)
+		if perr != nil {
+			return nil, fmt.Errorf("find inbox row %q: %w", webhookID, perr)
+		}
+		rows, err = db.Query(ctx, `SELECT `+columns+` FROM webhook_inbox WHERE `+keyMatch, webhookID, nullable(ws), nullable(env))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get inbox row %q: %w", webhookID, err)
+		return nil, fmt.Errorf("find inbox row %q: %w", webhookID, err)
+	}
+	out, err := collect(rows)
+	if err != nil {
+		return nil, fmt.Errorf("find inbox row %q: %w", webhookID, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("find inbox row %q: %w", webhookID, ErrNotFound)
+	}
+	return out, nil
+}
+
+// Get returns the one row of a webhook id at endpoint (see Find); with no
+// endpoint named, it fails with ErrAmbiguous, naming the endpoints, when
+// several have stored the id.
+func Get(ctx context.Context, db DB, webhookID, endpoint string) (*Event, error) {
+	found, err := Find(ctx, db, webhookID, endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if len(found) > 1 {
+		names := make([]string, len(found))
+		for i, e := range found {
+			names[i] = e.Endpoint()
+		}
+		return nil, fmt.Errorf("get inbox row %q: %w (%s)", webhookID, ErrAmbiguous, strings.Join(names, ", "))
+	}
+	return found[0], nil
+}
+
+// GetStored returns the row of a key as stored: JobID is set only once a
+// job has processed it. It is what a worker needs, at one index lookup.
+func GetStored(ctx context.Context, db DB, k Key) (*Event, error) {
+	e, err := scan(db.QueryRow(ctx, `SELECT `+storedColumns+` FROM webhook_inbox WHERE `+keyMatch,
+		k.WebhookID, nullable(k.WorkspaceID), nullable(k.Environment)))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("get inbox row %q at %s: %w", k.WebhookID, endpointName(k.WorkspaceID, k.Environment), ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get inbox row %q: %w", k.WebhookID, err)
 	}
 	return e, nil
 }
 
-// GetStoredMany is GetStored for several webhook ids in one statement; the
-// events come back in the order of the ids. An id without a row fails the
-// whole call with ErrNotFound.
-func GetStoredMany(ctx context.Context, db DB, webhookIDs []string) ([]*Event, error) {
-	rows, err := db.Query(ctx, `SELECT `+storedColumns+` FROM webhook_inbox WHERE webhook_id = ANY($1)`, webhookIDs)
+// GetStoredMany is GetStored for several keys in one statement; the events
+// come back in the order of the keys. A key without a row fails the whole
+// call with ErrNotFound.
+func GetStoredMany(ctx context.Context, db DB, keys []Key) ([]*Event, error) {
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.WebhookID
+	}
+	// By webhook id, the unique index's first column; the rows of the same
+	// ids at other endpoints, rare, are read and left.
+	rows, err := db.Query(ctx, `SELECT `+storedColumns+` FROM webhook_inbox WHERE webhook_id = ANY($1)`, ids)
 	if err != nil {
-		return nil, fmt.Errorf("get %d inbox rows: %w", len(webhookIDs), err)
+		return nil, fmt.Errorf("get %d inbox rows: %w", len(keys), err)
 	}
-	defer rows.Close()
-	byID := make(map[string]*Event, len(webhookIDs))
-	for rows.Next() {
-		e, err := scan(rows)
-		if err != nil {
-			return nil, fmt.Errorf("get %d inbox rows: %w", len(webhookIDs), err)
-		}
-		byID[e.WebhookID] = e
+	found, err := collect(rows)
+	if err != nil {
+		return nil, fmt.Errorf("get %d inbox rows: %w", len(keys), err)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("get %d inbox rows: %w", len(webhookIDs), err)
+	byKey := make(map[Key]*Event, len(found))
+	for _, e := range found {
+		byKey[e.Key()] = e
 	}
-	out := make([]*Event, len(webhookIDs))
-	for i, id := range webhookIDs {
-		if out[i] = byID[id]; out[i] == nil {
-			return nil, fmt.Errorf("get inbox row %q: %w", id, ErrNotFound)
+	out := make([]*Event, len(keys))
+	for i, k := range keys {
+		if out[i] = byKey[k]; out[i] == nil {
+			return nil, fmt.Errorf("get inbox row %q at %s: %w", k.WebhookID, endpointName(k.WorkspaceID, k.Environment), ErrNotFound)
 		}
 	}
 	return out, nil
+}
+
+func collect(rows pgx.Rows) ([]*Event, error) {
+	defer rows.Close()
+	var out []*Event
+	for rows.Next() {
+		e, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
 }
 
 // MarkProcessed records that job processed the row's event; note is an
@@ -239,11 +354,11 @@ func MarkProcessedMany(ctx context.Context, db DB, jobID int64, ids []int64, not
 // MarkRefused records that job refused the row's event for good, with a
 // short reason (no payload data). It runs after the job's own transaction
 // rolled back, so that the refusal is visible on the row.
-func MarkRefused(ctx context.Context, db DB, webhookID string, jobID int64, reason string) error {
+func MarkRefused(ctx context.Context, db DB, k Key, jobID int64, reason string) error {
 	if _, err := db.Exec(ctx, `
-		UPDATE webhook_inbox SET status = 'refused', processed_at = now(), job_id = $2, error = $3
-		WHERE webhook_id = $1 AND status = 'pending'`, webhookID, jobID, reason); err != nil {
-		return fmt.Errorf("mark inbox row %q refused: %w", webhookID, err)
+		UPDATE webhook_inbox SET status = 'refused', processed_at = now(), job_id = $4, error = $5
+		WHERE `+keyMatch+` AND status = 'pending'`, k.WebhookID, nullable(k.WorkspaceID), nullable(k.Environment), jobID, reason); err != nil {
+		return fmt.Errorf("mark inbox row %q refused: %w", k.WebhookID, err)
 	}
 	return nil
 }

@@ -53,11 +53,11 @@ func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) 
 	// The inbox rows are read in one statement and marked processed in
 	// another: two statements for the batch rather than two per event.
 	err := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
-		ids := make([]string, len(job.Args.Events))
+		keys := make([]inbox.Key, len(job.Args.Events))
 		for i, ev := range job.Args.Events {
-			ids[i] = ev.WebhookID
+			keys[i] = ev.Key()
 		}
-		events, err := inbox.GetStoredMany(ctx, tx, ids)
+		events, err := inbox.GetStoredMany(ctx, tx, keys)
 		if err != nil {
 			return err
 		}

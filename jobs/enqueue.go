@@ -53,16 +53,18 @@ func EnqueueTx(ctx context.Context, tx pgx.Tx, inserter Inserter, events ...*inb
 }
 
 func argsFor(e *inbox.Event) EventArgs {
-	return EventArgs{WebhookID: e.WebhookID, EventType: e.EventType}
+	return EventArgs{WebhookID: e.WebhookID, EventType: e.EventType, WorkspaceID: e.WorkspaceID, Environment: e.Environment}
 }
 
 // Replay enqueues a new job for a stored event, as an admin does after
-// fixing what made it fail. Its effects stay exactly-once: the ledger
-// ignores what it has already applied.
-func Replay(ctx context.Context, pool *pgxpool.Pool, inserter Inserter, webhookID string) (int64, error) {
+// fixing what made it fail. endpoint (inbox.Event.Endpoint) names the event
+// when several endpoints have stored its webhook id; empty, it must be the
+// only one. Its effects stay exactly-once: the ledger ignores what it has
+// already applied.
+func Replay(ctx context.Context, pool *pgxpool.Pool, inserter Inserter, webhookID, endpoint string) (int64, error) {
 	var jobID int64
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		event, err := inbox.Get(ctx, tx, webhookID)
+		event, err := inbox.Get(ctx, tx, webhookID, endpoint)
 		if err != nil {
 			return err
 		}

@@ -151,7 +151,7 @@ func TestPendingRecordedOnceUnderConcurrentRedelivery(t *testing.T) {
 		for range 20 {
 			wg.Go(func() {
 				<-start
-				if _, err := jobs.Replay(context.Background(), pool, sys.clients[0], "msg_"+reason+"_0"); err != nil {
+				if _, err := jobs.Replay(context.Background(), pool, sys.clients[0], "msg_"+reason+"_0", ""); err != nil {
 					t.Errorf("replay: %v", err)
 				}
 			})
@@ -282,7 +282,7 @@ func TestPostingWhileTheEventIsReplayedBooksOnce(t *testing.T) {
 	for i := range 10 {
 		wg.Go(func() {
 			<-start
-			if _, err := jobs.Replay(context.Background(), pool, sys.clients[i%2], "msg_race"); err != nil {
+			if _, err := jobs.Replay(context.Background(), pool, sys.clients[i%2], "msg_race", ""); err != nil {
 				t.Errorf("replay: %v", err)
 			}
 		})

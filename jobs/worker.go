@@ -95,8 +95,8 @@ type applied struct {
 
 // process applies one stored event in tx and marks its inbox row processed
 // by job jobID.
-func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, webhookID string, jobID int64) (applied, error) {
-	event, err := inbox.GetStored(ctx, tx, webhookID)
+func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, key inbox.Key, jobID int64) (applied, error) {
+	event, err := inbox.GetStored(ctx, tx, key)
 	if err != nil {
 		return applied{}, err
 	}
@@ -120,7 +120,7 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 	start := time.Now()
 	var res applied
 	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) (err error) {
-		if res, err = w.process(ctx, tx, job.Args.WebhookID, job.ID); err != nil {
+		if res, err = w.process(ctx, tx, job.Args.Key(), job.ID); err != nil {
 			return err
 		}
 		return completeTx(ctx, tx, job)
@@ -165,7 +165,7 @@ func (w *EventWorker) refuse(ctx context.Context, job *river.Job[EventArgs], err
 	case errors.Is(err, ledger.ErrForeignEnvironment):
 		w.metrics.foreign.WithLabelValues(boundaryEnvironment).Inc()
 	}
-	if err := inbox.MarkRefused(ctx, w.pool, job.Args.WebhookID, job.ID, refusalNote(err)); err != nil {
+	if err := inbox.MarkRefused(ctx, w.pool, job.Args.Key(), job.ID, refusalNote(err)); err != nil {
 		w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "could not record a refusal on the inbox row",
 			slog.Int64("job_id", job.ID), slog.String("webhook_id", job.Args.WebhookID), slog.String("error", err.Error()))
 	}

@@ -240,7 +240,7 @@ func TestNoDefaultWalletCompletesUnbookedThenReplayBooks(t *testing.T) {
 	// whichever of the replay and the poster comes first books the sale.
 	setDefaultWallet(t, pool, s)
 	for range 2 { // a second replay books nothing more
-		if _, err := jobs.Replay(context.Background(), pool, sys.clients[0], "msg_nowallet"); err != nil {
+		if _, err := jobs.Replay(context.Background(), pool, sys.clients[0], "msg_nowallet", ""); err != nil {
 			t.Fatal(err)
 		}
 		sys.waitJobs(t, "msg_nowallet")

@@ -1,9 +1,14 @@
 package jobs_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,5 +256,136 @@ func TestSandboxSecretNeverBooksAProductionSession(t *testing.T) {
 	sys.addSecret(t, other.WS, endpoints.Production, secretB)
 	if state := sys.deliverTo(t, other.WS, secretB, "msg_prod_sandbox", event(t, "order.updated.paid.json", other, "ord_ps", nil)); state != "cancelled" {
 		t.Errorf("job: %s, want cancelled (refused)", state)
+	}
+}
+
+// TestWebhookIDIsUniquePerEndpoint is the attack on de-duplication: workspace
+// A signs, with its own secret, a delivery whose webhook id is one that
+// workspace B's endpoint and then the platform's receive later from Polar.
+// Each real delivery is stored and booked; each, redelivered 20 times at
+// once to its endpoint, is stored once and books once.
+func TestWebhookIDIsUniquePerEndpoint(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	a := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	b := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	c := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	sys.addSecret(t, a.WS, endpoints.Production, secretA)
+	sys.addSecret(t, b.WS, endpoints.Production, secretB)
+	const id = "msg_taken_by_a"
+
+	if code := sys.postTo(t, a.WS, secretA, id, event(t, "order.updated.paid.json", a, "ord_a", nil)); code != http.StatusOK {
+		t.Fatalf("A's delivery: status %d, want 200", code)
+	}
+	deliverAtOnce := func(what string, post func() int) {
+		t.Helper()
+		codes := make(chan int, 20)
+		var wg sync.WaitGroup
+		for range 20 {
+			wg.Go(func() { codes <- post() })
+		}
+		wg.Wait()
+		close(codes)
+		for code := range codes {
+			if code != http.StatusOK {
+				t.Errorf("%s: status %d, want 200", what, code)
+			}
+		}
+	}
+	bBody := event(t, "order.updated.paid.json", b, "ord_b", nil)
+	deliverAtOnce("B's delivery", func() int { return sys.postTo(t, b.WS, secretB, id, bBody) })
+	cBody := event(t, "order.updated.paid.json", c, "ord_c", nil)
+	deliverAtOnce("the platform's delivery", func() int { return sys.post(t, id, cBody) })
+
+	poll(t, "every job of the three deliveries to finish", func() bool {
+		var n int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM river_job
+			WHERE kind IN ('polar_event', 'polar_event_batch') AND finalized_at IS NULL`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
+	rows, err := pool.Query(context.Background(), `SELECT coalesce(workspace_id::text, 'platform'), status, count(*) OVER (PARTITION BY workspace_id)
+		FROM webhook_inbox WHERE webhook_id = $1 ORDER BY id`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var ws, status string
+		var n int
+		if err := rows.Scan(&ws, &status, &n); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %s ×%d", ws, status, n))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{a.WS + " processed ×1", b.WS + " processed ×1", "platform processed ×1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("inbox rows of %s = %q, want %q", id, got, want)
+	}
+	for name, s := range map[string]shop{"A": a, "B": b, "C (the platform's)": c} {
+		if bk := bookings(t, pool, s); len(bk) != 1 || bk[0].amount != 4950 {
+			t.Errorf("%s's bookings = %+v, want one of 4950", name, bk)
+		}
+		if got := session(t, pool, s); got.status != "completed" {
+			t.Errorf("%s's session = %+v, want completed", name, got)
+		}
+	}
+}
+
+// TestUnconnectedWorkspaceAnswersAsAConnectedOne: a bad signature gets the
+// same bytes back (status, headers but the date, body) whether or not the
+// workspace has connected its Polar organization, so that nobody can list
+// the connected ones (endpoints' TestUnconnectedWorkspaceLooksConnected
+// holds them to the same work).
+func TestUnconnectedWorkspaceAnswersAsAConnectedOne(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	connected := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	unconnected := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	sys.addSecret(t, connected.WS, endpoints.Production, secretA)
+	body := []byte(`{"type":"order.paid","data":{}}`)
+
+	answer := func(ws string) string {
+		req, err := http.NewRequest(http.MethodPost, sys.wsURL+"/"+ws, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = polar.SignedHeaders("polar_whs_an_attackers_guess_01", "msg_probe", time.Now(), body)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		resp.Header.Del("Date")
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s\n", resp.Status)
+		if err := resp.Header.Write(&b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(&b, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	got, want := answer(unconnected.WS), answer(connected.WS)
+	if got != want {
+		t.Errorf("an unconnected workspace's answer:\n%s\nwant a connected one's:\n%s", got, want)
+	}
+	if !strings.HasPrefix(want, "401 ") {
+		t.Errorf("answer to a bad signature:\n%s\nwant 401", want)
+	}
+	// The operator's log says why, and whose endpoint it was.
+	var line string
+	for l := range strings.SplitSeq(sys.logs.String(), "\n") {
+		if strings.Contains(l, "status=401") && strings.Contains(l, unconnected.WS) {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "no webhook secret configured for this workspace") {
+		t.Errorf("no log line of the unconnected workspace's 401 says it has no secret: %q", line)
 	}
 }

@@ -61,7 +61,7 @@ func TestInboxUpdateLeavesTheBody(t *testing.T) {
 		}
 		wal := plan[0].Plan.WALBytes
 		least = min(least, wal)
-		got, err := inbox.GetStored(ctx, conn, e.WebhookID)
+		got, err := inbox.GetStored(ctx, conn, e.Key())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -230,15 +230,18 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request, verify verify
 
 	delivery, workspace, environment, err := verify(r, body)
 	lease.release()
+	res.workspace = workspace // logged, also when it does not verify
 	switch {
 	case errors.Is(err, errUnknownEndpoint):
 		return fail(http.StatusNotFound, OutcomeNotFound, err.Error(), nil)
 	case errors.Is(err, endpoints.ErrNotReady):
 		return fail(http.StatusServiceUnavailable, OutcomeUnavailable, "temporarily unavailable", err)
+	case errors.Is(err, endpoints.ErrNoSecret):
+		// Answered as a wrong signature is; only the log says why.
+		return fail(http.StatusUnauthorized, OutcomeUnauthorized, err.Error(), endpoints.ErrNoSecret)
 	case err != nil:
 		return fail(http.StatusUnauthorized, OutcomeUnauthorized, err.Error(), nil)
 	}
-	res.workspace = workspace
 	if len(delivery.ID) > 255 || !utf8.ValidString(delivery.ID) || strings.ContainsRune(delivery.ID, 0) {
 		return fail(http.StatusBadRequest, OutcomeBadRequest, "malformed webhook-id", nil)
 	}

@@ -217,7 +217,7 @@ func TestAcceptedEventStoresRowAndJob(t *testing.T) {
 	if eventType != "order.updated" || jobKind != "polar_event" || jobID == nil {
 		t.Errorf("event_type=%q kind=%q job_id=%v", eventType, jobKind, jobID)
 	}
-	stored, err := inbox.Get(context.Background(), h.pool, "msg_paid_1")
+	stored, err := inbox.Get(context.Background(), h.pool, "msg_paid_1", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,8 +62,11 @@ const jobsUsage = `usage:
 
 const inboxUsage = `usage:
   relay inbox list [--status S] [--type T] [--limit N]
-  relay inbox show WEBHOOK_ID [--unmasked]
-  relay inbox replay WEBHOOK_ID...
+  relay inbox show WEBHOOK_ID [--endpoint E] [--unmasked]
+  relay inbox replay [--endpoint E] WEBHOOK_ID...
+
+A webhook id is unique per endpoint: "platform", or WORKSPACE_ID/production
+or WORKSPACE_ID/sandbox. --endpoint names one when several have stored an id.
 `
 
 // openOps connects for an admin command. The River client is insert-only:
@@ -294,9 +297,9 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	fs := subFlags("inbox "+sub, inboxUsage, stdout)
 	var (
-		status, eventType string
-		limit             int
-		unmasked          bool
+		status, eventType, endpoint string
+		limit                       int
+		unmasked                    bool
 	)
 	switch sub {
 	case "list":
@@ -305,7 +308,9 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 		fs.IntVar(&limit, "limit", 50, "at most this many rows, newest first")
 	case "show":
 		fs.BoolVar(&unmasked, "unmasked", false, "show customer data (names, e-mails, addresses) in the payload")
+		fs.StringVar(&endpoint, "endpoint", "", "the endpoint that stored it (platform, WORKSPACE_ID/production or WORKSPACE_ID/sandbox), when several did")
 	case "replay":
+		fs.StringVar(&endpoint, "endpoint", "", "the endpoint that stored them (platform, WORKSPACE_ID/production or WORKSPACE_ID/sandbox), when several did")
 	default:
 		fmt.Fprint(stdout, inboxUsage)
 		return fmt.Errorf("unknown inbox subcommand %q", sub)
@@ -338,7 +343,7 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "WEBHOOK_ID\tTYPE\tSTATUS\tRECEIVED\tJOB_ID\tNOTE")
+		fmt.Fprintln(tw, "WEBHOOK_ID\tENDPOINT\tTYPE\tSTATUS\tRECEIVED\tJOB_ID\tNOTE")
 		for _, e := range list {
 			job := "-"
 			if e.JobID != nil {
@@ -348,12 +353,12 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 			if e.Note != nil {
 				note = *e.Note
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.WebhookID, orDash(e.EventType), e.Status,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.WebhookID, e.Endpoint, orDash(e.EventType), e.Status,
 				e.ReceivedAt.UTC().Format(time.RFC3339), job, orDash(oneLine(note, 80)))
 		}
 		return tw.Flush()
 	case "show":
-		d, err := ops.ShowInbox(ctx, pos[0], unmasked)
+		d, err := ops.ShowInbox(ctx, pos[0], endpoint, unmasked)
 		if err != nil {
 			return err
 		}
@@ -361,7 +366,7 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 		return nil
 	default: // replay
 		return eachID(pos, func(webhookID string) error {
-			jobID, err := ops.Replay(ctx, webhookID)
+			jobID, err := ops.Replay(ctx, webhookID, endpoint)
 			if err == nil {
 				fmt.Fprintf(stdout, "replaying %s as job %d\n", webhookID, jobID)
 			}
@@ -372,6 +377,7 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 
 func printInboxDetail(w io.Writer, d *admin.InboxDetail) {
 	fmt.Fprintf(w, "webhook_id:   %s\n", d.WebhookID)
+	fmt.Fprintf(w, "endpoint:     %s\n", d.Endpoint)
 	fmt.Fprintf(w, "event_type:   %s\n", orDash(d.EventType))
 	fmt.Fprintf(w, "status:       %s\n", d.Status)
 	fmt.Fprintf(w, "received_at:  %s\n", d.ReceivedAt.UTC().Format(time.RFC3339Nano))

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,8 +14,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/jobs"
 )
 
 const (
@@ -371,6 +374,54 @@ func TestAdminRetryReplayAndAuth(t *testing.T) {
 		}
 		if status, n := shopState(t, p.pool, s); status != "completed" || n != 1 {
 			t.Errorf("after two replays: session %s with %d bookings, want completed with exactly 1", status, n)
+		}
+
+		// Another endpoint (the shop's own, in production) stores the same
+		// webhook id: show and replay must be told which one they mean.
+		other := &inbox.Event{WebhookID: "msg_replay", EventType: "order.updated", Status: inbox.StatusProcessed,
+			WebhookTimestamp: time.Now(), Body: testkit.Event(t, "order.updated.paid.json", s.Sale("ord_replay"), nil),
+			WorkspaceID: s.WS, Environment: "production"}
+		if _, err := inbox.Insert(t.Context(), p.pool, other); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.cli(t, "inbox", "show", "msg_replay"); err == nil || !strings.Contains(err.Error(), "several endpoints") ||
+			!strings.Contains(err.Error(), "platform") || !strings.Contains(err.Error(), s.WS+"/production") {
+			t.Errorf("inbox show of an id two endpoints stored: %v, want an error naming both", err)
+		}
+		out, err = p.cli(t, "inbox", "show", "--endpoint", strings.ToUpper(s.WS)+"/production", "msg_replay")
+		if err != nil || !strings.Contains(out, "endpoint:     "+s.WS+"/production") {
+			t.Errorf("inbox show --endpoint: %v\n%s", err, out)
+		}
+		if code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_replay?endpoint=shop/production", bearer(testToken), ""); code != http.StatusNotFound {
+			t.Errorf("API show at a workspace that is not a UUID: %d %s, want 404", code, body)
+		}
+		if code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_replay?endpoint=shop", bearer(testToken), ""); code != http.StatusBadRequest {
+			t.Errorf("API show at a malformed endpoint: %d %s, want 400", code, body)
+		}
+		if code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_replay", bearer(testToken), ""); code != http.StatusConflict {
+			t.Errorf("API show of an id two endpoints stored: %d %s, want 409", code, body)
+		}
+		if code, body, _ := doReq(t, "GET", p.admin+"/admin/api/inbox/msg_replay?endpoint=platform", bearer(testToken), ""); code != http.StatusOK ||
+			!strings.Contains(body, `"endpoint": "platform"`) {
+			t.Errorf("API show ?endpoint=platform: %d %s", code, body)
+		}
+		out, err = p.cli(t, "inbox", "list", "--type", "order.updated")
+		if err != nil || !regexp.MustCompile(`msg_replay +`+s.WS+`/production `).MatchString(out) || !regexp.MustCompile(`msg_replay +platform `).MatchString(out) {
+			t.Errorf("inbox list does not name both endpoints of msg_replay: %v\n%s", err, out)
+		}
+		if _, err := p.cli(t, "inbox", "replay", "msg_replay"); err == nil || !strings.Contains(err.Error(), "several endpoints") {
+			t.Errorf("inbox replay of an id two endpoints stored: %v, want an error", err)
+		}
+		out, err = p.cli(t, "inbox", "replay", "--endpoint", s.WS+"/production", "msg_replay")
+		if err != nil || !strings.Contains(out, "replaying msg_replay as job") {
+			t.Fatalf("inbox replay --endpoint: %v\n%s", err, out)
+		}
+		var replayed jobs.EventArgs
+		if err := p.pool.QueryRow(t.Context(), `SELECT args FROM river_job WHERE kind = 'polar_event' ORDER BY id DESC LIMIT 1`).Scan(&replayed); err != nil {
+			t.Fatal(err)
+		}
+		if replayed.WorkspaceID != s.WS || replayed.Environment != "production" {
+			t.Errorf("the replay's job = %+v, want the workspace's production endpoint's row", replayed)
 		}
 
 		// customer.created is stored but never acted on: nothing to replay.

@@ -41,7 +41,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if errors.Is(err, flag.ErrHelp) { // -h: the usage asked for is printed
 		return nil
 	}
-	return err
+	// Whatever reported it, the database's password is not printed.
+	return redactErr(err, getenv("DATABASE_URL"))
 }
 
 func command(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/url"
 
 	"github.com/relayhq/relay/migrations"
 )
@@ -31,13 +30,4 @@ func migrate(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	fmt.Fprintln(stdout, "migrations applied")
 	return nil
-}
-
-// redactURL hides a password in a database URL for error messages.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "unparseable URL"
-	}
-	return u.Redacted()
 }

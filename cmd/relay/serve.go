@@ -52,7 +52,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	logger := newLogger(cfg, stdout)
+	logger := newLogger(cfg, newRedactingWriter(stdout, cfg.DatabaseURL))
 	tuneGC(getenv)
 
 	sp, err := openSpool(cfg, logger)
@@ -375,7 +375,7 @@ func openPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 func newPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+		return nil, fmt.Errorf("DATABASE_URL: %w", redactErr(err, cfg.DatabaseURL))
 	}
 	if cfg.DBMaxConns > 0 {
 		pcfg.MaxConns = cfg.DBMaxConns
@@ -399,7 +399,7 @@ func pingDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config) error {
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := pool.Ping(pingCtx); err != nil {
-		return fmt.Errorf("%w (%s): %w", errUnreachable, redactURL(cfg.DatabaseURL), err)
+		return fmt.Errorf("%w (%s): %w", errUnreachable, redactDSN(cfg.DatabaseURL, cfg.DatabaseURL), redactErr(err, cfg.DatabaseURL))
 	}
 	return nil
 }
