@@ -50,23 +50,36 @@ func ApplyPayments(ctx context.Context, db DB, ps []Payment) ([]Outcome, error) 
 	return out, nil
 }
 
-// lockTogether locks the sessions the payments name, by id or by order, in
-// id order, and returns the payments that can be applied together, by
-// index, each with its session.
+// lockTogether locks every session the payments can touch, named by id,
+// by order or by checkout id, in one statement and in id order, and
+// returns the payments that can be applied together, by index, each with
+// its session. Taking them all at once, in the order every caller takes
+// them, is what keeps two batches naming the same sessions from waiting
+// for each other in a circle (a deadlock, 40P01); ApplyPayment, which the
+// other payments go through afterwards, then finds its sessions already
+// held by this transaction.
 func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, error) {
+	if len(ps) < 2 {
+		return nil, nil // nothing to gain: ApplyPayment does it, in one step too
+	}
 	// A session or an order named twice is left to ApplyPayment: its
 	// payments then apply one after another.
 	bySession, byOrder := map[string]int{}, map[string]int{}
+	var ids, orders, checkouts []string
 	for _, p := range ps {
-		if isUUID(p.Session.SessionID) {
-			bySession[strings.ToLower(p.Session.SessionID)]++
+		if id := strings.ToLower(p.Session.SessionID); isUUID(id) {
+			bySession[id]++
+			ids = append(ids, id)
 		}
 		if p.ExternalOrderID != "" {
 			byOrder[p.ExternalOrderID]++
+			orders = append(orders, p.ExternalOrderID)
+		}
+		if p.Session.ExternalCheckoutID != "" {
+			checkouts = append(checkouts, p.Session.ExternalCheckoutID)
 		}
 	}
 	candidates := make([]int, 0, len(ps))
-	var ids, orders []string
 	for i, p := range ps {
 		id := strings.ToLower(p.Session.SessionID)
 		if !p.Paid || p.RefundedAmount != 0 || !isUUID(id) || bySession[id] != 1 ||
@@ -75,17 +88,11 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 			continue
 		}
 		candidates = append(candidates, i)
-		ids = append(ids, id)
-		if p.ExternalOrderID != "" {
-			orders = append(orders, p.ExternalOrderID)
-		}
-	}
-	if len(candidates) < 2 {
-		return nil, nil // nothing to gain: ApplyPayment does it
 	}
 
 	rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
-		WHERE id = ANY($1::uuid[]) OR polar_order_id = ANY($2::text[]) ORDER BY id FOR UPDATE`, ids, orders)
+		WHERE id = ANY($1::uuid[]) OR polar_order_id = ANY($2::text[]) OR polar_checkout_id = ANY($3::text[])
+		ORDER BY id FOR UPDATE`, ids, orders, checkouts)
 	if err != nil {
 		return nil, fmt.Errorf("lock checkout sessions: %w", err)
 	}
@@ -103,6 +110,9 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("lock checkout sessions: %w", err)
+	}
+	if len(candidates) < 2 {
+		return nil, nil // nothing to gain: ApplyPayment does it
 	}
 
 	together := make(map[int]*Session, len(candidates))
