@@ -38,7 +38,8 @@ type Options struct {
 	// Timeout bounds one attempt. Default 30 s.
 	Timeout time.Duration
 	// BatchTransactions bounds the batch jobs whose transactions run at
-	// once in this process; more wait for a turn. Each locks up to 32
+	// once in this process; more wait for a turn (not counted against
+	// Timeout; after a second they go back to the queue). Each locks up to 32
 	// sessions and, through the bookings' foreign keys, their wallets and
 	// categories: dozens at once only make PostgreSQL work harder per event
 	// (make bench on 2 cores: 20-30% more CPU per event with 50 than with

@@ -1,0 +1,14 @@
+package jobs
+
+// HoldTurns takes every batch turn of b, as batches that run long would,
+// until release is called.
+func (b *BatchWorker) HoldTurns() (release func()) {
+	for range cap(b.turns) {
+		b.turns <- struct{}{}
+	}
+	return func() {
+		for range cap(b.turns) {
+			<-b.turns
+		}
+	}
+}
