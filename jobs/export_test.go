@@ -12,3 +12,6 @@ func (b *BatchWorker) HoldTurns() (release func()) {
 		}
 	}
 }
+
+// PendingPassLock is the advisory lock a pending-bookings pass holds.
+const PendingPassLock = pendingPassLock
