@@ -146,9 +146,10 @@ func recordPending(ctx context.Context, db DB, s *Session, ps pendingSale, sold 
 // the periodic pass (PostDue): RetryBase after its first attempt, twice as
 // long after each further one, up to RetryFixable while it waits on the
 // workspace's wallet setting (an operator fixes that and expects the sale
-// booked within a minute: RetryFixable and a pass interval), up to RetryNever once relay can never book it
-// (paid in another currency than its session's, or its session deleted:
-// a person books it by hand, and the pass only looks for that booking).
+// booked within a minute: RetryFixable and a pass interval), up to
+// RetryNever once relay can never book it (paid in another currency than
+// its session's, or its session deleted: a person books it by hand, and
+// the pass only looks for that booking).
 // PostPending, an operator's "try now", ignores the wait.
 const (
 	RetryBase    = 10 * time.Second
@@ -282,7 +283,7 @@ func PostPending(ctx context.Context, db Conn, workspaceID string) ([]PostResult
 
 // PostDue is the periodic pass: as PostPending, it tries the pending sales
 // of every workspace, but only those whose next attempt is due, longest due
-// first, and takes no new sale once until has passed. more reports that due
+// first, and takes no new sale after until. more reports that due
 // sales were left: they are the first the next pass takes, since every sale
 // tried has its next attempt moved on (nextAttempt), or booked.
 func PostDue(ctx context.Context, db Conn, until time.Time) (results []PostResult, more bool, err error) {
@@ -290,9 +291,16 @@ func PostDue(ctx context.Context, db Conn, until time.Time) (results []PostResul
 }
 
 func post(ctx context.Context, db Conn, workspaceID string, dueOnly bool, until time.Time) ([]PostResult, bool, error) {
-	rows, err := db.Query(ctx, `SELECT session_id::text FROM pending_bookings
-		WHERE posted_at IS NULL AND ($1::uuid IS NULL OR ws_id = $1) AND (NOT $2 OR next_attempt_at <= now())
-		ORDER BY next_attempt_at, session_id LIMIT $3`, nilIfEmpty(workspaceID), dueOnly, maxPostBatch)
+	query, args := `SELECT session_id::text FROM pending_bookings
+		WHERE posted_at IS NULL AND ($1::uuid IS NULL OR ws_id = $1)
+		ORDER BY next_attempt_at, session_id LIMIT $2`, []any{nilIfEmpty(workspaceID), maxPostBatch}
+	if dueOnly {
+		// A range of pending_bookings_unposted_idx: nothing due, nothing read.
+		query, args = `SELECT session_id::text FROM pending_bookings
+			WHERE posted_at IS NULL AND next_attempt_at <= now()
+			ORDER BY next_attempt_at, session_id LIMIT $1`, []any{maxPostBatch}
+	}
+	rows, err := db.Query(ctx, query, args...)
 	if err != nil {
 		return nil, false, fmt.Errorf("find pending bookings: %w", err)
 	}
