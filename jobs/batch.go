@@ -133,6 +133,9 @@ func applyAll(ctx context.Context, tx pgx.Tx, events []*inbox.Event, results []a
 	var (
 		payments []ledger.Payment
 		of       []int // the event of each payment
+		refs     []ledger.SessionRef
+		orders   []string
+		others   bool // events other than payments lock sessions
 	)
 	for i, event := range events {
 		st, err := prepare(event)
@@ -142,6 +145,25 @@ func applyAll(ctx context.Context, tx pgx.Tx, events []*inbox.Event, results []a
 		steps[i] = st
 		if st.payment != nil {
 			payments, of = append(payments, *st.payment), append(of, i)
+			refs = append(refs, st.payment.Session)
+			if st.payment.ExternalOrderID != "" {
+				orders = append(orders, st.payment.ExternalOrderID)
+			}
+		}
+		if st.lockRef != nil {
+			refs, others = append(refs, *st.lockRef), true
+		}
+		if st.lockOrder != "" {
+			orders, others = append(orders, st.lockOrder), true
+		}
+	}
+	// Every session the batch touches, locked in one id-ordered step before
+	// any is changed: two batches naming the same sessions in other orders
+	// (a refund here, its order's payment there) cannot deadlock. Payments
+	// alone are locked so by ApplyPayments.
+	if others {
+		if err := ledger.LockSessions(ctx, tx, refs, orders); err != nil {
+			return err
 		}
 	}
 	outs, err := ledger.ApplyPayments(ctx, tx, payments)

@@ -90,26 +90,9 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 		candidates = append(candidates, i)
 	}
 
-	rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
-		WHERE id = ANY($1::uuid[]) OR polar_order_id = ANY($2::text[]) OR polar_checkout_id = ANY($3::text[])
-		ORDER BY id FOR UPDATE`, ids, orders, checkouts)
+	named, owners, err := lockAll(ctx, db, ids, orders, checkouts)
 	if err != nil {
-		return nil, fmt.Errorf("lock checkout sessions: %w", err)
-	}
-	named, owners := map[string]*Session{}, map[string]*Session{}
-	for rows.Next() {
-		s, err := scanSession(rows)
-		if err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("lock checkout sessions: %w", err)
-		}
-		named[s.ID] = s
-		if s.ExternalOrderID != nil {
-			owners[*s.ExternalOrderID] = s
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("lock checkout sessions: %w", err)
+		return nil, err
 	}
 	if len(candidates) < 2 {
 		return nil, nil // nothing to gain: ApplyPayment does it
@@ -132,6 +115,57 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 		together[i] = s
 	}
 	return together, nil
+}
+
+// LockSessions locks every checkout session that refs (by id or checkout
+// id) and orders name, in one statement and in id order, for the rest of
+// the transaction. A transaction that applies several events, a batch,
+// takes every session it will touch this way first: it then never waits
+// for a session while holding another taken in another order, and two
+// such transactions cannot deadlock. References that are not well formed
+// are left to the calls that refuse them.
+func LockSessions(ctx context.Context, db DB, refs []SessionRef, orders []string) error {
+	var ids, checkouts []string
+	for _, r := range refs {
+		if id := strings.ToLower(r.SessionID); isUUID(id) {
+			ids = append(ids, id)
+		}
+		if r.ExternalCheckoutID != "" {
+			checkouts = append(checkouts, r.ExternalCheckoutID)
+		}
+	}
+	if len(ids)+len(orders)+len(checkouts) == 0 {
+		return nil
+	}
+	_, _, err := lockAll(ctx, db, ids, orders, checkouts)
+	return err
+}
+
+// lockAll locks the sessions of ids, of orders and of checkouts in id
+// order and returns them by id, and by the order they record.
+func lockAll(ctx context.Context, db DB, ids, orders, checkouts []string) (named, owners map[string]*Session, err error) {
+	rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
+		WHERE id = ANY($1::uuid[]) OR polar_order_id = ANY($2::text[]) OR polar_checkout_id = ANY($3::text[])
+		ORDER BY id FOR UPDATE`, ids, orders, checkouts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lock checkout sessions: %w", err)
+	}
+	named, owners = map[string]*Session{}, map[string]*Session{}
+	for rows.Next() {
+		s, err := scanSession(rows)
+		if err != nil {
+			rows.Close()
+			return nil, nil, fmt.Errorf("lock checkout sessions: %w", err)
+		}
+		named[s.ID] = s
+		if s.ExternalOrderID != nil {
+			owners[*s.ExternalOrderID] = s
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("lock checkout sessions: %w", err)
+	}
+	return named, owners, nil
 }
 
 // bookTogether decides the sales of the payments in together and books
