@@ -31,8 +31,16 @@ func NewBatchWorker(w *EventWorker) *BatchWorker {
 	return &BatchWorker{w: w, turns: make(chan struct{}, w.opts.BatchTransactions)}
 }
 
-// Timeout bounds one attempt.
-func (b *BatchWorker) Timeout(*river.Job[EventBatchArgs]) time.Duration { return b.w.opts.Timeout }
+// maxTurnWait bounds how long a batch job waits for a turn before it goes
+// back to the queue (snoozed: no attempt used) for a turn later.
+const maxTurnWait = time.Second
+
+// Timeout bounds one attempt: the wait for a turn, then Options.Timeout for
+// the transaction, which starts once the batch has its turn. River rescues
+// a batch left running by a crashed process only after this.
+func (b *BatchWorker) Timeout(*river.Job[EventBatchArgs]) time.Duration {
+	return maxTurnWait + b.w.opts.Timeout
+}
 
 // NextRetry backs off as for single events.
 func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
@@ -42,12 +50,20 @@ func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
 // Work applies every event and completes the job, or hands each event a job
 // of its own.
 func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
+	// Waiting for a turn is not working: it must not use up the time of
+	// the attempt, nor the attempt, however long the others take.
+	wait := time.NewTimer(maxTurnWait)
+	defer wait.Stop()
 	select {
 	case b.turns <- struct{}{}:
 		defer func() { <-b.turns }()
+	case <-wait.C:
+		return river.JobSnooze(0)
 	case <-ctx.Done():
 		return fmt.Errorf("process batch of %d webhooks: waiting for a turn: %w", len(job.Args.Events), ctx.Err())
 	}
+	ctx, cancel := context.WithTimeout(ctx, b.w.opts.Timeout)
+	defer cancel()
 	start := time.Now()
 	results := make([]applied, len(job.Args.Events))
 	// The inbox rows are read in one statement and marked processed in
@@ -117,6 +133,9 @@ func applyAll(ctx context.Context, tx pgx.Tx, events []*inbox.Event, results []a
 	var (
 		payments []ledger.Payment
 		of       []int // the event of each payment
+		refs     []ledger.SessionRef
+		orders   []string
+		others   bool // events other than payments lock sessions
 	)
 	for i, event := range events {
 		st, err := prepare(event)
@@ -126,6 +145,25 @@ func applyAll(ctx context.Context, tx pgx.Tx, events []*inbox.Event, results []a
 		steps[i] = st
 		if st.payment != nil {
 			payments, of = append(payments, *st.payment), append(of, i)
+			refs = append(refs, st.payment.Session)
+			if st.payment.ExternalOrderID != "" {
+				orders = append(orders, st.payment.ExternalOrderID)
+			}
+		}
+		if st.lockRef != nil {
+			refs, others = append(refs, *st.lockRef), true
+		}
+		if st.lockOrder != "" {
+			orders, others = append(orders, st.lockOrder), true
+		}
+	}
+	// Every session the batch touches, locked in one id-ordered step before
+	// any is changed: two batches naming the same sessions in other orders
+	// (a refund here, its order's payment there) cannot deadlock. Payments
+	// alone are locked so by ApplyPayments.
+	if others {
+		if err := ledger.LockSessions(ctx, tx, refs, orders); err != nil {
+			return err
 		}
 	}
 	outs, err := ledger.ApplyPayments(ctx, tx, payments)

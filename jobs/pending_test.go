@@ -313,6 +313,7 @@ func TestFailingPassIsLoggedNotRetried(t *testing.T) {
 	setDefaultWallet(t, pool, s)
 	ctx := context.Background()
 	for _, q := range []string{
+		`UPDATE pending_bookings SET next_attempt_at = now()`, // due
 		`CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'simulated failure'; END $$`,
 		`CREATE TRIGGER refuse_booking BEFORE INSERT ON wallet_transactions FOR EACH ROW EXECUTE FUNCTION refuse_booking()`,
 	} {
@@ -328,7 +329,14 @@ func TestFailingPassIsLoggedNotRetried(t *testing.T) {
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "simulated failure") {
 		t.Errorf("log = %q, want a warning with the cause", logs.String())
 	}
-	if p := pendingOf(t, pool, s); p.posted {
-		t.Errorf("pending = %+v, want still pending", p)
+	if p := pendingOf(t, pool, s); p.posted || p.attempts != 2 {
+		t.Errorf("pending = %+v, want still pending, the failed attempt counted", p)
+	}
+	var secs float64
+	if err := pool.QueryRow(ctx, `SELECT extract(epoch FROM next_attempt_at - last_attempt_at)::float8 FROM pending_bookings`).Scan(&secs); err != nil {
+		t.Fatal(err)
+	}
+	if wait := time.Duration(secs * float64(time.Second)); wait < 15*time.Second {
+		t.Errorf("next attempt %v after the failed one, want it to wait its turn (2 × %v)", wait, ledger.RetryBase)
 	}
 }

@@ -39,13 +39,15 @@ type system struct {
 	logs    *testkit.SyncBuffer
 	reg     *prometheus.Registry
 	clients []*river.Client[pgx.Tx]
+	batches []*jobs.BatchWorker // each client's
 }
 
 type systemOpts struct {
-	clients     int // River clients working the same queue; default 1
-	maxAttempts int // default 5
-	maxWorkers  int // per client; default 10
-	batchTx     int // jobs.Options.BatchTransactions; default the default
+	clients     int           // River clients working the same queue; default 1
+	maxAttempts int           // default 5
+	maxWorkers  int           // per client; default 10
+	batchTx     int           // jobs.Options.BatchTransactions; default the default
+	jobTimeout  time.Duration // jobs.Options.Timeout; default the default
 }
 
 func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
@@ -69,9 +71,12 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	}
 	for i := range o.clients {
 		workers := river.NewWorkers()
-		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond, BatchTransactions: o.batchTx})
+		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond,
+			BatchTransactions: o.batchTx, Timeout: o.jobTimeout})
 		river.AddWorker(workers, eventWorker)
-		river.AddWorker(workers, jobs.NewBatchWorker(eventWorker))
+		batches := jobs.NewBatchWorker(eventWorker)
+		river.AddWorker(workers, batches)
+		s.batches = append(s.batches, batches)
 		river.AddWorker(workers, jobs.NewPendingWorker(pool, jobMetrics, logger))
 		client := testkit.StartRiver(t, pool, &river.Config{
 			ID:           fmt.Sprintf("client_%d", i),

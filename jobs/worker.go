@@ -38,7 +38,8 @@ type Options struct {
 	// Timeout bounds one attempt. Default 30 s.
 	Timeout time.Duration
 	// BatchTransactions bounds the batch jobs whose transactions run at
-	// once in this process; more wait for a turn. Each locks up to 32
+	// once in this process; more wait for a turn (not counted against
+	// Timeout; after a second they go back to the queue). Each locks up to 32
 	// sessions and, through the bookings' foreign keys, their wallets and
 	// categories: dozens at once only make PostgreSQL work harder per event
 	// (make bench on 2 cores: 20-30% more CPU per event with 50 than with
@@ -234,6 +235,10 @@ type step struct {
 	paid    bool // the payment is of a paid order: its booking result is counted
 	run     func(ctx context.Context, tx pgx.Tx) (applied, error)
 	done    applied // the result when there is nothing to do
+	// The session run may lock, by reference or by the order it records:
+	// a batch locks every session of its events first (applyAll).
+	lockRef   *ledger.SessionRef
+	lockOrder string
 }
 
 // prepare reads the event's body into the step that applies it.
@@ -260,13 +265,18 @@ func prepare(event *inbox.Event) (step, error) {
 		if err != nil {
 			return step{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
-		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyCheckout(ctx, tx, checkout, scope) }}, nil
+		st := step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyCheckout(ctx, tx, checkout, scope) }}
+		if ref, ok := checkout.Metadata.Storefront(); ok {
+			st.lockRef = &ledger.SessionRef{SessionID: ref.CheckoutSessionID, ExternalCheckoutID: checkout.ID}
+		}
+		return st, nil
 	case "refund.created", "refund.updated":
 		refund, err := polar.ParseRefund(env.Data)
 		if err != nil {
 			return step{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
-		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyRefund(ctx, tx, refund, scope) }}, nil
+		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyRefund(ctx, tx, refund, scope) },
+			lockOrder: refund.OrderID}, nil
 	}
 	return step{done: applied{result: ResultNoop, note: "event type not acted on"}}, nil
 }

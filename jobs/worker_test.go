@@ -758,3 +758,55 @@ func TestBatchTransactionsAtOnceAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchWaitingForATurnIsNotFailed holds every batch turn for three
+// times the job timeout: a batch waiting for one meanwhile is neither
+// failed nor discarded (waiting is not working; it goes back to the queue
+// without using an attempt) and completes once a turn is free. The job
+// timeout is 1 s here, not relay's 5 s, to keep the test short; the
+// relation between the wait and the timeout is what is tested.
+func TestBatchWaitingForATurnIsNotFailed(t *testing.T) {
+	pool := testdb.NewPool(t)
+	const timeout = time.Second
+	sys := startSystem(t, pool, systemOpts{batchTx: 1, jobTimeout: timeout, maxAttempts: 2})
+	ctx := context.Background()
+	var s [2]testkit.Shop
+	for i := range s {
+		s[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	}
+	release := sys.batches[0].HoldTurns()
+	held := time.Now()
+	storeBatch(t, sys, map[string][]byte{
+		"msg_0": event(t, "order.paid.json", s[0], "ord_0", nil),
+		"msg_1": event(t, "order.paid.json", s[1], "ord_1", nil),
+	})
+	jobErrors := func() (state string, errs int) {
+		t.Helper()
+		if err := pool.QueryRow(ctx, `SELECT state::text, coalesce(array_length(errors, 1), 0) FROM river_job
+			WHERE kind = 'polar_event_batch'`).Scan(&state, &errs); err != nil {
+			t.Fatal(err)
+		}
+		return state, errs
+	}
+	for time.Since(held) < 3*timeout {
+		if state, errs := jobErrors(); errs > 0 || state == "discarded" {
+			t.Fatalf("batch job %s with %d error(s) after waiting %v for a turn, want neither failed nor discarded",
+				state, errs, time.Since(held).Round(time.Millisecond))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	release()
+	for id, state := range sys.waitJobs(t, "msg_0", "msg_1") {
+		if state != "completed" {
+			t.Errorf("%s: %s, want completed", id, state)
+		}
+	}
+	if state, errs := jobErrors(); state != "completed" || errs != 0 {
+		t.Errorf("batch job %s with %d error(s), want completed without any", state, errs)
+	}
+	for i, shop := range s {
+		if n := len(bookings(t, pool, shop)); n != 1 {
+			t.Errorf("shop %d: %d bookings, want 1", i, n)
+		}
+	}
+}

@@ -50,23 +50,36 @@ func ApplyPayments(ctx context.Context, db DB, ps []Payment) ([]Outcome, error) 
 	return out, nil
 }
 
-// lockTogether locks the sessions the payments name, by id or by order, in
-// id order, and returns the payments that can be applied together, by
-// index, each with its session.
+// lockTogether locks every session the payments can touch, named by id,
+// by order or by checkout id, in one statement and in id order, and
+// returns the payments that can be applied together, by index, each with
+// its session. Taking them all at once, in the order every caller takes
+// them, is what keeps two batches naming the same sessions from waiting
+// for each other in a circle (a deadlock, 40P01); ApplyPayment, which the
+// other payments go through afterwards, then finds its sessions already
+// held by this transaction.
 func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, error) {
+	if len(ps) < 2 {
+		return nil, nil // nothing to gain: ApplyPayment does it, in one step too
+	}
 	// A session or an order named twice is left to ApplyPayment: its
 	// payments then apply one after another.
 	bySession, byOrder := map[string]int{}, map[string]int{}
+	var ids, orders, checkouts []string
 	for _, p := range ps {
-		if isUUID(p.Session.SessionID) {
-			bySession[strings.ToLower(p.Session.SessionID)]++
+		if id := strings.ToLower(p.Session.SessionID); isUUID(id) {
+			bySession[id]++
+			ids = append(ids, id)
 		}
 		if p.ExternalOrderID != "" {
 			byOrder[p.ExternalOrderID]++
+			orders = append(orders, p.ExternalOrderID)
+		}
+		if p.Session.ExternalCheckoutID != "" {
+			checkouts = append(checkouts, p.Session.ExternalCheckoutID)
 		}
 	}
 	candidates := make([]int, 0, len(ps))
-	var ids, orders []string
 	for i, p := range ps {
 		id := strings.ToLower(p.Session.SessionID)
 		if !p.Paid || p.RefundedAmount != 0 || !isUUID(id) || bySession[id] != 1 ||
@@ -75,34 +88,14 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 			continue
 		}
 		candidates = append(candidates, i)
-		ids = append(ids, id)
-		if p.ExternalOrderID != "" {
-			orders = append(orders, p.ExternalOrderID)
-		}
+	}
+
+	named, owners, err := lockAll(ctx, db, ids, orders, checkouts)
+	if err != nil {
+		return nil, err
 	}
 	if len(candidates) < 2 {
 		return nil, nil // nothing to gain: ApplyPayment does it
-	}
-
-	rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
-		WHERE id = ANY($1::uuid[]) OR polar_order_id = ANY($2::text[]) ORDER BY id FOR UPDATE`, ids, orders)
-	if err != nil {
-		return nil, fmt.Errorf("lock checkout sessions: %w", err)
-	}
-	named, owners := map[string]*Session{}, map[string]*Session{}
-	for rows.Next() {
-		s, err := scanSession(rows)
-		if err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("lock checkout sessions: %w", err)
-		}
-		named[s.ID] = s
-		if s.ExternalOrderID != nil {
-			owners[*s.ExternalOrderID] = s
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("lock checkout sessions: %w", err)
 	}
 
 	together := make(map[int]*Session, len(candidates))
@@ -122,6 +115,57 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 		together[i] = s
 	}
 	return together, nil
+}
+
+// LockSessions locks every checkout session that refs (by id or checkout
+// id) and orders name, in one statement and in id order, for the rest of
+// the transaction. A transaction that applies several events, a batch,
+// takes every session it will touch this way first: it then never waits
+// for a session while holding another taken in another order, and two
+// such transactions cannot deadlock. References that are not well formed
+// are left to the calls that refuse them.
+func LockSessions(ctx context.Context, db DB, refs []SessionRef, orders []string) error {
+	var ids, checkouts []string
+	for _, r := range refs {
+		if id := strings.ToLower(r.SessionID); isUUID(id) {
+			ids = append(ids, id)
+		}
+		if r.ExternalCheckoutID != "" {
+			checkouts = append(checkouts, r.ExternalCheckoutID)
+		}
+	}
+	if len(ids)+len(orders)+len(checkouts) == 0 {
+		return nil
+	}
+	_, _, err := lockAll(ctx, db, ids, orders, checkouts)
+	return err
+}
+
+// lockAll locks the sessions of ids, of orders and of checkouts in id
+// order and returns them by id, and by the order they record.
+func lockAll(ctx context.Context, db DB, ids, orders, checkouts []string) (named, owners map[string]*Session, err error) {
+	rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
+		WHERE id = ANY($1::uuid[]) OR polar_order_id = ANY($2::text[]) OR polar_checkout_id = ANY($3::text[])
+		ORDER BY id FOR UPDATE`, ids, orders, checkouts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lock checkout sessions: %w", err)
+	}
+	named, owners = map[string]*Session{}, map[string]*Session{}
+	for rows.Next() {
+		s, err := scanSession(rows)
+		if err != nil {
+			rows.Close()
+			return nil, nil, fmt.Errorf("lock checkout sessions: %w", err)
+		}
+		named[s.ID] = s
+		if s.ExternalOrderID != nil {
+			owners[*s.ExternalOrderID] = s
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("lock checkout sessions: %w", err)
+	}
+	return named, owners, nil
 }
 
 // bookTogether decides the sales of the payments in together and books

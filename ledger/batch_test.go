@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -314,6 +315,52 @@ func TestApplyPaymentsRacingBookEachSaleOnce(t *testing.T) {
 		}
 		if st := sessionOf(t, pool, s.Session); st.status != ledger.StatusCompleted || st.booking == nil {
 			t.Errorf("shop %d: session %+v, want completed and linked", i, st)
+		}
+	}
+}
+
+// TestCrossedBatchesDoNotDeadlock runs, many times, two batches of the same
+// sales at once: one with their order.paid in ascending session order
+// (booked together), the other with a later order.updated (partly refunded,
+// applied one by one) in descending order. Every session either batch
+// touches is locked in one id-ordered step, so neither waits for the other
+// in a circle: no deadlock (40P01), every sale booked once and its refund
+// reversed once.
+func TestCrossedBatchesDoNotDeadlock(t *testing.T) {
+	pool := testdb.NewPool(t)
+	ctx := t.Context()
+	const rounds, perBatch = 12, 8
+	for round := range rounds {
+		shops := make([]testkit.Shop, perBatch)
+		for i := range shops {
+			shops[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
+		}
+		slices.SortFunc(shops, func(a, b testkit.Shop) int { return strings.Compare(a.Session, b.Session) })
+		var paidBatch, updatedBatch []ledger.Payment
+		for i, s := range shops {
+			paidBatch = append(paidBatch, paid(s, orderOf(s)))
+			r := shops[len(shops)-1-i]
+			updatedBatch = append(updatedBatch, refundedTo(r, orderOf(r), 1650))
+		}
+		errs := atOnce(ctx, pool,
+			func(tx pgx.Tx) error { _, err := ledger.ApplyPayments(ctx, tx, paidBatch); return err },
+			func(tx pgx.Tx) error { _, err := ledger.ApplyPayments(ctx, tx, updatedBatch); return err })
+		for i, err := range errs {
+			if err != nil {
+				var pgErr *pgconn.PgError
+				if errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+					t.Fatalf("round %d: batch %d deadlocked: %v", round, i, err)
+				}
+				t.Fatalf("round %d: batch %d: %v", round, i, err)
+			}
+		}
+		for i, s := range shops {
+			if got := sales(t, pool, s.WS); len(got) != 1 || got[s.Session] != 1 {
+				t.Fatalf("round %d, shop %d: sales %v, want one", round, i, got)
+			}
+			if reversed, n := reversedOf(ledgerOf(t, pool, s.WS)); reversed != 1650 || n != 1 {
+				t.Fatalf("round %d, shop %d: reversed %d in %d bookings, want 1650 in one", round, i, reversed, n)
+			}
 		}
 	}
 }

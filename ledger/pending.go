@@ -65,7 +65,9 @@ type PendingBooking struct {
 	RefundedAmount int64     `json:"refunded_amount"`
 	FirstAttemptAt time.Time `json:"first_attempt_at"`
 	LastAttemptAt  time.Time `json:"last_attempt_at"`
-	Attempts       int       `json:"attempts"`
+	// NextAttemptAt is when the periodic pass tries it again (backoff).
+	NextAttemptAt time.Time `json:"next_attempt_at"`
+	Attempts      int       `json:"attempts"`
 	// SessionDeleted is true when the checkout session no longer exists:
 	// the sale can never be posted by relay.
 	SessionDeleted bool       `json:"session_deleted"`
@@ -75,14 +77,14 @@ type PendingBooking struct {
 
 // pendingColumns read a pending_bookings row b as scanPending scans it.
 const pendingColumns = `b.session_id::text, b.ws_id::text, b.amount, b.currency, b.payment_currency,
-	b.category_id::text, b.reason, b.note, b.refunded_amount, b.first_attempt_at, b.last_attempt_at, b.attempts,
+	b.category_id::text, b.reason, b.note, b.refunded_amount, b.first_attempt_at, b.last_attempt_at, b.next_attempt_at, b.attempts,
 	NOT EXISTS (SELECT 1 FROM inventory_checkout_sessions s WHERE s.id = b.session_id),
 	b.posted_at, b.transaction_id::text`
 
 func scanPending(row pgx.Row, extra ...any) (PendingBooking, error) {
 	var b PendingBooking
 	err := row.Scan(append([]any{&b.SessionID, &b.WorkspaceID, &b.Amount, &b.Currency, &b.PaymentCurrency,
-		&b.CategoryID, &b.Reason, &b.Note, &b.RefundedAmount, &b.FirstAttemptAt, &b.LastAttemptAt, &b.Attempts,
+		&b.CategoryID, &b.Reason, &b.Note, &b.RefundedAmount, &b.FirstAttemptAt, &b.LastAttemptAt, &b.NextAttemptAt, &b.Attempts,
 		&b.SessionDeleted, &b.PostedAt, &b.TransactionID}, extra...)...)
 	if b.SessionDeleted && b.PostedAt == nil {
 		b.Note = sessionDeletedNote
@@ -104,14 +106,18 @@ type pendingSale struct {
 const refundedTotal = `greatest($2::bigint,
 	(SELECT coalesce(sum(f.amount), 0) FROM checkout_session_refunds f WHERE f.checkout_session_id = $1))`
 
-// recordPending keeps the locked session's sale, which decideSale found cannot be booked
-// book (sold says why), as pending, or records one more attempt on the row
-// that keeps it. The primary key keeps one row per sale.
+// recordPending keeps the locked session's sale, which decideSale found cannot be
+// booked (sold says why), as pending, or records one more attempt on the row
+// that keeps it, and when the pass tries it next (nextAttempt). The primary
+// key keeps one row per sale.
 func recordPending(ctx context.Context, db DB, s *Session, ps pendingSale, sold sale) (PendingBooking, error) {
+	// Paid in another currency than the sale's: no wallet setting can fix it.
+	never := sold.result == SkippedCurrency && !strings.EqualFold(ps.paymentCurrency, s.Currency)
 	b, err := scanPending(db.QueryRow(ctx, `
 		INSERT INTO pending_bookings AS b (session_id, ws_id, amount, currency, payment_currency, category_id,
-			reason, note, description, refund_description, paid_at, refunded_amount, first_attempt_at, last_attempt_at)
-		VALUES ($1, $3, $4, upper($5), upper($6), $7, $8, $9, $10, $11, $12, `+refundedTotal+`, clock_timestamp(), clock_timestamp())
+			reason, note, description, refund_description, paid_at, refunded_amount, first_attempt_at, last_attempt_at, next_attempt_at)
+		VALUES ($1, $3, $4, upper($5), upper($6), $7, $8, $9, $10, $11, $12, `+refundedTotal+`, clock_timestamp(), clock_timestamp(),
+			`+nextAttempt("1", "$13")+`)
 		ON CONFLICT (session_id) DO UPDATE SET
 			amount          = EXCLUDED.amount,
 			category_id     = EXCLUDED.category_id,
@@ -119,11 +125,12 @@ func recordPending(ctx context.Context, db DB, s *Session, ps pendingSale, sold 
 			note            = EXCLUDED.note,
 			refunded_amount = greatest(b.refunded_amount, EXCLUDED.refunded_amount),
 			last_attempt_at = clock_timestamp(),
+			next_attempt_at = `+nextAttempt("b.attempts + 1", "$13")+`,
 			attempts        = b.attempts + 1
 		WHERE b.posted_at IS NULL
 		RETURNING `+pendingColumns,
 		s.ID, s.RefundedAmount, s.WorkspaceID, s.TotalAmount, s.Currency, ps.paymentCurrency, sold.categoryID,
-		reasonOfResult[sold.result], sold.note, ps.description, ps.refundDescription, ps.paidAt))
+		reasonOfResult[sold.result], sold.note, ps.description, ps.refundDescription, ps.paidAt, never))
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Posted before, and its booking deleted since by someone who
 		// meant to: that is theirs to redo, not a sale to keep again.
@@ -133,6 +140,31 @@ func recordPending(ctx context.Context, db DB, s *Session, ps pendingSale, sold 
 		return PendingBooking{}, fmt.Errorf("record pending booking of session %s: %w", s.ID, err)
 	}
 	return b, nil
+}
+
+// How long a sale that still cannot be booked waits for its next try by
+// the periodic pass (PostDue): RetryBase after its first attempt, twice as
+// long after each further one, up to RetryFixable while it waits on the
+// workspace's wallet setting (an operator fixes that and expects the sale
+// booked within a minute: RetryFixable and a pass interval), up to
+// RetryNever once relay can never book it (paid in another currency than
+// its session's, or its session deleted: a person books it by hand, and
+// the pass only looks for that booking).
+// PostPending, an operator's "try now", ignores the wait.
+const (
+	RetryBase    = 10 * time.Second
+	RetryFixable = 50 * time.Second
+	RetryNever   = time.Hour
+)
+
+// nextAttempt is the SQL of when a sale is tried next: attempts is the SQL
+// of its attempts including this one, never the SQL of whether relay can
+// never book it.
+func nextAttempt(attempts, never string) string {
+	return fmt.Sprintf(`clock_timestamp() + least(
+		make_interval(secs => %d * power(2, least(greatest((%s) - 1, 0), 16))),
+		CASE WHEN %s THEN make_interval(secs => %d) ELSE make_interval(secs => %d) END)`,
+		int(RetryBase.Seconds()), attempts, never, int(RetryNever.Seconds()), int(RetryFixable.Seconds()))
 }
 
 // notePendingRefunds records the locked, unbooked session's refunded total on
@@ -226,16 +258,17 @@ type Conn interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
-// maxPostBatch bounds one PostPending call; the least recently tried go
+// maxPostBatch bounds the sales one call reads; those due longest go
 // first, so a larger backlog is worked through over several calls.
 const maxPostBatch = 10_000
 
 // PostPending tries to book every pending sale of the workspace (empty: of
-// all workspaces), each in a transaction of its own, through the booking
-// path a timely sale takes: the same source key, then reversals for the
-// refunds recorded meanwhile. A sale that still cannot be booked records
-// the attempt and why. A failure on one sale does not stop the others; the
-// errors are returned together with the results.
+// all workspaces) now, whether its next attempt is due or not, each in a
+// transaction of its own, through the booking path a timely sale takes: the
+// same source key, then reversals for the refunds recorded meanwhile. A
+// sale that still cannot be booked records the attempt and why. A failure
+// on one sale does not stop the others; the errors are returned together
+// with the results.
 //
 // Each attempt holds the session's row lock, as the event's own processing
 // does, and re-reads the pending row under it: posters running at once, or
@@ -244,21 +277,45 @@ func PostPending(ctx context.Context, db Conn, workspaceID string) ([]PostResult
 	if err := (PendingFilter{WorkspaceID: workspaceID}).check(); err != nil {
 		return nil, err
 	}
-	rows, err := db.Query(ctx, `SELECT session_id::text FROM pending_bookings
+	results, _, err := post(ctx, db, workspaceID, false, time.Time{})
+	return results, err
+}
+
+// PostDue is the periodic pass: as PostPending, it tries the pending sales
+// of every workspace, but only those whose next attempt is due, longest due
+// first, and takes no new sale after until. more reports that due
+// sales were left: they are the first the next pass takes, since every sale
+// tried has its next attempt moved on (nextAttempt), or booked.
+func PostDue(ctx context.Context, db Conn, until time.Time) (results []PostResult, more bool, err error) {
+	return post(ctx, db, "", true, until)
+}
+
+func post(ctx context.Context, db Conn, workspaceID string, dueOnly bool, until time.Time) ([]PostResult, bool, error) {
+	query, args := `SELECT session_id::text FROM pending_bookings
 		WHERE posted_at IS NULL AND ($1::uuid IS NULL OR ws_id = $1)
-		ORDER BY last_attempt_at, session_id LIMIT $2`, nilIfEmpty(workspaceID), maxPostBatch)
+		ORDER BY next_attempt_at, session_id LIMIT $2`, []any{nilIfEmpty(workspaceID), maxPostBatch}
+	if dueOnly {
+		// A range of pending_bookings_unposted_idx: nothing due, nothing read.
+		query, args = `SELECT session_id::text FROM pending_bookings
+			WHERE posted_at IS NULL AND next_attempt_at <= now()
+			ORDER BY next_attempt_at, session_id LIMIT $1`, []any{maxPostBatch}
+	}
+	rows, err := db.Query(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("find pending bookings: %w", err)
+		return nil, false, fmt.Errorf("find pending bookings: %w", err)
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return nil, fmt.Errorf("find pending bookings: %w", err)
+		return nil, false, fmt.Errorf("find pending bookings: %w", err)
 	}
 	var (
 		out  []PostResult
 		errs []error
 	)
-	for _, id := range ids {
+	for n, id := range ids {
+		if !until.IsZero() && !time.Now().Before(until) {
+			return out, true, errors.Join(errs...)
+		}
 		var (
 			r  PostResult
 			ok bool
@@ -269,14 +326,31 @@ func PostPending(ctx context.Context, db Conn, workspaceID string) ([]PostResult
 		})
 		switch {
 		case ctx.Err() != nil:
-			return out, errors.Join(append(errs, ctx.Err())...)
+			return out, n < len(ids), errors.Join(append(errs, ctx.Err())...)
 		case err != nil:
+			// Rolled back: the attempt is recorded on its own, so that a
+			// sale that fails every time waits its turn as the others do.
 			errs = append(errs, err)
+			if err := deferPending(ctx, db, id); err != nil {
+				errs = append(errs, err)
+			}
 		case ok:
 			out = append(out, r)
 		}
 	}
-	return out, errors.Join(errs...)
+	return out, len(ids) == maxPostBatch, errors.Join(errs...)
+}
+
+// deferPending records a failed attempt on a pending sale.
+func deferPending(ctx context.Context, db DB, sessionID string) error {
+	if _, err := db.Exec(ctx, `UPDATE pending_bookings b SET
+			last_attempt_at = clock_timestamp(),
+			next_attempt_at = `+nextAttempt("b.attempts + 1", "false")+`,
+			attempts        = b.attempts + 1
+		WHERE b.session_id = $1 AND b.posted_at IS NULL`, sessionID); err != nil {
+		return fmt.Errorf("record failed attempt on pending booking of session %s: %w", sessionID, err)
+	}
+	return nil
 }
 
 // postOne tries to book one pending sale in tx. ok is false when the sale
@@ -348,6 +422,7 @@ func postOrphan(ctx context.Context, tx DB, sessionID string) (PostResult, bool,
 		                        WHERE t.source_kind = 'sale' AND t.source_ref = $1::uuid::text) AS id)
 		UPDATE pending_bookings b SET
 			last_attempt_at = clock_timestamp(),
+			next_attempt_at = `+nextAttempt("b.attempts + 1", "true")+`,
 			attempts        = b.attempts + 1,
 			note            = CASE WHEN booked.id IS NULL THEN $2 ELSE b.note END,
 			posted_at       = CASE WHEN booked.id IS NOT NULL THEN clock_timestamp() END,

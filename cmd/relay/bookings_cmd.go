@@ -62,11 +62,11 @@ func bookingsCmd(ctx context.Context, args []string, getenv func(string) string,
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SESSION\tWORKSPACE\tAMOUNT\tREFUNDED\tREASON\tATTEMPTS\tPENDING_SINCE\tLAST_ATTEMPT\tNOTE")
+		fmt.Fprintln(tw, "SESSION\tWORKSPACE\tAMOUNT\tREFUNDED\tREASON\tATTEMPTS\tPENDING_SINCE\tLAST_ATTEMPT\tNEXT_ATTEMPT\tNOTE")
 		for _, b := range list.Pending {
-			fmt.Fprintf(tw, "%s\t%s\t%d %s\t%d\t%s\t%d\t%s\t%s\t%s\n", b.SessionID, b.WorkspaceID, b.Amount, b.Currency,
+			fmt.Fprintf(tw, "%s\t%s\t%d %s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", b.SessionID, b.WorkspaceID, b.Amount, b.Currency,
 				b.RefundedAmount, b.Reason, b.Attempts, b.FirstAttemptAt.UTC().Format(time.RFC3339),
-				b.LastAttemptAt.UTC().Format(time.RFC3339), oneLine(b.Note, 100))
+				b.LastAttemptAt.UTC().Format(time.RFC3339), b.NextAttemptAt.UTC().Format(time.RFC3339), oneLine(b.Note, 100))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
