@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/ledger"
 )
@@ -45,10 +46,6 @@ const (
 	// Uses River's (state, queue, priority, scheduled_at, id) index.
 	oldestAvailableQuery = `SELECT coalesce(extract(epoch FROM now() - min(scheduled_at)), 0)::float8
 		FROM river_job WHERE state = 'available' AND scheduled_at <= now()`
-	// A scan of webhook_inbox, whose rows are narrow (bodies live out of
-	// line): status has no index, so that marking a row processed is a HOT
-	// update (migration 00010).
-	inboxQuery = `SELECT status, count(*) FROM webhook_inbox GROUP BY status`
 	// Reads pending_bookings_unposted_idx: only what is still pending.
 	pendingBookingsQuery = `SELECT reason, count(*), extract(epoch FROM now() - min(first_attempt_at))::float8
 		FROM pending_bookings WHERE posted_at IS NULL GROUP BY reason`
@@ -71,7 +68,8 @@ type Collector struct {
 	// jobStates are River's job states always exported for kind, so that an
 	// alert on one of them has a series to read even at 0.
 	jobStates []string
-	// inboxStatuses are webhook_inbox's statuses (its CHECK constraint).
+	// inboxStatuses are webhook_inbox's statuses (its CHECK constraint),
+	// exported even at 0.
 	inboxStatuses []string
 	// pendingReasons are the reasons a booking can be pending for.
 	pendingReasons []string
@@ -112,7 +110,7 @@ func NewCollector(pool, query *pgxpool.Pool, logger *slog.Logger) *Collector {
 		now:    time.Now,
 
 		jobStates:      []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"},
-		inboxStatuses:  []string{"pending", "processed", "ignored", "invalid", "refused"},
+		inboxStatuses:  []string{inbox.StatusPending, inbox.StatusProcessed, inbox.StatusIgnored, inbox.StatusInvalid, inbox.StatusRefused},
 		pendingReasons: ledger.Reasons(),
 		queryNames:     []string{queryJobs, queryOldestAvailable, queryInbox, queryPendingBookings},
 		errors:         make(map[string]*atomic.Uint64),
@@ -266,28 +264,12 @@ func (c *Collector) collectOldestAvailable(ctx context.Context, add func(prometh
 }
 
 func (c *Collector) collectInbox(ctx context.Context, add func(prometheus.Metric)) error {
-	counts := make(map[string]int64, len(c.inboxStatuses))
-	for _, s := range c.inboxStatuses {
-		counts[s] = 0
-	}
-	rows, err := c.query.Query(ctx, inboxQuery)
+	counts, err := inbox.Counts(ctx, c.query)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var status string
-		var n int64
-		if err := rows.Scan(&status, &n); err != nil {
-			return err
-		}
-		counts[status] = n
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	for s, n := range counts {
-		add(prometheus.MustNewConstMetric(c.inbox, prometheus.GaugeValue, float64(n), s))
+	for _, s := range c.inboxStatuses {
+		add(prometheus.MustNewConstMetric(c.inbox, prometheus.GaugeValue, float64(counts[s]), s))
 	}
 	return nil
 }
