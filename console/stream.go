@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -142,8 +143,9 @@ type seenDelivery struct {
 	at      time.Time
 }
 
-// maxChanges bounds the deliveries one poll reads; under a burst beyond it
-// the stream shows the rest as they settle, and a reload shows everything.
+// maxChanges bounds the changes one poll reads, and the unsettled deliveries
+// it reads again; under a burst beyond it the stream shows the rest as they
+// settle, and a reload shows everything.
 const maxChanges = 500
 
 // poll reads what changed since the last poll, and the deliveries it saw
@@ -158,18 +160,29 @@ func (c *Console) poll(ctx context.Context, p *poller) ([]event, error) {
 	if since.IsZero() {
 		since = time.Now().Add(-c.opts.Lookback)
 	}
-	ids, now, err := c.store.changes(ctx, since, maxChanges)
+	now, err := c.store.clock(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for id, s := range p.seen {
-		if !s.settled && len(ids) < 2*maxChanges {
-			ids = append(ids, id)
+	ids, _, err := c.store.changes(ctx, since, maxChanges)
+	if err != nil {
+		return nil, err
+	}
+	ids = dedupe(append(ids, p.unsettled(maxChanges)...))
+	ds, err := c.store.byWebhookIDs(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	// A delivery asked for and not found is gone (the retention sweep, an
+	// operator): nothing more will happen to it.
+	found := make(map[string]bool, len(ds))
+	for _, d := range ds {
+		found[d.WebhookID] = true
+	}
+	for _, id := range ids {
+		if !found[id] {
+			delete(p.seen, id)
 		}
-	}
-	ds, err := c.store.byWebhookIDs(ctx, dedupe(ids))
-	if err != nil {
-		return nil, err
 	}
 	cursor := cursorOf(now)
 	var batch []event
@@ -196,6 +209,20 @@ func (c *Console) poll(ctx context.Context, p *poller) ([]event, error) {
 		batch[i], batch[j] = batch[j], batch[i]
 	}
 	return batch, nil
+}
+
+// unsettled returns up to n of the deliveries seen unsettled, those read
+// longest ago first: with more than n, each is read again at least every
+// ceil(unsettled/n) polls, and none stops updating.
+func (p *poller) unsettled(n int) []string {
+	var ids []string
+	for id, s := range p.seen {
+		if !s.settled {
+			ids = append(ids, id)
+		}
+	}
+	slices.SortFunc(ids, func(a, b string) int { return p.seen[a].at.Compare(p.seen[b].at) })
+	return ids[:min(len(ids), n)]
 }
 
 // settled reports whether a delivery will change only by an operator's hand.
@@ -301,33 +328,43 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request) {
 
 // catchUp returns the events a client that saw everything up to lastID has
 // missed, ending with a "ready" event that carries the cursor to resume from.
+// A client gone longer than maxCatchUp, or that missed more than
+// maxChanges deliveries, gets "reset" instead: decided before reading the
+// changes in the first case, and after reading at most maxChanges+1 of
+// each kind in the second, whatever the tables hold.
 func (c *Console) catchUp(ctx context.Context, lastID string) ([]event, error) {
-	since, resume := parseCursor(lastID)
-	if !resume {
-		since = time.Now() // nothing to catch up
-	}
-	ids, now, err := c.store.changes(ctx, since.Add(-c.opts.Lookback), maxChanges)
+	now, err := c.store.clock(ctx)
 	if err != nil {
 		return nil, err
 	}
 	cursor := cursorOf(now)
-	var out []event
+	ready := event{id: cursor, name: "ready", data: []byte(`{}`)}
+	reset := event{id: cursor, name: "reset", data: []byte(`{}`)}
+	since, resume := parseCursor(lastID)
 	switch {
 	case !resume:
-	case now.Sub(since) > maxCatchUp || len(ids) == maxChanges:
-		out = append(out, event{id: cursor, name: "reset", data: []byte(`{}`)})
-	default:
-		ds, err := c.store.byWebhookIDs(ctx, ids)
-		if err != nil {
-			return nil, err
-		}
-		for i := len(ds) - 1; i >= 0; i-- {
-			data, err := json.Marshal(ds[i])
-			if err != nil {
-				return nil, fmt.Errorf("encode delivery %q: %w", ds[i].WebhookID, err)
-			}
-			out = append(out, event{id: cursor, name: "delivery", data: data})
-		}
+		return []event{ready}, nil
+	case now.Sub(since) > maxCatchUp:
+		return []event{reset, ready}, nil
 	}
-	return append(out, event{id: cursor, name: "ready", data: []byte(`{}`)}), nil
+	ids, more, err := c.store.changes(ctx, since.Add(-c.opts.Lookback), maxChanges)
+	if err != nil {
+		return nil, err
+	}
+	if more {
+		return []event{reset, ready}, nil
+	}
+	ds, err := c.store.byWebhookIDs(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var out []event
+	for i := len(ds) - 1; i >= 0; i-- {
+		data, err := json.Marshal(ds[i])
+		if err != nil {
+			return nil, fmt.Errorf("encode delivery %q: %w", ds[i].WebhookID, err)
+		}
+		out = append(out, event{id: cursor, name: "delivery", data: data})
+	}
+	return append(out, ready), nil
 }
