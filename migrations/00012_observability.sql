@@ -82,11 +82,13 @@ ON CONFLICT (status) DO NOTHING;
 -- webhooks against 1.7 ms and 63 KB. This one costs about 0.03 ms and 100
 -- bytes of WAL per webhook (docs/performance.md). A body that is not UTF-8
 -- JSON (an invalid delivery is kept byte-exact) has no subject rather than
--- failing its insert. body never changes once stored, so the worker's
--- update stays HOT.
+-- failing its insert; catching that takes a subtransaction, which a
+-- parallel worker cannot start: PARALLEL UNSAFE, so the index is built by
+-- one process. body never changes once stored, so the worker's update
+-- stays HOT.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION webhook_inbox_subject(body bytea) RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
 DECLARE
     e  jsonb;
     id text;
