@@ -260,40 +260,81 @@ type Filter struct {
 	Status    string
 	EventType string
 	Workspace string // a workspace id, or "platform"
-	// Search is a webhook id, or an id the body carries as a JSON string
-	// (a Polar order or checkout id, a session id).
+	// Search is a webhook id, or the id of what a delivery is about (a Polar
+	// order, checkout, customer...; a refund is about its order), or a
+	// checkout session id, which finds the events of the order and checkout
+	// the session records.
 	Search string
 	Before int64 // rows older than this inbox id: the next page
 	Limit  int
 }
 
-// search looks at bodies, which no index covers: it gets this long before
-// the console says to narrow it down.
+// searchTimeout bounds a search; it reads indexes only (migration 00012),
+// so it takes milliseconds at any size of the inbox.
 const searchTimeout = 5 * time.Second
 
+// maxSearchKeys bounds the subjects one search looks up.
+const maxSearchKeys = 20
+
 func (s *store) list(ctx context.Context, f Filter) ([]*Delivery, error) {
-	if f.Limit <= 0 {
-		f.Limit = 50
-	}
-	var needle []byte
 	if f.Search != "" {
-		q, _ := json.Marshal(f.Search) // the id as a JSON string: quotes included, no prefix matches
-		needle = q
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, searchTimeout)
 		defer cancel()
 	}
-	out, err := s.queryDeliveries(ctx, `
-		WHERE ($1 = '' OR i.status = $1) AND ($2 = '' OR i.event_type = $2)
-		  AND ($3 = '' OR ($3 = 'platform' AND i.workspace_id IS NULL) OR i.workspace_id::text = $3)
-		  AND ($4 = '' OR i.webhook_id = $4 OR position($5::bytea IN i.body) > 0)
-		  AND ($6 = 0 OR i.id < $6)
-		ORDER BY i.id DESC LIMIT $7`,
-		f.Status, f.EventType, strings.ToLower(f.Workspace), f.Search, needle, f.Before, f.Limit)
+	where, args, err := s.listQuery(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.queryDeliveries(ctx, where, args...)
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return nil, fmt.Errorf("%w: searching bodies for %q took longer than %s; filter by status or type too", errSearchTimeout, f.Search, searchTimeout)
+		return nil, fmt.Errorf("%w: searching for %q took longer than %s; filter by status or type too", errSearchTimeout, f.Search, searchTimeout)
 	}
 	return out, err
+}
+
+// listQuery returns the rest of list's statement after its columns, and
+// its arguments.
+func (s *store) listQuery(ctx context.Context, f Filter) (string, []any, error) {
+	if f.Limit <= 0 {
+		f.Limit = 50
+	}
+	where := `WHERE ($1 = '' OR i.status = $1) AND ($2 = '' OR i.event_type = $2)
+		  AND ($3 = '' OR ($3 = 'platform' AND i.workspace_id IS NULL) OR i.workspace_id::text = $3)
+		  AND ($4 = 0 OR i.id < $4)`
+	args := []any{f.Status, f.EventType, strings.ToLower(f.Workspace), f.Before, f.Limit}
+	if f.Search != "" {
+		subjects, err := s.searchSubjects(ctx, f.Search)
+		if err != nil {
+			return "", nil, err
+		}
+		// Each side on its own index (the webhook id's, the subject's):
+		// the search reads what it finds, not the inbox.
+		where += ` AND (i.webhook_id = $6 OR webhook_inbox_subject(i.body) = ANY($7))`
+		args = append(args, f.Search, subjects)
+	}
+	return where + ` ORDER BY i.id DESC LIMIT $5`, args, nil
+}
+
+// searchSubjects returns the subjects a search for id looks up: id itself,
+// and the Polar order and checkout ids of the checkout sessions id names,
+// records as its order, or records as its checkout.
+func (s *store) searchSubjects(ctx context.Context, id string) ([]string, error) {
+	var session *string
+	if isUUID(id) {
+		session = &id
+	}
+	var more []string
+	if err := s.pool.QueryRow(ctx, `
+		SELECT coalesce(array_agg(DISTINCT k), '{}') FROM (
+			SELECT unnest(ARRAY[s.polar_order_id, s.polar_checkout_id]) k
+			FROM inventory_checkout_sessions s
+			WHERE s.id = $1::uuid OR s.polar_order_id = $2 OR s.polar_checkout_id = $2
+			LIMIT $3) x
+		WHERE k IS NOT NULL`, session, id, maxSearchKeys).Scan(&more); err != nil {
+		return nil, fmt.Errorf("search checkout sessions for %q: %w", id, err)
+	}
+	return append([]string{id}, more...), nil
 }
 
 var errSearchTimeout = errors.New("search timed out")
@@ -467,47 +508,73 @@ func (s *store) jobsIn(ctx context.Context, state string, since time.Time, limit
 	return out, total, rows.Err()
 }
 
-// changes returns the webhook ids whose delivery or job changed after since
-// (by the database's clock), at most limit, and the database's time when it
-// looked. Row times are those of their transactions' starts, so a caller
-// asks again from a little before the time it got, and sees some changes
-// twice.
-func (s *store) changes(ctx context.Context, since time.Time, limit int) ([]string, time.Time, error) {
+// clock returns the database's time: the same clock on every replica.
+func (s *store) clock(ctx context.Context) (time.Time, error) {
 	var now time.Time
 	if err := s.pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now); err != nil {
-		return nil, time.Time{}, fmt.Errorf("read the database clock: %w", err)
+		return time.Time{}, fmt.Errorf("read the database clock: %w", err)
 	}
-	rows, err := s.pool.Query(ctx, `
-		SELECT webhook_id FROM webhook_inbox
-		WHERE status IN ('pending', 'processed', 'ignored', 'invalid') AND received_at > $1
-		UNION
-		SELECT coalesce(j.args->>'webhook_id', e->>'webhook_id') FROM (
-			-- Each branch on an index of River's whose first column is the
-			-- state, so a poll reads what changed, not every job kept.
-			SELECT args FROM river_job
-			WHERE state IN ('completed', 'discarded', 'cancelled') AND finalized_at > $1 AND kind = ANY($3)
-			UNION ALL
-			SELECT args FROM river_job
-			WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled') AND kind = ANY($3)
-			  AND (created_at > $1 OR attempted_at > $1 OR (scheduled_at > $1 AND scheduled_at <= now()))) j
-		LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(j.args->'events') = 'array' THEN j.args->'events' END) e ON true
-		LIMIT $2`, since, limit, eventKinds)
+	return now, nil
+}
+
+// changesSQL finds what changed after $1, each branch limited to $2 rows
+// on its own: the database stops reading at the limit however much
+// changed, where a UNION had to read everything to remove duplicates first.
+const changesSQL = `
+	(SELECT 1, webhook_id FROM webhook_inbox
+	 WHERE status IN ('pending', 'processed', 'ignored', 'invalid') AND received_at > $1
+	 LIMIT $2)
+	UNION ALL
+	-- Each job branch on an index of River's whose first column is the
+	-- state, so a poll reads what changed, not every job kept.
+	(SELECT 2, coalesce(j.args->>'webhook_id', e->>'webhook_id') FROM (
+		SELECT args FROM river_job
+		WHERE state IN ('completed', 'discarded', 'cancelled') AND finalized_at > $1 AND kind = ANY($3)) j
+	 LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(j.args->'events') = 'array' THEN j.args->'events' END) e ON true
+	 LIMIT $2)
+	UNION ALL
+	(SELECT 3, coalesce(j.args->>'webhook_id', e->>'webhook_id') FROM (
+		SELECT args FROM river_job
+		WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled') AND kind = ANY($3)
+		  AND (created_at > $1 OR attempted_at > $1 OR (scheduled_at > $1 AND scheduled_at <= now()))) j
+	 LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(j.args->'events') = 'array' THEN j.args->'events' END) e ON true
+	 LIMIT $2)`
+
+// changes returns the webhook ids whose delivery or job changed after since
+// (by the database's clock), at most limit, and whether there were more.
+// It reads at most limit+1 rows of each kind of change, however many there
+// are. Row times are those of their transactions' starts, so a caller asks
+// again from a little before the database's time before the call, and sees
+// some changes twice.
+func (s *store) changes(ctx context.Context, since time.Time, limit int) (ids []string, more bool, err error) {
+	rows, err := s.pool.Query(ctx, changesSQL, since, limit+1, eventKinds)
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("find changes: %w", err)
+		return nil, false, fmt.Errorf("find changes: %w", err)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[*string])
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("find changes: %w", err)
-	}
-	out := make([]string, 0, len(ids))
-	seen := make(map[string]bool, len(ids))
-	for _, id := range ids {
+	defer rows.Close()
+	perBranch := make(map[int]int)
+	seen := make(map[string]bool)
+	for rows.Next() {
+		var branch int
+		var id *string
+		if err := rows.Scan(&branch, &id); err != nil {
+			return nil, false, fmt.Errorf("find changes: %w", err)
+		}
+		if perBranch[branch]++; perBranch[branch] > limit {
+			more = true
+		}
 		if id != nil && !seen[*id] {
 			seen[*id] = true
-			out = append(out, *id)
+			ids = append(ids, *id)
 		}
 	}
-	return out, now, nil
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("find changes: %w", err)
+	}
+	if len(ids) > limit {
+		ids, more = ids[:limit], true
+	}
+	return ids, more, nil
 }
 
 // workspaces are the filter's choices: the platform's endpoint, then every

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -133,7 +134,7 @@ func (c *Console) Run(ctx context.Context) {
 // poller is what the poll loop remembers between polls.
 type poller struct {
 	since time.Time               // ask from here next
-	seen  map[string]seenDelivery // by endpoint and webhook id
+	seen  map[string]seenDelivery // by seenKey
 }
 
 type seenDelivery struct {
@@ -143,8 +144,9 @@ type seenDelivery struct {
 	at        time.Time
 }
 
-// maxChanges bounds the deliveries one poll reads; under a burst beyond it
-// the stream shows the rest as they settle, and a reload shows everything.
+// maxChanges bounds the changes one poll reads, and the unsettled deliveries
+// it reads again; under a burst beyond it the stream shows the rest as they
+// settle, and a reload shows everything.
 const maxChanges = 500
 
 // poll reads what changed since the last poll, and the deliveries it saw
@@ -159,18 +161,36 @@ func (c *Console) poll(ctx context.Context, p *poller) ([]event, error) {
 	if since.IsZero() {
 		since = time.Now().Add(-c.opts.Lookback)
 	}
-	ids, now, err := c.store.changes(ctx, since, maxChanges)
+	now, err := c.store.clock(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range p.seen {
-		if !s.settled && len(ids) < 2*maxChanges {
-			ids = append(ids, s.webhookID)
+	ids, _, err := c.store.changes(ctx, since, maxChanges)
+	if err != nil {
+		return nil, err
+	}
+	for _, key := range p.unsettled(maxChanges) {
+		ids = append(ids, p.seen[key].webhookID)
+	}
+	ids = dedupe(ids)
+	ds, err := c.store.byWebhookIDs(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	// A delivery asked for and not found is gone (the retention sweep, an
+	// operator): nothing more will happen to it.
+	asked := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		asked[id] = true
+	}
+	found := make(map[string]bool, len(ds))
+	for _, d := range ds {
+		found[seenKey(d)] = true
+	}
+	for key, s := range p.seen {
+		if asked[s.webhookID] && !found[key] {
+			delete(p.seen, key)
 		}
-	}
-	ds, err := c.store.byWebhookIDs(ctx, dedupe(ids))
-	if err != nil {
-		return nil, err
 	}
 	cursor := cursorOf(now)
 	var batch []event
@@ -180,9 +200,7 @@ func (c *Console) poll(ctx context.Context, p *poller) ([]event, error) {
 			return nil, fmt.Errorf("encode delivery %q: %w", d.WebhookID, err)
 		}
 		sum := sha256.Sum256(data)
-		// By endpoint too: endpoints that stored one webhook id are
-		// deliveries of their own.
-		key := d.Endpoint() + " " + d.WebhookID
+		key := seenKey(d)
 		prev, ok := p.seen[key]
 		p.seen[key] = seenDelivery{webhookID: d.WebhookID, sum: sum, settled: settled(d), at: now}
 		if !ok || prev.sum != sum {
@@ -200,6 +218,24 @@ func (c *Console) poll(ctx context.Context, p *poller) ([]event, error) {
 		batch[i], batch[j] = batch[j], batch[i]
 	}
 	return batch, nil
+}
+
+// seenKey is a delivery's key in poller.seen: by endpoint too, since
+// endpoints that stored one webhook id are deliveries of their own.
+func seenKey(d *Delivery) string { return d.Endpoint() + " " + d.WebhookID }
+
+// unsettled returns the keys of up to n of the deliveries seen unsettled,
+// those read longest ago first: with more than n, each is read again at
+// least every ceil(unsettled/n) polls, and none stops updating.
+func (p *poller) unsettled(n int) []string {
+	var keys []string
+	for key, s := range p.seen {
+		if !s.settled {
+			keys = append(keys, key)
+		}
+	}
+	slices.SortFunc(keys, func(a, b string) int { return p.seen[a].at.Compare(p.seen[b].at) })
+	return keys[:min(len(keys), n)]
 }
 
 // settled reports whether a delivery will change only by an operator's hand.
@@ -305,33 +341,43 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request) {
 
 // catchUp returns the events a client that saw everything up to lastID has
 // missed, ending with a "ready" event that carries the cursor to resume from.
+// A client gone longer than maxCatchUp, or that missed more than
+// maxChanges deliveries, gets "reset" instead: decided before reading the
+// changes in the first case, and after reading at most maxChanges+1 of
+// each kind in the second, whatever the tables hold.
 func (c *Console) catchUp(ctx context.Context, lastID string) ([]event, error) {
-	since, resume := parseCursor(lastID)
-	if !resume {
-		since = time.Now() // nothing to catch up
-	}
-	ids, now, err := c.store.changes(ctx, since.Add(-c.opts.Lookback), maxChanges)
+	now, err := c.store.clock(ctx)
 	if err != nil {
 		return nil, err
 	}
 	cursor := cursorOf(now)
-	var out []event
+	ready := event{id: cursor, name: "ready", data: []byte(`{}`)}
+	reset := event{id: cursor, name: "reset", data: []byte(`{}`)}
+	since, resume := parseCursor(lastID)
 	switch {
 	case !resume:
-	case now.Sub(since) > maxCatchUp || len(ids) == maxChanges:
-		out = append(out, event{id: cursor, name: "reset", data: []byte(`{}`)})
-	default:
-		ds, err := c.store.byWebhookIDs(ctx, ids)
-		if err != nil {
-			return nil, err
-		}
-		for i := len(ds) - 1; i >= 0; i-- {
-			data, err := json.Marshal(ds[i])
-			if err != nil {
-				return nil, fmt.Errorf("encode delivery %q: %w", ds[i].WebhookID, err)
-			}
-			out = append(out, event{id: cursor, name: "delivery", data: data})
-		}
+		return []event{ready}, nil
+	case now.Sub(since) > maxCatchUp:
+		return []event{reset, ready}, nil
 	}
-	return append(out, event{id: cursor, name: "ready", data: []byte(`{}`)}), nil
+	ids, more, err := c.store.changes(ctx, since.Add(-c.opts.Lookback), maxChanges)
+	if err != nil {
+		return nil, err
+	}
+	if more {
+		return []event{reset, ready}, nil
+	}
+	ds, err := c.store.byWebhookIDs(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var out []event
+	for i := len(ds) - 1; i >= 0; i-- {
+		data, err := json.Marshal(ds[i])
+		if err != nil {
+			return nil, fmt.Errorf("encode delivery %q: %w", ds[i].WebhookID, err)
+		}
+		out = append(out, event{id: cursor, name: "delivery", data: data})
+	}
+	return append(out, ready), nil
 }

@@ -1,18 +1,22 @@
 // Package opsmetrics exports what an operator watches besides the request
 // and worker metrics: River's job queue, the webhook inbox, pending bookings
 // and the database connection pool. The values are read from the database
-// on every scrape.
+// by one scrape at a time, and scrapes within maxAge of a collection share
+// it: however many scrapers there are, they cost the database one
+// collection's queries at a time.
 package opsmetrics
 
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/ledger"
 )
@@ -21,6 +25,11 @@ import (
 // fails: a query that errs or runs out of time leaves its series out and
 // counts in relay_scrape_db_errors_total.
 const scrapeTimeout = 2 * time.Second
+
+// maxAge is how long a collection's values are served to the scrapes that
+// follow it. Prometheus scrapes every 15 s or so; the values are counts an
+// alert reads over minutes.
+const maxAge = time.Second
 
 // Names of the queries, as values of relay_scrape_db_errors_total's label.
 const (
@@ -37,10 +46,6 @@ const (
 	// Uses River's (state, queue, priority, scheduled_at, id) index.
 	oldestAvailableQuery = `SELECT coalesce(extract(epoch FROM now() - min(scheduled_at)), 0)::float8
 		FROM river_job WHERE state = 'available' AND scheduled_at <= now()`
-	// A scan of webhook_inbox, whose rows are narrow (bodies live out of
-	// line): status has no index, so that marking a row processed is a HOT
-	// update (migration 00010).
-	inboxQuery = `SELECT status, count(*) FROM webhook_inbox GROUP BY status`
 	// Reads pending_bookings_unposted_idx: only what is still pending.
 	pendingBookingsQuery = `SELECT reason, count(*), extract(epoch FROM now() - min(first_attempt_at))::float8
 		FROM pending_bookings WHERE posted_at IS NULL GROUP BY reason`
@@ -48,14 +53,23 @@ const (
 
 // Collector is a prometheus.Collector of relay's operational state.
 type Collector struct {
-	pool   *pgxpool.Pool
+	pool   *pgxpool.Pool // whose statistics are exported
+	query  *pgxpool.Pool // what the queries run on
 	logger *slog.Logger
 	kind   string
+	now    func() time.Time
+
+	// mu is held by the scrape that collects; the scrapes that arrive
+	// meanwhile wait for it and share its values.
+	mu          sync.Mutex
+	collected   []prometheus.Metric
+	collectedAt time.Time // zero: never
 
 	// jobStates are River's job states always exported for kind, so that an
 	// alert on one of them has a series to read even at 0.
 	jobStates []string
-	// inboxStatuses are webhook_inbox's statuses (its CHECK constraint).
+	// inboxStatuses are webhook_inbox's statuses (its CHECK constraint),
+	// exported even at 0.
 	inboxStatuses []string
 	// pendingReasons are the reasons a booking can be pending for.
 	pendingReasons []string
@@ -79,20 +93,24 @@ type Collector struct {
 	poolCanceledAcquire *prometheus.Desc
 }
 
-// NewCollector returns a collector that reads River's jobs and the webhook
-// inbox from pool, and pool's own statistics, on every scrape. Query errors
-// are logged to logger at warn level.
-func NewCollector(pool *pgxpool.Pool, logger *slog.Logger) prometheus.Collector {
+// NewCollector returns a collector that exports pool's statistics and reads
+// River's jobs, the webhook inbox and pending bookings through query: a pool
+// of its own (one or two connections), so that scrapes never take the
+// connections webhooks need. query may be pool. Query errors are logged to
+// logger at warn level.
+func NewCollector(pool, query *pgxpool.Pool, logger *slog.Logger) *Collector {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	c := &Collector{
 		pool:   pool,
+		query:  query,
 		logger: logger,
 		kind:   jobs.EventArgs{}.Kind(),
+		now:    time.Now,
 
 		jobStates:      []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"},
-		inboxStatuses:  []string{"pending", "processed", "ignored", "invalid", "refused"},
+		inboxStatuses:  []string{inbox.StatusPending, inbox.StatusProcessed, inbox.StatusIgnored, inbox.StatusInvalid, inbox.StatusRefused},
 		pendingReasons: ledger.Reasons(),
 		queryNames:     []string{queryJobs, queryOldestAvailable, queryInbox, queryPendingBookings},
 		errors:         make(map[string]*atomic.Uint64),
@@ -144,20 +162,38 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector. The pool's statistics are read
+// on every scrape; the database's values come from the latest collection.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectPool(ch)
-
-	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
-	defer cancel()
-	c.run(ctx, queryJobs, func() error { return c.collectJobs(ctx, ch) })
-	c.run(ctx, queryOldestAvailable, func() error { return c.collectOldestAvailable(ctx, ch) })
-	c.run(ctx, queryInbox, func() error { return c.collectInbox(ctx, ch) })
-	c.run(ctx, queryPendingBookings, func() error { return c.collectPendingBookings(ctx, ch) })
-
+	for _, m := range c.queried() {
+		ch <- m
+	}
 	for _, q := range c.queryNames {
 		ch <- prometheus.MustNewConstMetric(c.scrapeErrors, prometheus.CounterValue, float64(c.errors[q].Load()), q)
 	}
+}
+
+// queried returns the values read from the database: those of a collection
+// less than maxAge old, else of a new one. A failed query's series are left
+// out of the collection, and its error is counted once for all the scrapes
+// that share it.
+func (c *Collector) queried() []prometheus.Metric {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.collectedAt.IsZero() && c.now().Sub(c.collectedAt) < maxAge {
+		return c.collected
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	var out []prometheus.Metric
+	add := func(m prometheus.Metric) { out = append(out, m) }
+	c.run(ctx, queryJobs, func() error { return c.collectJobs(ctx, add) })
+	c.run(ctx, queryOldestAvailable, func() error { return c.collectOldestAvailable(ctx, add) })
+	c.run(ctx, queryInbox, func() error { return c.collectInbox(ctx, add) })
+	c.run(ctx, queryPendingBookings, func() error { return c.collectPendingBookings(ctx, add) })
+	c.collected, c.collectedAt = out, c.now()
+	return out
 }
 
 // run runs one query's collection, counting and logging its failure.
@@ -191,12 +227,12 @@ type jobKey struct{ state, kind string }
 
 // collectJobs reads all counts before sending any, so that a failed query
 // sends nothing rather than part of the states.
-func (c *Collector) collectJobs(ctx context.Context, ch chan<- prometheus.Metric) error {
+func (c *Collector) collectJobs(ctx context.Context, add func(prometheus.Metric)) error {
 	counts := make(map[jobKey]int64, len(c.jobStates))
 	for _, s := range c.jobStates {
 		counts[jobKey{s, c.kind}] = 0
 	}
-	rows, err := c.pool.Query(ctx, jobsQuery)
+	rows, err := c.query.Query(ctx, jobsQuery)
 	if err != nil {
 		return err
 	}
@@ -213,56 +249,40 @@ func (c *Collector) collectJobs(ctx context.Context, ch chan<- prometheus.Metric
 		return err
 	}
 	for k, n := range counts {
-		ch <- prometheus.MustNewConstMetric(c.jobs, prometheus.GaugeValue, float64(n), k.state, k.kind)
+		add(prometheus.MustNewConstMetric(c.jobs, prometheus.GaugeValue, float64(n), k.state, k.kind))
 	}
 	return nil
 }
 
-func (c *Collector) collectOldestAvailable(ctx context.Context, ch chan<- prometheus.Metric) error {
+func (c *Collector) collectOldestAvailable(ctx context.Context, add func(prometheus.Metric)) error {
 	var age float64
-	if err := c.pool.QueryRow(ctx, oldestAvailableQuery).Scan(&age); err != nil {
+	if err := c.query.QueryRow(ctx, oldestAvailableQuery).Scan(&age); err != nil {
 		return err
 	}
-	ch <- prometheus.MustNewConstMetric(c.oldestAvailable, prometheus.GaugeValue, max(age, 0))
+	add(prometheus.MustNewConstMetric(c.oldestAvailable, prometheus.GaugeValue, max(age, 0)))
 	return nil
 }
 
-func (c *Collector) collectInbox(ctx context.Context, ch chan<- prometheus.Metric) error {
-	counts := make(map[string]int64, len(c.inboxStatuses))
-	for _, s := range c.inboxStatuses {
-		counts[s] = 0
-	}
-	rows, err := c.pool.Query(ctx, inboxQuery)
+func (c *Collector) collectInbox(ctx context.Context, add func(prometheus.Metric)) error {
+	counts, err := inbox.Counts(ctx, c.query)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var status string
-		var n int64
-		if err := rows.Scan(&status, &n); err != nil {
-			return err
-		}
-		counts[status] = n
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	for s, n := range counts {
-		ch <- prometheus.MustNewConstMetric(c.inbox, prometheus.GaugeValue, float64(n), s)
+	for _, s := range c.inboxStatuses {
+		add(prometheus.MustNewConstMetric(c.inbox, prometheus.GaugeValue, float64(counts[s]), s))
 	}
 	return nil
 }
 
 // collectPendingBookings exports every reason, at 0 when none is pending
 // for it, so that the alert and dashboard always have a series.
-func (c *Collector) collectPendingBookings(ctx context.Context, ch chan<- prometheus.Metric) error {
+func (c *Collector) collectPendingBookings(ctx context.Context, add func(prometheus.Metric)) error {
 	counts := make(map[string]int64, len(c.pendingReasons))
 	for _, r := range c.pendingReasons {
 		counts[r] = 0
 	}
 	var oldest float64
-	rows, err := c.pool.Query(ctx, pendingBookingsQuery)
+	rows, err := c.query.Query(ctx, pendingBookingsQuery)
 	if err != nil {
 		return err
 	}
@@ -281,8 +301,8 @@ func (c *Collector) collectPendingBookings(ctx context.Context, ch chan<- promet
 		return err
 	}
 	for r, n := range counts {
-		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(n), r)
+		add(prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(n), r))
 	}
-	ch <- prometheus.MustNewConstMetric(c.pendingOldest, prometheus.GaugeValue, oldest)
+	add(prometheus.MustNewConstMetric(c.pendingOldest, prometheus.GaugeValue, oldest))
 	return nil
 }

@@ -3,11 +3,15 @@ package opsmetrics_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/riverqueue/river"
@@ -75,7 +79,9 @@ func TestCollector(t *testing.T) {
 	ctx := context.Background()
 	pool := testdb.NewPool(t)
 	var logs bytes.Buffer
-	c := opsmetrics.NewCollector(pool, slog.New(slog.NewTextHandler(&logs, nil)))
+	c := opsmetrics.NewCollector(pool, pool, slog.New(slog.NewTextHandler(&logs, nil)))
+	clock := newClock()
+	opsmetrics.SetClock(c, clock.now)
 
 	// An empty database: every state and status is there, at 0.
 	got := gather(t, c)
@@ -146,6 +152,7 @@ func TestCollector(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	clock.advance(opsmetrics.MaxAge)
 	got = gather(t, c)
 	for state, want := range map[string]float64{"available": 2, "scheduled": 1, "discarded": 0, "running": 0} {
 		if v := mustValue(t, got, "relay_jobs", map[string]string{"state": state, "kind": "polar_event"}); v != want {
@@ -203,10 +210,15 @@ func TestCollector(t *testing.T) {
 func TestCollectorDatabaseDown(t *testing.T) {
 	pool := testdb.NewPool(t)
 	var logs bytes.Buffer
-	c := opsmetrics.NewCollector(pool, slog.New(slog.NewTextHandler(&logs, nil)))
+	c := opsmetrics.NewCollector(pool, pool, slog.New(slog.NewTextHandler(&logs, nil)))
+	clock := newClock()
+	opsmetrics.SetClock(c, clock.now)
 	pool.Close()
 
 	for scrape := 1; scrape <= 2; scrape++ {
+		if scrape > 1 {
+			clock.advance(opsmetrics.MaxAge)
+		}
 		got := gather(t, c)
 		for _, name := range []string{"relay_jobs", "relay_inbox_events", "relay_job_oldest_available_age_seconds",
 			"relay_pending_bookings", "relay_pending_booking_oldest_age_seconds"} {
@@ -221,7 +233,127 @@ func TestCollectorDatabaseDown(t *testing.T) {
 			}
 		}
 	}
+	// A scrape that shares the last collection does not count its errors again.
+	got := gather(t, c)
+	if v := mustValue(t, got, "relay_scrape_db_errors_total", map[string]string{"query": "jobs"}); v != 2 {
+		t.Errorf("a scrape within %s of the last: relay_scrape_db_errors_total{query=\"jobs\"} = %v, want 2 (shared)", opsmetrics.MaxAge, v)
+	}
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "query=jobs") {
 		t.Errorf("want a warning per failed query, logs:\n%s", logs.String())
+	}
+}
+
+// clock is a time that moves only when a test says so.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Now()} }
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// queryCounter is a pgx tracer that counts the queries a pool runs and the
+// most it ran at once.
+type queryCounter struct {
+	mu               sync.Mutex
+	total, now, most int
+}
+
+func (q *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.total++
+	q.now++
+	q.most = max(q.most, q.now)
+	return ctx
+}
+
+func (q *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.now--
+}
+
+func (q *queryCounter) counts() (total, most int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.total, q.most
+}
+
+// TestConcurrentScrapesShareOneCollection checks that a hundred scrapes at
+// once cost the database one collection's queries, one at a time, on
+// the pool the collector was given for them, and that a scrape once the
+// values are MaxAge old collects again.
+func TestConcurrentScrapesShareOneCollection(t *testing.T) {
+	ctx := context.Background()
+	pool := testdb.NewPool(t)
+	cfg := pool.Config()
+	counter := &queryCounter{}
+	cfg.ConnConfig.Tracer = counter
+	cfg.MaxConns = 2
+	query, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer query.Close()
+	c := opsmetrics.NewCollector(pool, query, nil)
+	clock := newClock()
+	opsmetrics.SetClock(c, clock.now)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+
+	acquired := pool.Stat().AcquireCount()
+	const scrapers = 100
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, scrapers)
+	for range scrapers {
+		wg.Go(func() {
+			<-start
+			families, err := reg.Gather()
+			if err == nil && len(families) == 0 {
+				err = errors.New("no metrics")
+			}
+			errs <- err
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("gather: %v", err)
+		}
+	}
+	// One collection: jobs, oldest available, the inbox counts' fold and
+	// read, pending bookings.
+	const collection = 5
+	if total, most := counter.counts(); total != collection || most != 1 {
+		t.Errorf("%d concurrent scrapes ran %d queries, at most %d at once; want one collection: %d queries, 1 at a time", scrapers, total, most, collection)
+	}
+	if n := pool.Stat().AcquireCount() - acquired; n != 0 {
+		t.Errorf("the scrapes acquired %d connections from the pool whose statistics they export, want 0", n)
+	}
+	got := gather(t, c)
+	mustValue(t, got, "relay_inbox_events", map[string]string{"status": "pending"})
+	if total, _ := counter.counts(); total != collection {
+		t.Errorf("a scrape within %s of the collection ran queries (%d in all), want it to share the collection", opsmetrics.MaxAge, total)
+	}
+
+	clock.advance(opsmetrics.MaxAge)
+	gather(t, c)
+	if total, _ := counter.counts(); total != 2*collection {
+		t.Errorf("a scrape %s after the collection: %d queries in all, want %d (a second collection)", opsmetrics.MaxAge, total, 2*collection)
 	}
 }

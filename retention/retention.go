@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
+
+	"github.com/relayhq/relay/inbox"
 )
 
 // Defaults.
@@ -71,6 +73,11 @@ func (w *Worker) Work(ctx context.Context, job *river.Job[Args]) error {
 		return err
 	}
 	w.opts.Logger.Info("inbox retention sweep", "deleted", n, "keep", w.opts.Keep.String())
+	// The inbox's counts by status take the sweep's deletions in as
+	// changes; folding them here keeps those few where no scrape folds them.
+	if err := inbox.FoldCounts(ctx, w.pool); err != nil {
+		w.opts.Logger.Warn("inbox retention sweep: could not fold the inbox counts", "error", err)
+	}
 	return nil
 }
 

@@ -88,9 +88,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}
 
+	probePool, err := newProbePool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer probePool.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(opsmetrics.NewCollector(pool, logger))
+	reg.MustRegister(opsmetrics.NewCollector(pool, probePool, logger))
 	// Without a spool its gauges read 0: the dashboard's spool row and its
 	// alerts see 0, not no data.
 	reg.MustRegister(spool.NewCollector(sp))
@@ -113,7 +118,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	admin.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	}))
-	admin.Handle("GET /readyz", readyHandler(pool, sp, cfg.MaxBodyBytes))
+	admin.Handle("GET /readyz", readyHandler(probePool, sp, cfg.MaxBodyBytes))
 	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, jobMetrics, logger); err != nil {
 		return err
 	}
@@ -431,12 +436,12 @@ func checkDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config) error {
 // a spool it also answers 200, "degraded: spooling", while the database is
 // down and the spool has room for a webhook and is not stalled: the load
 // balancer must keep sending, since the spool acknowledges what the database
-// cannot take.
+// cannot take. Concurrent probes share one database check (migratedCheck) on
+// pool, the probe pool.
 func readyHandler(pool *pgxpool.Pool, sp *spool.Spool, maxBody int64) http.Handler {
+	migrated := &migratedCheck{pool: pool}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		pending, err := migrations.Pending(ctx, pool)
+		pending, err := migrated.check(r.Context())
 		switch {
 		case err != nil && sp != nil:
 			st, serr := sp.Stats()
