@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
 )
@@ -141,7 +141,7 @@ func refsOf(eventType string, body []byte) saleRefs {
 		return saleRefs{}
 	}
 	var r saleRefs
-	if ref, ok := data.Metadata.Storefront(); ok && isUUID(ref.CheckoutSessionID) {
+	if ref, ok := data.Metadata.Storefront(); ok && text.IsUUID(ref.CheckoutSessionID) {
 		r.session = strings.ToLower(ref.CheckoutSessionID)
 	}
 	switch {
@@ -528,11 +528,4 @@ func (s *store) workspaces(ctx context.Context) ([]option, error) {
 		out = append(out, o)
 	}
 	return out, rows.Err()
-}
-
-// isUUID reports whether s is a UUID, which a session id must be before it
-// goes into a uuid[] parameter.
-func isUUID(s string) bool {
-	var u pgtype.UUID
-	return u.Scan(s) == nil
 }

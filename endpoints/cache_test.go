@@ -16,6 +16,7 @@ import (
 
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -146,7 +147,7 @@ func TestTwoWorkspacesVerifyOnlyTheirOwn(t *testing.T) {
 	for _, f := range families {
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if isUUID(l.GetValue()) {
+				if text.IsUUID(l.GetValue()) {
 					t.Errorf("%s has label %s=%s", f.GetName(), l.GetName(), l.GetValue())
 				}
 			}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/relayhq/relay/internal/text"
 )
 
 // PostedPending is the booking result of a pending sale booked now, by
@@ -195,11 +197,11 @@ type PendingFilter struct {
 }
 
 func (f PendingFilter) check() error {
-	if f.WorkspaceID != "" && !isUUID(f.WorkspaceID) {
-		return fmt.Errorf("%w: workspace id %q is not a UUID", ErrInvalidInput, truncate(f.WorkspaceID, 64))
+	if f.WorkspaceID != "" && !text.IsUUID(f.WorkspaceID) {
+		return fmt.Errorf("%w: workspace id %q is not a UUID", ErrInvalidInput, text.Cut(f.WorkspaceID, 64))
 	}
 	if f.Reason != "" && !slices.Contains(Reasons(), f.Reason) {
-		return fmt.Errorf("%w: unknown pending reason %q (want one of %s)", ErrInvalidInput, truncate(f.Reason, 64), strings.Join(Reasons(), ", "))
+		return fmt.Errorf("%w: unknown pending reason %q (want one of %s)", ErrInvalidInput, text.Cut(f.Reason, 64), strings.Join(Reasons(), ", "))
 	}
 	if f.Limit < 0 {
 		return fmt.Errorf("%w: negative limit", ErrInvalidInput)
