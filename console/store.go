@@ -422,8 +422,8 @@ func (s *store) attachBookings(ctx context.Context, sales []*Sale) error {
 func (s *store) jobsOf(ctx context.Context, d *Delivery) ([]*Job, error) {
 	webhookID := d.WebhookID
 	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM river_job j,
-		jsonb_build_object('webhook_id', $1::text, 'workspace_id', $2::uuid, 'environment', $3::text) k
-		WHERE j.args @> k OR j.args @> jsonb_build_object('events', jsonb_build_array(k))
+		`+inbox.KeyJSON("$1::text", "$2::uuid", "$3::text")+` k
+		WHERE `+inbox.Carries("j.args", "k")+`
 		ORDER BY j.id`, webhookID, nullable(d.WorkspaceID), nullable(d.Environment))
 	if err != nil {
 		return nil, fmt.Errorf("jobs of %q: %w", webhookID, err)

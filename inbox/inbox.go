@@ -180,10 +180,23 @@ func readInserted(rows pgx.Rows, events []*Event) ([]bool, error) {
 // arguments, so that storing a webhook costs no second write. Jobs name the
 // platform's endpoint with nulls (jobs.EventArgs), so a key matches exactly.
 func JobOf(webhookID, workspaceID, environment string) string {
-	key := `jsonb_build_object('webhook_id', ` + webhookID + `, 'workspace_id', ` + workspaceID + `, 'environment', ` + environment + `)`
 	return `(SELECT max(j.id) FROM river_job j
-		WHERE j.args @> ` + key + `
-		   OR j.args @> jsonb_build_object('events', jsonb_build_array(` + key + `)))`
+		WHERE ` + Carries("j.args", KeyJSON(webhookID, workspaceID, environment)) + `)`
+}
+
+// KeyJSON is an SQL expression for the key of a delivery, given its webhook
+// id, workspace id and environment as SQL expressions, in JSON as its job's
+// arguments hold it.
+func KeyJSON(webhookID, workspaceID, environment string) string {
+	return `jsonb_build_object('webhook_id', ` + webhookID + `, 'workspace_id', ` + workspaceID + `, 'environment', ` + environment + `)`
+}
+
+// Carries is an SQL condition: the job arguments args (jsonb) carry a
+// delivery that key (a jsonb object, KeyJSON or part of it) matches, alone
+// or in a batch. Both forms are containment, which river_job's GIN index on
+// args answers.
+func Carries(args, key string) string {
+	return `(` + args + ` @> ` + key + ` OR ` + args + ` @> jsonb_build_object('events', jsonb_build_array(` + key + `)))`
 }
 
 // columns reads a row with its job, recorded or found by JobOf.

@@ -168,8 +168,7 @@ func (h *harness) stored(t *testing.T, id string) stored {
 		t.Fatal(err)
 	}
 	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM river_job
-		WHERE args @> jsonb_build_object('webhook_id', $1::text)
-		   OR args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', $1::text)))`, id).Scan(&s.jobs); err != nil {
+		WHERE `+inbox.Carries("args", testkit.WebhookKey), id).Scan(&s.jobs); err != nil {
 		t.Fatal(err)
 	}
 	return s
