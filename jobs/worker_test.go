@@ -730,7 +730,7 @@ func TestBatchTransactionsAtOnceAreBounded(t *testing.T) {
 		"msg_0": event(t, "order.paid.json", s[0], "ord_0", nil),
 		"msg_1": event(t, "order.paid.json", s[1], "ord_1", nil),
 	})
-	poll(t, "the first batch to wait for the held session", func() bool {
+	testkit.Within(t, 30*time.Second, "the first batch to wait for the held session", func() bool {
 		var n int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
 		return err == nil && n > 0
@@ -739,7 +739,7 @@ func TestBatchTransactionsAtOnceAreBounded(t *testing.T) {
 		"msg_2": event(t, "order.paid.json", s[2], "ord_2", nil),
 		"msg_3": event(t, "order.paid.json", s[3], "ord_3", nil),
 	})
-	poll(t, "River to start both batch jobs", func() bool {
+	testkit.Within(t, 30*time.Second, "River to start both batch jobs", func() bool {
 		var n int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE kind = 'polar_event_batch' AND state = 'running'`).Scan(&n)
 		return err == nil && n == 2

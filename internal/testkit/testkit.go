@@ -264,3 +264,17 @@ func EnqueuedEvents(tb testing.TB, pool *pgxpool.Pool) int {
 	}
 	return n
 }
+
+// Within polls cond until it holds, failing tb if d passes first, and
+// returns how long it took.
+func Within(tb testing.TB, d time.Duration, what string, cond func() bool) time.Duration {
+	tb.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			tb.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
