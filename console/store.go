@@ -48,13 +48,6 @@ func (d *Delivery) Endpoint() string {
 	return (&inbox.Event{WorkspaceID: d.WorkspaceID, Environment: d.Environment}).Endpoint()
 }
 
-func nullable(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
-
 // Job is a River job with every attempt's error.
 type Job struct {
 	ID          int64          `json:"id"`
@@ -424,7 +417,7 @@ func (s *store) jobsOf(ctx context.Context, d *Delivery) ([]*Job, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM river_job j,
 		`+inbox.KeyJSON("$1::text", "$2::uuid", "$3::text")+` k
 		WHERE `+inbox.Carries("j.args", "k")+`
-		ORDER BY j.id`, webhookID, nullable(d.WorkspaceID), nullable(d.Environment))
+		ORDER BY j.id`, webhookID, text.NullIfEmpty(d.WorkspaceID), text.NullIfEmpty(d.Environment))
 	if err != nil {
 		return nil, fmt.Errorf("jobs of %q: %w", webhookID, err)
 	}

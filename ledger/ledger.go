@@ -184,7 +184,7 @@ func lockSession(ctx context.Context, db DB, ref SessionRef, order string) (*Ses
 	var named, owner *Session
 	if ref.SessionID != "" || order != "" {
 		rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
-			WHERE id = $1::uuid OR polar_order_id = $2 ORDER BY id FOR UPDATE`, nilIfEmpty(ref.SessionID), nilIfEmpty(order))
+			WHERE id = $1::uuid OR polar_order_id = $2 ORDER BY id FOR UPDATE`, text.NullIfEmpty(ref.SessionID), text.NullIfEmpty(order))
 		if err != nil {
 			return nil, fmt.Errorf("find checkout session: %w", err)
 		}
@@ -243,11 +243,4 @@ func checkLocked(ref SessionRef, order string, s, owner *Session) error {
 		return fmt.Errorf("%w: checkout session %s records another order than %s", ErrOrderConflict, s.ID, text.Cut(order, 64))
 	}
 	return nil
-}
-
-func nilIfEmpty(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
 }

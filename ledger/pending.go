@@ -223,7 +223,7 @@ func ListPending(ctx context.Context, db DB, f PendingFilter) ([]PendingBooking,
 		FROM pending_bookings b
 		WHERE b.posted_at IS NULL AND ($1::uuid IS NULL OR b.ws_id = $1) AND ($2::text IS NULL OR b.reason = $2)
 		ORDER BY b.first_attempt_at, b.session_id
-		LIMIT $3`, nilIfEmpty(f.WorkspaceID), nilIfEmpty(f.Reason), limit)
+		LIMIT $3`, text.NullIfEmpty(f.WorkspaceID), text.NullIfEmpty(f.Reason), limit)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list pending bookings: %w", err)
 	}
@@ -295,7 +295,7 @@ func PostDue(ctx context.Context, db Conn, until time.Time) (results []PostResul
 func post(ctx context.Context, db Conn, workspaceID string, dueOnly bool, until time.Time) ([]PostResult, bool, error) {
 	query, args := `SELECT session_id::text FROM pending_bookings
 		WHERE posted_at IS NULL AND ($1::uuid IS NULL OR ws_id = $1)
-		ORDER BY next_attempt_at, session_id LIMIT $2`, []any{nilIfEmpty(workspaceID), maxPostBatch}
+		ORDER BY next_attempt_at, session_id LIMIT $2`, []any{text.NullIfEmpty(workspaceID), maxPostBatch}
 	if dueOnly {
 		// A range of pending_bookings_unposted_idx: nothing due, nothing read.
 		query, args = `SELECT session_id::text FROM pending_bookings

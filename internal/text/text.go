@@ -1,5 +1,6 @@
 // Package text holds the string checks and cuts that several packages make
-// on input they echo, log or store.
+// on input they echo, log or store, and the NULL an empty string stands for
+// in their SQL.
 package text
 
 import (
@@ -55,4 +56,13 @@ func Abbrev(s string, n int) string {
 // what is not), no NUL, at most n bytes, cut between characters.
 func Storable(s string, n int) string {
 	return Cut(strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", ""), n)
+}
+
+// NullIfEmpty is s as an SQL parameter: nil (NULL) when s is empty, as the
+// platform's endpoint has no workspace or environment.
+func NullIfEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }

@@ -56,3 +56,12 @@ func TestStorable(t *testing.T) {
 		t.Fatalf("Storable = %q (%d bytes)", got, len(got))
 	}
 }
+
+func TestNullIfEmpty(t *testing.T) {
+	if p := NullIfEmpty(""); p != nil {
+		t.Errorf("NullIfEmpty(\"\") = %q, want nil", *p)
+	}
+	if p := NullIfEmpty("sandbox"); p == nil || *p != "sandbox" {
+		t.Errorf("NullIfEmpty(\"sandbox\") = %v", p)
+	}
+}
