@@ -127,6 +127,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	// A worker-only replica serves no public listener.
 	var rc *receiver.Receiver
 	var cache *endpoints.Cache
+	var startDrain, stopDrain func() // the spool's drain
 	if cfg.Role != roleWorker {
 		verifier, err := polar.NewVerifier(cfg.Secrets)
 		if err != nil {
@@ -161,7 +162,18 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		defer cache.Close()
 		if sp != nil {
-			defer drainSpool(ctx, sp, rc)() // stopped before the spool closes
+			// Started without the database, the drain starts once the
+			// database answers migrated: no spooled webhook goes into a
+			// schema relay does not know.
+			startDrain = func() { stopDrain = drainSpool(ctx, sp, rc) }
+			defer func() { // before the spool closes; after the wait, which may start it
+				if stopDrain != nil {
+					stopDrain()
+				}
+			}()
+			if dbErr == nil {
+				startDrain()
+			}
 		}
 		webhooks := http.NewServeMux()
 		webhooks.Handle(cfg.WebhookPath, rc)
@@ -197,8 +209,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		startWorkers = func() error { return riverClient.Start(context.WithoutCancel(ctx)) }
 	}
 	if dbErr != nil {
-		// Started without the database: once it answers, the secrets are
-		// checked and loaded first, then the workers start.
+		// Started without the database: once it answers migrated, the
+		// secrets are checked and loaded first, then the spool's drain and
+		// the workers start.
 		workers, endpointsReady, stopping := startWorkers, false, false
 		startWorkers = func() error {
 			if !endpointsReady {
@@ -215,6 +228,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 					}
 				}
 				endpointsReady = true
+				if startDrain != nil {
+					startDrain()
+				}
 			}
 			if workers == nil {
 				return nil
@@ -232,7 +248,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	case dbErr != nil:
 		logger.Warn("database unreachable at start: webhooks are spooled until it answers, then migrations are checked and the workers start",
 			"spool", cfg.SpoolDir, "error", dbErr)
-		waiting = waitForDatabase(ctx, pool, cfg, startWorkers, logger)
+		waiting = waitForDatabase(ctx, pool, cfg, startWorkers, func(err error) { serveErr <- err }, logger)
 	}
 
 	for _, s := range servers {
@@ -406,6 +422,10 @@ func newPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// errNotMigrated is a database that answers with migrations pending: serve
+// stops, at start or, started without its database, once it answers.
+var errNotMigrated = errors.New("the database has pending migrations: run `relay migrate` first")
+
 // errUnreachable marks a database that did not answer, as against one that
 // answered wrongly.
 var errUnreachable = errors.New("database unreachable")
@@ -427,7 +447,7 @@ func checkDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config) error {
 	if pending, err := migrations.Pending(ctx, pool); err != nil {
 		return fmt.Errorf("check migrations: %w", err)
 	} else if pending {
-		return errors.New("the database has pending migrations: run `relay migrate` first")
+		return errNotMigrated
 	}
 	return nil
 }
