@@ -314,7 +314,7 @@ func (s *store) listQuery(ctx context.Context, f Filter) (string, []any, error) 
 // records as its order, or records as its checkout.
 func (s *store) searchSubjects(ctx context.Context, id string) ([]string, error) {
 	var session *string
-	if isUUID(id) {
+	if text.IsUUID(id) {
 		session = &id
 	}
 	var more []string
