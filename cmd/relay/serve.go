@@ -178,21 +178,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		webhooks := http.NewServeMux()
 		webhooks.Handle(cfg.WebhookPath, rc)
 		webhooks.Handle(strings.TrimSuffix(cfg.WebhookPath, "/")+"/{workspace_id}", rc.Workspaces(cache))
-		servers = append(servers, &namedServer{name: "webhooks", addrVar: "RELAY_HTTP_ADDR", addr: cfg.HTTPAddr,
-			srv: newServer(webhooks, cfg, logger), maxConns: cfg.MaxConnections})
+		servers = append(servers, &namedServer{name: "webhooks", addrVar: "RELAY_HTTP_ADDR", addr: cfg.HTTPAddr, srv: newServer(webhooks, cfg, logger)})
 	}
 	for _, s := range servers {
 		if s.ln, err = net.Listen("tcp", s.addr); err != nil {
 			closeListeners(servers)
 			return fmt.Errorf("listen on %s for %s (%s sets the address): %w", s.addr, s.name, s.addrVar, err)
-		}
-		if s.maxConns > 0 {
-			limited := receiver.LimitConnections(s.ln, s.maxConns)
-			s.ln, s.srv.ConnState = limited, limited.ConnState
-			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "relay_webhook_connections",
-				Help: "Connections the webhook listener holds open (RELAY_MAX_CONNECTIONS at most).",
-			}, func() float64 { return float64(limited.Open()) }))
 		}
 	}
 
@@ -333,7 +324,6 @@ type namedServer struct {
 	addrVar    string // the variable that sets addr
 	srv        *http.Server
 	ln         net.Listener
-	maxConns   int // connections held open at most (0: no limit)
 }
 
 func newServer(h http.Handler, cfg *config, logger *slog.Logger) *http.Server {
