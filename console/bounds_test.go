@@ -4,45 +4,21 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/admin"
 	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/internal/testkit"
 )
-
-// statements is a pgx tracer that keeps the statements a pool runs.
-type statements struct {
-	mu  sync.Mutex
-	sql []string
-}
-
-func (s *statements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.sql = append(s.sql, d.SQL)
-	return ctx
-}
-
-func (s *statements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-func (s *statements) reset() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := s.sql
-	s.sql = nil
-	return out
-}
 
 // testConsole returns a console on a database of its own whose statements
 // seen records.
-func testConsole(t *testing.T) (*Console, *pgxpool.Pool, *statements) {
+func testConsole(t *testing.T) (*Console, *pgxpool.Pool, *testkit.Statements) {
 	t.Helper()
-	seen := &statements{}
+	seen := &testkit.Statements{}
 	pool := testdb.NewPoolWith(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = seen })
 	c, err := New(&admin.Ops{Pool: pool}, Options{})
 	if err != nil {
@@ -85,7 +61,7 @@ func TestStreamCatchUpIsBounded(t *testing.T) {
 	c, pool, seen := testConsole(t)
 	insertPending(t, pool, "msg_burst_", 3*maxChanges, time.Minute)
 
-	seen.reset()
+	seen.Reset()
 	evs, err := c.catchUp(ctx, cursorOf(time.Now().Add(-24*time.Hour)))
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +69,7 @@ func TestStreamCatchUpIsBounded(t *testing.T) {
 	if got := names(evs); got != "reset,ready" {
 		t.Errorf("a day behind: events %s, want reset,ready", got)
 	}
-	for _, q := range seen.reset() {
+	for _, q := range seen.Reset() {
 		if strings.Contains(q, "webhook_inbox") {
 			t.Errorf("a day behind: the catch-up read the inbox before telling the client to reload:\n%s", q)
 		}

@@ -1,7 +1,6 @@
 package migrations_test
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 
@@ -171,7 +169,7 @@ func TestInboxCountsStayExact(t *testing.T) {
 
 	// The counts are read without touching webhook_inbox, whatever its size.
 	cfg := pool.Config()
-	seen := &statements{}
+	seen := &testkit.Statements{}
 	cfg.ConnConfig.Tracer = seen
 	traced, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -181,7 +179,7 @@ func TestInboxCountsStayExact(t *testing.T) {
 	if _, err := inbox.Counts(ctx, traced); err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range seen.all() {
+	for _, q := range seen.Reset() {
 		if strings.HasPrefix(strings.TrimSpace(q), "SELECT") {
 			var plan strings.Builder
 			rows, err := pool.Query(ctx, `EXPLAIN `+q)
@@ -200,27 +198,6 @@ func TestInboxCountsStayExact(t *testing.T) {
 			}
 		}
 	}
-}
-
-// statements is a pgx tracer that keeps the statements a pool runs.
-type statements struct {
-	mu  sync.Mutex
-	sql []string
-}
-
-func (s *statements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.sql = append(s.sql, d.SQL)
-	return ctx
-}
-
-func (s *statements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-func (s *statements) all() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.sql...)
 }
 
 // TestInboxUpdatesStayHOT checks that the worker's update of inbox rows

@@ -278,3 +278,28 @@ func Within(tb testing.TB, d time.Duration, what string, cond func() bool) time.
 	}
 	return time.Since(start)
 }
+
+// Statements is a pgx tracer (pgx.ConnConfig.Tracer) that keeps the SQL of
+// every statement the connections it traces run.
+type Statements struct {
+	mu  sync.Mutex
+	sql []string
+}
+
+func (s *Statements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sql = append(s.sql, d.SQL)
+	return ctx
+}
+
+func (s *Statements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// Reset returns the statements run since the last Reset and forgets them.
+func (s *Statements) Reset() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.sql
+	s.sql = nil
+	return out
+}
