@@ -20,9 +20,9 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/relayhq/relay/admin"
+	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/console"
 	"github.com/relayhq/relay/endpoints"
-	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/jobs"
 )

@@ -148,7 +148,9 @@ func TestConnect(t *testing.T) {
 
 	// The admin API: list (no token in it), a refused connect, a remove.
 	code, body2, _ := doReq(t, http.MethodGet, p.admin+"/admin/api/connections?workspace="+ws, bearer(testToken), "")
-	var listed struct{ Connections []struct{ Environment, State string } }
+	var listed struct {
+		Connections []struct{ Environment, State string }
+	}
 	if code != http.StatusOK || json.Unmarshal([]byte(body2), &listed) != nil || len(listed.Connections) != 2 || strings.Contains(body2, sbTok) {
 		t.Errorf("GET /admin/api/connections: %d %s", code, body2)
 	}
