@@ -395,3 +395,59 @@ func Example() {
 	}
 	// Output: 1200 usd <nil>
 }
+
+// TestTimeoutsRetried: an attempt that outlasts RequestTimeout is given up
+// and tried again.
+func TestTimeoutsRetried(t *testing.T) {
+	e := newEnv(t)
+	org := e.prod.AddOrganization()
+	tok := e.prod.AddToken(org)
+	var mu sync.Mutex
+	hung := false
+	release := make(chan struct{})
+	defer close(release)
+	e.prod.SetHook(func(*http.Request) {
+		mu.Lock()
+		first := !hung
+		hung = true
+		mu.Unlock()
+		if first {
+			<-release
+		}
+	})
+	cfg := e.cfg
+	cfg.RequestTimeout = 200 * time.Millisecond
+	cfg.Clock = polarfake.NewClock(time.Now()) // the backoff's wait is virtual; the timeout is real
+	if _, err := newClient(t, cfg, polarapi.Production, tok).ListWebhookEndpoints(context.Background(), 1, 10); err != nil {
+		t.Fatalf("after a timeout: %v", err)
+	}
+	if n := e.prod.Requests(""); n != 2 {
+		t.Errorf("%d requests, want 2 (one timed out)", n)
+	}
+}
+
+// TestRefundsWalkStopsAtSince reads refunds newest first across pages and
+// stops at the first older than Since.
+func TestRefundsWalkStopsAtSince(t *testing.T) {
+	e := newEnv(t)
+	org := e.prod.AddOrganization()
+	tok := e.prod.AddToken(org)
+	now := time.Now().Truncate(time.Second)
+	for i := range 350 {
+		e.prod.AddRefund(org, polarfake.Refund{CreatedAt: now.Add(-time.Duration(i) * time.Minute)})
+	}
+	c := newClient(t, polarapi.Config{ProductionURL: e.cfg.ProductionURL, RPM: 1000}, polarapi.Production, tok)
+	n := 0
+	for r, err := range c.Refunds(context.Background(), polarapi.RefundQuery{Since: now.Add(-149*time.Minute - time.Second)}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.CreatedAt.Before(now.Add(-150 * time.Minute)) {
+			t.Errorf("refund of %v is older than Since", r.CreatedAt)
+		}
+		n++
+	}
+	if n != 150 || e.prod.Requests("GET /v1/refunds/") != 2 {
+		t.Errorf("%d refunds in %d requests, want 150 in 2", n, e.prod.Requests("GET /v1/refunds/"))
+	}
+}
