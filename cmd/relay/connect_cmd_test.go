@@ -10,9 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/internal/polarfake"
+	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/polarapi"
 )
@@ -186,5 +189,36 @@ func TestConnect(t *testing.T) {
 	}
 	if count("polar_connections") != 1 {
 		t.Errorf("%d connections after disconnecting one of two", count("polar_connections"))
+	}
+}
+
+// TestServeRefusesUnreadableTokens: a stored Polar token the configured
+// key cannot decrypt stops relay serve at start, naming the connection,
+// never the token.
+func TestServeRefusesUnreadableTokens(t *testing.T) {
+	const key = "cmVsYXktY21kLXRlc3Qtc2VjcmV0cy1rZXktMDAwMDE="
+	const otherKey = "b3RoZXItY21kLXRlc3Qtc2VjcmV0cy1rZXktMDAwMDE="
+	const token = "polar_oat_ServeRefusesUnreadableTokens0123"
+	dbURL := testdb.New(t)
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ws := testkit.SeedShop(t, pool, testkit.ShopOptions{}).WS
+	keys, err := endpoints.ParseKeyring(envFunc(map[string]string{"RELAY_SECRETS_KEY": key}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := connections.NewStore(pool, keys).Put(context.Background(), ws, "production", token, "", connections.Endpoint{}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": dbURL, "POLAR_WEBHOOK_SECRET": testSecret, "RELAY_SECRETS_KEY": otherKey,
+		"RELAY_HTTP_ADDR": testkit.FreeAddr(t), "RELAY_ADMIN_ADDR": testkit.FreeAddr(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = run(ctx, []string{"serve"}, envFunc(env), &testkit.SyncBuffer{})
+	if err == nil || !strings.Contains(err.Error(), "cannot decrypt the Polar token of connection") || strings.Contains(err.Error(), token) {
+		t.Errorf("serve with a key that cannot read the stored token: %v", err)
 	}
 }
