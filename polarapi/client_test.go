@@ -451,3 +451,23 @@ func TestRefundsWalkStopsAtSince(t *testing.T) {
 		t.Errorf("%d refunds in %d requests, want 150 in 2", n, e.prod.Requests("GET /v1/refunds/"))
 	}
 }
+
+// TestClientsShareABudget: the clients of one token share its budget,
+// another token's have their own.
+func TestClientsShareABudget(t *testing.T) {
+	cs := polarapi.NewClients(polarapi.Config{RPM: 1})
+	a1, err := cs.Get(polarapi.Sandbox, "polar_oat_aaaaaaaaaaaaaaaa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, _ := cs.Get(polarapi.Sandbox, "polar_oat_aaaaaaaaaaaaaaaa")
+	b, _ := cs.Get(polarapi.Sandbox, "polar_oat_bbbbbbbbbbbbbbbb")
+	p, _ := cs.Get(polarapi.Production, "polar_oat_aaaaaaaaaaaaaaaa")
+	if a1 != a2 || a1 == b || a1 == p || a1.Environment() != polarapi.Sandbox || p.Environment() != polarapi.Production {
+		t.Error("clients are not one per token and environment")
+	}
+	cs.Forget(polarapi.Sandbox, "polar_oat_aaaaaaaaaaaaaaaa")
+	if a3, _ := cs.Get(polarapi.Sandbox, "polar_oat_aaaaaaaaaaaaaaaa"); a3 == a1 {
+		t.Error("Forget kept the client")
+	}
+}
