@@ -211,6 +211,8 @@ func TestRetryAfterHonoured(t *testing.T) {
 	e.prod.SetRateLimit(org, 5)
 	cfg := e.cfg
 	cfg.Clock = clock
+	observed := map[string]int{}
+	cfg.Observe = func(endpoint string, status int) { observed[fmt.Sprintf("%s %d", endpoint, status)]++ }
 	c := newClient(t, cfg, polarapi.Production, tok)
 	for i := range 12 {
 		if _, err := c.ListWebhookEndpoints(context.Background(), 1, 10); err != nil {
@@ -223,6 +225,9 @@ func TestRetryAfterHonoured(t *testing.T) {
 	slept := clock.Slept()
 	if len(slept) != 2 || slept[0] != time.Minute || slept[1] != time.Minute {
 		t.Errorf("waited %v, want the Retry-After of each 429 (1m, 1m)", slept)
+	}
+	if observed["webhook_endpoints 200"] != 12 || observed["webhook_endpoints 429"] != 2 || len(observed) != 2 {
+		t.Errorf("Observe saw %v, want 12 answers 200 and two 429", observed)
 	}
 }
 
