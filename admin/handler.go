@@ -16,6 +16,7 @@ import (
 	"github.com/riverqueue/river"
 	"riverqueue.com/riverui"
 
+	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/httpjson"
@@ -43,6 +44,9 @@ type Options struct {
 	Credentials Credentials
 	Logger      *slog.Logger
 	Endpoints   *endpoints.Store // nil: no /admin/api/endpoints routes
+	// Connections connects workspaces to Polar; nil: no
+	// /admin/api/connections routes.
+	Connections *connections.Connector
 	// Console adds its routes under /admin/ (package console), behind the
 	// same credentials; nil: none.
 	Console interface{ Mount(*http.ServeMux) }
@@ -84,6 +88,7 @@ func NewHandler(pool *pgxpool.Pool, client *river.Client[pgx.Tx], opts Options) 
 	mux.HandleFunc("GET /admin/api/inbox/{webhook_id}", a.showInbox)
 	mux.HandleFunc("POST /admin/api/inbox/{webhook_id}/replay", a.replay)
 	mountEndpoints(mux, a, opts.Endpoints)
+	mountConnections(mux, a, opts.Connections)
 	if opts.Console != nil {
 		opts.Console.Mount(mux)
 	}

@@ -187,3 +187,68 @@ func (k *Keyring) open(id, workspace, environment, keyID string, ciphertext []by
 	}
 	return nil, errCannotDecrypt
 }
+
+// Sealed is a value another table stores encrypted with the keyring: the
+// ciphertext and the fingerprint of the key that made it.
+type Sealed struct {
+	Ciphertext []byte
+	KeyID      string
+}
+
+// SealFor encrypts plaintext for a row of another table (Polar tokens of
+// package connections), as endpoint secrets are: the first key, a fresh
+// nonce, and purpose and the row's identity as additional data, so that a
+// ciphertext is opened only as what and where it was sealed.
+func (k *Keyring) SealFor(purpose string, identity []string, plaintext []byte) (Sealed, error) {
+	if !k.Configured() {
+		return Sealed{}, ErrNoKey
+	}
+	kk := k.keys[0]
+	nonce := make([]byte, kk.aead.NonceSize(), kk.aead.NonceSize()+len(plaintext)+kk.aead.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return Sealed{}, fmt.Errorf("random nonce: %w", err)
+	}
+	return Sealed{Ciphertext: kk.aead.Seal(nonce, nonce, plaintext, additionalDataFor(purpose, identity)), KeyID: kk.id}, nil
+}
+
+// OpenFor decrypts what SealFor returned for the same purpose and
+// identity. A ciphertext no configured key opens is an error naming
+// neither key nor plaintext.
+func (k *Keyring) OpenFor(purpose string, identity []string, s Sealed) ([]byte, error) {
+	if !k.Configured() {
+		return nil, ErrNoKey
+	}
+	for _, kk := range k.keys {
+		if kk.id != s.KeyID {
+			continue
+		}
+		ns := kk.aead.NonceSize()
+		if len(s.Ciphertext) < ns+kk.aead.Overhead() {
+			return nil, errCannotDecrypt
+		}
+		plain, err := kk.aead.Open(nil, s.Ciphertext[:ns], s.Ciphertext[ns:], additionalDataFor(purpose, identity))
+		if err != nil {
+			return nil, errCannotDecrypt
+		}
+		return plain, nil
+	}
+	return nil, errCannotDecrypt
+}
+
+// KeyIDs are the fingerprints of the configured keys, the encrypting one
+// first.
+func (k *Keyring) KeyIDs() []string {
+	var ids []string
+	if k != nil {
+		for _, kk := range k.keys {
+			ids = append(ids, kk.id)
+		}
+	}
+	return ids
+}
+
+// additionalDataFor never equals an endpoint secret's additional data:
+// its prefix differs.
+func additionalDataFor(purpose string, identity []string) []byte {
+	return []byte("relay " + purpose + " v1\x00" + strings.Join(identity, "\x00"))
+}

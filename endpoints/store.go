@@ -417,3 +417,38 @@ func (s *Store) Rekey(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+// Find returns the stored secret of the workspace's environment that
+// equals secret, if any: `relay connect` run again stores the secret Polar
+// hands out once.
+func (s *Store) Find(ctx context.Context, workspace, environment, secret string) (Secret, bool, error) {
+	ws, err := ParseWorkspace(workspace)
+	if err != nil {
+		return Secret{}, false, err
+	}
+	if err := checkEnvironment(environment); err != nil {
+		return Secret{}, false, err
+	}
+	rows, err := s.pool.Query(ctx, selectStored+` WHERE workspace_id = $1 AND environment = $2 ORDER BY created_at, id`, ws, environment)
+	if err != nil {
+		return Secret{}, false, fmt.Errorf("find endpoint secret: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, scanStored)
+	if err != nil {
+		return Secret{}, false, fmt.Errorf("find endpoint secret: %w", err)
+	}
+	for _, st := range list {
+		plain, err := s.open(st)
+		if err != nil {
+			return Secret{}, false, err
+		}
+		if subtle.ConstantTimeCompare(plain, []byte(secret)) == 1 {
+			return st.Secret, true, nil
+		}
+	}
+	return Secret{}, false, nil
+}
+
+// Pool is the store's pool, for stores of other rows the same keys
+// encrypt (package connections).
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }

@@ -18,6 +18,7 @@ import (
 func TestFlagHelpAndErrors(t *testing.T) {
 	for _, cmd := range [][]string{
 		{"send"}, {"serve"}, {"migrate"}, {"jobs", "list"}, {"jobs", "retry"}, {"inbox", "show"}, {"endpoints", "list"},
+		{"connect"}, {"connections", "list"}, {"disconnect"},
 	} {
 		name := strings.Join(cmd, " ")
 		for _, help := range []string{"-h", "--help"} {
@@ -43,14 +44,39 @@ func TestFlagHelpAndErrors(t *testing.T) {
 // not also a range check's.
 func TestMalformedNumberReportedOnce(t *testing.T) {
 	for key, want := range map[string]string{
-		"RELAY_WORKERS":      `RELAY_WORKERS: "abc" is not a whole number`,
-		"RELAY_MAX_ATTEMPTS": `RELAY_MAX_ATTEMPTS: "abc" is not a whole number`,
-		"RELAY_JOB_TIMEOUT":  `RELAY_JOB_TIMEOUT: "abc" is not a duration such as 5s`,
-		"RELAY_RESCUE_AFTER": `RELAY_RESCUE_AFTER: "abc" is not a duration such as 5s`,
+		"RELAY_WORKERS":       `RELAY_WORKERS: "abc" is not a whole number`,
+		"RELAY_MAX_ATTEMPTS":  `RELAY_MAX_ATTEMPTS: "abc" is not a whole number`,
+		"RELAY_JOB_TIMEOUT":   `RELAY_JOB_TIMEOUT: "abc" is not a duration such as 5s`,
+		"RELAY_RESCUE_AFTER":  `RELAY_RESCUE_AFTER: "abc" is not a duration such as 5s`,
+		"RELAY_POLAR_API_RPM": `RELAY_POLAR_API_RPM: "abc" is not a whole number`,
 	} {
 		_, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x", key: "abc"}), false)
 		if err == nil || err.Error() != "configuration: "+want {
 			t.Errorf("%s=abc: %v; want exactly %q", key, err, want)
+		}
+	}
+}
+
+// TestPolarAPIConfig: Polar's API URLs and budget default to Polar's own
+// and 60 a minute; a URL that is not one is refused, naming its variable.
+func TestPolarAPIConfig(t *testing.T) {
+	c, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x"}), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PolarAPI.ProductionURL != "https://api.polar.sh" || c.PolarAPI.SandboxURL != "https://sandbox-api.polar.sh" ||
+		c.PolarAPI.RPM != 60 || c.PublicURL != "" {
+		t.Errorf("defaults: %+v, public URL %q", c.PolarAPI, c.PublicURL)
+	}
+	c, err = parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x", "RELAY_PUBLIC_URL": "https://relay.example.com/",
+		"RELAY_POLAR_SANDBOX_API_URL": "http://127.0.0.1:9999", "RELAY_POLAR_API_RPM": "30"}), false)
+	if err != nil || c.PublicURL != "https://relay.example.com" || c.PolarAPI.SandboxURL != "http://127.0.0.1:9999" || c.PolarAPI.RPM != 30 {
+		t.Errorf("set: %v %+v %q", err, c, c.PublicURL)
+	}
+	for key, val := range map[string]string{"RELAY_PUBLIC_URL": "relay.example.com", "RELAY_POLAR_API_URL": "ftp://api.polar.sh",
+		"RELAY_POLAR_SANDBOX_API_URL": "https://x/?a=b", "RELAY_POLAR_API_RPM": "0"} {
+		if _, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x", key: val}), false); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s=%s: %v, want an error naming it", key, val, err)
 		}
 	}
 }

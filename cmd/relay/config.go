@@ -6,11 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/relayhq/relay/polarapi"
 	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/spool"
 )
@@ -57,6 +59,12 @@ type config struct {
 	// MaxUnverifiedBytes bounds what webhook requests not verified yet hold
 	// together (receiver.Options.MaxUnverifiedBytes).
 	MaxUnverifiedBytes int64
+
+	// Polar's API, for connections: each environment's base URL (a token
+	// is only ever sent to its own), the request budget per organization,
+	// and the base URL Polar reaches relay at (endpoints relay registers).
+	PolarAPI  polarapi.Config
+	PublicURL string
 }
 
 // Roles of a replica.
@@ -172,6 +180,15 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	if c.SpoolMaxBytes <= 0 {
 		errs = append(errs, errors.New("RELAY_SPOOL_MAX_BYTES must be positive"))
 	}
+	c.PolarAPI = polarapi.Config{
+		ProductionURL: urlVar(e, "RELAY_POLAR_API_URL", polarapi.DefaultProductionURL, &errs),
+		SandboxURL:    urlVar(e, "RELAY_POLAR_SANDBOX_API_URL", polarapi.DefaultSandboxURL, &errs),
+		RPM:           intVar(e, "RELAY_POLAR_API_RPM", polarapi.DefaultRPM, &errs),
+	}
+	if c.PolarAPI.RPM <= 0 {
+		errs = append(errs, fmt.Errorf("RELAY_POLAR_API_RPM (%d) must be positive", c.PolarAPI.RPM))
+	}
+	c.PublicURL = urlVar(e, "RELAY_PUBLIC_URL", "", &errs)
 	c.AllowedCIDRs = prefixesVar(e, "RELAY_ALLOWED_CIDRS", &errs)
 	c.TrustedProxies = prefixesVar(e, "RELAY_TRUSTED_PROXIES", &errs)
 	if c.MaxBodyBytes <= 0 || c.Workers <= 0 || c.MaxAttempts <= 0 || c.AckTimeout <= 0 || c.RetryBase <= 0 {
@@ -243,6 +260,21 @@ func durationVar(e env, key string, def time.Duration, errs *[]error) time.Durat
 		return def
 	}
 	return d
+}
+
+// urlVar reads an absolute http(s) URL with no query or fragment, without
+// its trailing slash.
+func urlVar(e env, key, def string, errs *[]error) string {
+	v := e.str(key, def)
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		*errs = append(*errs, fmt.Errorf("%s %q: want an absolute http(s) URL such as https://relay.example.com", key, v))
+		return def
+	}
+	return strings.TrimSuffix(v, "/")
 }
 
 func prefixesVar(e env, key string, errs *[]error) []netip.Prefix {

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/endpoints"
 )
 
@@ -16,7 +17,7 @@ const endpointsUsage = `usage:
   relay endpoints add --workspace WS --environment production|sandbox   (the secret is read from stdin)
   relay endpoints list [--workspace WS]
   relay endpoints remove ID...
-  relay endpoints rekey
+  relay endpoints rekey   (re-encrypts the endpoint secrets and the Polar connection tokens)
 
 Secrets are encrypted with RELAY_SECRETS_KEY (or RELAY_SECRETS_KEY_FILE): base64 of
 32 random bytes, several comma-separated while rotating; the first encrypts.
@@ -99,12 +100,17 @@ func endpointsCmd(ctx context.Context, args []string, getenv func(string) string
 			fmt.Fprintf(stdout, "removed endpoint secret %s (workspace %s, %s, last4 %s)\n", s.ID, s.Workspace, s.Environment, s.Last4)
 		}
 		return err
-	default: // rekey
+	default: // rekey: endpoint secrets and Polar tokens, under one keyring
 		n, err := store.Rekey(ctx)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "re-encrypted %d endpoint secret(s) with the first key of %s (key id %s)\n", n, keys.Source(), keys.PrimaryID())
+		n, err = connections.NewStore(store.Pool(), keys).Rekey(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "re-encrypted %d Polar connection token(s) with the first key of %s (key id %s)\n", n, keys.Source(), keys.PrimaryID())
 		return nil
 	}
 }

@@ -22,6 +22,9 @@ commands:
   jobs      list, retry, cancel or delete River jobs (relay jobs --help)
   inbox     list, show or replay stored webhooks (relay inbox --help)
   endpoints add, list, remove or rekey workspaces' webhook secrets (relay endpoints --help)
+  connect   connect a workspace's Polar organization: token on stdin (relay connect --help)
+  connections list workspaces' Polar connections (relay connections --help)
+  disconnect remove a workspace's Polar token
   bookings  list pending bookings or post them now (relay bookings --help)
   spool     list, show, retry or drop webhooks the spool set aside (relay spool --help)
 `
@@ -64,6 +67,12 @@ func command(ctx context.Context, args []string, getenv func(string) string, std
 		return inboxCmd(ctx, rest, getenv, stdout)
 	case "endpoints":
 		return endpointsCmd(ctx, rest, getenv, os.Stdin, stdout)
+	case "connect":
+		return connectCmd(ctx, rest, getenv, os.Stdin, os.Stderr, stdout)
+	case "connections":
+		return connectionsCmd(ctx, rest, getenv, stdout)
+	case "disconnect":
+		return disconnectCmd(ctx, rest, getenv, stdout)
 	case "bookings":
 		return bookingsCmd(ctx, rest, getenv, stdout)
 	case "spool":

@@ -82,8 +82,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	secrets := endpoints.NewStore(pool, keyring)
+	connector := newConnector(cfg, pool, keyring)
 	if dbErr == nil {
 		if err := secrets.Check(ctx); err != nil {
+			return err
+		}
+		if err := connector.Store.Check(ctx); err != nil {
 			return err
 		}
 	}
@@ -119,7 +123,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		fmt.Fprintln(w, "ok")
 	}))
 	admin.Handle("GET /readyz", readyHandler(probePool, sp, cfg.MaxBodyBytes))
-	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, jobMetrics, logger); err != nil {
+	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, connector, jobMetrics, logger); err != nil {
 		return err
 	}
 	servers := []*namedServer{{name: "admin", addrVar: "RELAY_ADMIN_ADDR", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
