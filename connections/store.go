@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/endpoints"
+	"github.com/relayhq/relay/internal/text"
 )
 
 // States of relay's endpoint at Polar, as last seen.
@@ -136,13 +137,6 @@ func newID() (string, error) {
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], nil
 }
 
-func nullable(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
-
 // Put stores token as the workspace's connection in environment, with what
 // is known of its organization and endpoint, replacing the token and
 // endpoint of an existing connection (its last reconciliation is kept).
@@ -199,7 +193,7 @@ func (s *Store) Put(ctx context.Context, workspace, environment, token, organiza
 				state_checked_at = EXCLUDED.state_checked_at, updated_at = now()
 			RETURNING `+columns,
 			id, ws, environment, sealed.Ciphertext, sealed.KeyID, last4(token),
-			nullable(organizationID), nullable(ep.ID), nullable(ep.URL), ep.State, ep.Registered)
+			text.NullIfEmpty(organizationID), text.NullIfEmpty(ep.ID), text.NullIfEmpty(ep.URL), ep.State, ep.Registered)
 		if err != nil {
 			return err
 		}
@@ -407,7 +401,7 @@ func (s *Store) SetEndpoint(ctx context.Context, id string, ep Endpoint) error {
 		ep.State = StateUnknown
 	}
 	return s.update(ctx, id, `endpoint_id = $2, endpoint_url = coalesce($3, endpoint_url), state = $4,
-		endpoint_registered = $5, state_checked_at = now()`, nullable(ep.ID), nullable(ep.URL), ep.State, ep.Registered)
+		endpoint_registered = $5, state_checked_at = now()`, text.NullIfEmpty(ep.ID), text.NullIfEmpty(ep.URL), ep.State, ep.Registered)
 }
 
 // SetState records the endpoint's state alone (e.g. unauthorized when
@@ -427,7 +421,7 @@ func (s *Store) RecordReconciliation(ctx context.Context, id string, r Reconcili
 		r.At = time.Now()
 	}
 	return s.update(ctx, id, `last_reconciled_at = $2, last_reconcile_result = $3, last_reconcile_findings = $4,
-		last_reconcile_error = $5`, r.At, r.Result, r.Findings, nullable(r.Error))
+		last_reconcile_error = $5`, r.At, r.Result, r.Findings, text.NullIfEmpty(r.Error))
 }
 
 func (s *Store) update(ctx context.Context, id, set string, args ...any) error {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/relayhq/relay/internal/httpjson"
 )
 
 // ServeHTTP answers as Polar's API does.
@@ -31,13 +33,13 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if route == nil {
-		writeJSON(w, http.StatusNotFound, map[string]any{"detail": "Not Found"})
+		httpjson.Write(w, http.StatusNotFound, map[string]any{"detail": "Not Found"})
 		return
 	}
 	tok, ok := f.tokens[bearer]
 	if !ok {
 		w.Header().Set("WWW-Authenticate", "Bearer")
-		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "Unauthorized", "detail": "Unauthorized"})
+		httpjson.Write(w, http.StatusUnauthorized, map[string]any{"error": "Unauthorized", "detail": "Unauthorized"})
 		return
 	}
 	or := f.orgs[tok.org]
@@ -48,20 +50,20 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if len(or.starts) >= or.rpm {
 			wait := or.starts[0].Add(time.Minute).Sub(now)
 			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-			writeJSON(w, http.StatusTooManyRequests, map[string]any{"error": "TooManyRequests", "detail": "Rate limit exceeded"})
+			httpjson.Write(w, http.StatusTooManyRequests, map[string]any{"error": "TooManyRequests", "detail": "Rate limit exceeded"})
 			return
 		}
 		or.starts = append(or.starts, now)
 	}
 	if !slices.ContainsFunc(scopes, func(s string) bool { return slices.Contains(tok.scopes, s) }) {
-		writeJSON(w, http.StatusForbidden, map[string]any{"error": "InsufficientScope",
+		httpjson.Write(w, http.StatusForbidden, map[string]any{"error": "InsufficientScope",
 			"detail": "The access token does not have the required scope: " + strings.Join(scopes, " or ")})
 		return
 	}
 	if len(f.fail) > 0 {
 		status := f.fail[0]
 		f.fail = f.fail[1:]
-		writeJSON(w, status, map[string]any{"detail": http.StatusText(status)})
+		httpjson.Write(w, status, map[string]any{"detail": http.StatusText(status)})
 		return
 	}
 	route(w, r, or)
@@ -97,15 +99,9 @@ func (f *Fake) route(r *http.Request) (handler, []string) {
 	return nil, nil
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
 // validation answers 422 as FastAPI does.
 func validation(w http.ResponseWriter, loc, msg string) {
-	writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"detail": []any{
+	httpjson.Write(w, http.StatusUnprocessableEntity, map[string]any{"detail": []any{
 		map[string]any{"loc": []any{"query", loc}, "msg": msg, "type": "value_error"},
 	}})
 }
@@ -133,7 +129,7 @@ func page(w http.ResponseWriter, q url.Values, items []map[string]any) {
 	end := min(start+limit, len(items))
 	// Encoded under the fake's lock: no copy needed.
 	out := items[start:end:end]
-	writeJSON(w, http.StatusOK, map[string]any{
+	httpjson.Write(w, http.StatusOK, map[string]any{
 		"items":      out,
 		"pagination": map[string]any{"total_count": len(items), "max_page": int(math.Ceil(float64(len(items)) / float64(limit)))},
 	})
@@ -278,13 +274,13 @@ func (f *Fake) findEndpoint(w http.ResponseWriter, r *http.Request, or *org) map
 			return m
 		}
 	}
-	writeJSON(w, http.StatusNotFound, map[string]any{"error": "ResourceNotFound", "detail": "Not found"})
+	httpjson.Write(w, http.StatusNotFound, map[string]any{"error": "ResourceNotFound", "detail": "Not found"})
 	return nil
 }
 
 func (f *Fake) getEndpoint(w http.ResponseWriter, r *http.Request, or *org) {
 	if m := f.findEndpoint(w, r, or); m != nil {
-		writeJSON(w, http.StatusOK, m)
+		httpjson.Write(w, http.StatusOK, m)
 	}
 }
 
@@ -303,18 +299,18 @@ func readBody(w http.ResponseWriter, r *http.Request) (endpointBody, bool) {
 		err = json.Unmarshal(raw, &b)
 	}
 	if err != nil {
-		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"detail": "invalid JSON body"})
+		httpjson.Write(w, http.StatusUnprocessableEntity, map[string]any{"detail": "invalid JSON body"})
 		return b, false
 	}
 	if b.URL != nil {
 		u, err := url.Parse(*b.URL)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"detail": "url: not a valid URL"})
+			httpjson.Write(w, http.StatusUnprocessableEntity, map[string]any{"detail": "url: not a valid URL"})
 			return b, false
 		}
 	}
 	if b.Format != nil && *b.Format != "raw" && *b.Format != "discord" && *b.Format != "slack" {
-		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"detail": "format: want raw, discord or slack"})
+		httpjson.Write(w, http.StatusUnprocessableEntity, map[string]any{"detail": "format: want raw, discord or slack"})
 		return b, false
 	}
 	return b, true
@@ -326,7 +322,7 @@ func (f *Fake) createEndpoint(w http.ResponseWriter, r *http.Request, or *org) {
 		return
 	}
 	if b.URL == nil || b.Format == nil || b.Events == nil {
-		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"detail": "url, format and events are required"})
+		httpjson.Write(w, http.StatusUnprocessableEntity, map[string]any{"detail": "url, format and events are required"})
 		return
 	}
 	var name any
@@ -334,7 +330,7 @@ func (f *Fake) createEndpoint(w http.ResponseWriter, r *http.Request, or *org) {
 		name = *b.Name
 	}
 	m := f.addEndpointLocked(or.id, *b.URL, *b.Format, *b.Events, name)
-	writeJSON(w, http.StatusCreated, m)
+	httpjson.Write(w, http.StatusCreated, m)
 }
 
 func (f *Fake) updateEndpoint(w http.ResponseWriter, r *http.Request, or *org) {
@@ -366,7 +362,7 @@ func (f *Fake) updateEndpoint(w http.ResponseWriter, r *http.Request, or *org) {
 		m["enabled"] = *b.Enabled
 	}
 	m["modified_at"] = ts(f.now())
-	writeJSON(w, http.StatusOK, m)
+	httpjson.Write(w, http.StatusOK, m)
 }
 
 func (f *Fake) deleteEndpoint(w http.ResponseWriter, r *http.Request, or *org) {
