@@ -80,12 +80,12 @@ func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) 
 		if err := applyAll(ctx, tx, events, results); err != nil {
 			return err
 		}
-		rowIDs, notes := make([]int64, len(events)), make([]string, len(events))
+		rowIDs, statuses, notes := make([]int64, len(events)), make([]string, len(events)), make([]string, len(events))
 		for i, event := range events {
 			results[i].hookTime = event.WebhookTimestamp
-			rowIDs[i], notes[i] = event.ID, results[i].note
+			rowIDs[i], statuses[i], notes[i] = event.ID, results[i].inboxStatus(), results[i].note
 		}
-		if err := inbox.MarkProcessedMany(ctx, tx, job.ID, rowIDs, notes); err != nil {
+		if err := inbox.MarkDone(ctx, tx, job.ID, rowIDs, statuses, notes); err != nil {
 			return err
 		}
 		return completeTx(ctx, tx, job)

@@ -17,12 +17,13 @@ import (
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
+	"github.com/relayhq/relay/products"
 )
 
 // Results of working an event, as metric labels.
 const (
 	ResultOK        = "ok"        // applied to the ledger
-	ResultNoop      = "noop"      // nothing to do: not a storefront sale, or not a status relay acts on
+	ResultNoop      = "noop"      // nothing to do: not a storefront sale, or not a status relay acts on, or a stale or unknown product
 	ResultRetry     = "retry"     // the session is not there yet; River retries with backoff
 	ResultDiscarded = "discarded" // out of attempts: dead, for an admin to look at
 	ResultRefused   = "refused"   // can never apply (another workspace, malformed data): cancelled
@@ -92,6 +93,18 @@ type applied struct {
 	sessionID string
 	bookings  []string // ledger results to count
 	hookTime  time.Time
+	// ignored marks the inbox row ignored rather than processed: there was
+	// nothing for the event to apply to (an unknown product).
+	ignored bool
+	product string // a product event's outcome (products.Applied, ...), counted
+}
+
+// inboxStatus is the status the event's inbox row gets.
+func (a applied) inboxStatus() string {
+	if a.ignored {
+		return inbox.StatusIgnored
+	}
+	return inbox.StatusProcessed
 }
 
 // process applies one stored event in tx and marks its inbox row processed
@@ -110,7 +123,7 @@ func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, key inbox.Key, job
 		return applied{}, err
 	}
 	res.hookTime = event.WebhookTimestamp
-	if err := inbox.MarkProcessed(ctx, tx, event.ID, jobID, res.note); err != nil {
+	if err := inbox.MarkDone(ctx, tx, jobID, []int64{event.ID}, []string{res.inboxStatus()}, []string{res.note}); err != nil {
 		return applied{}, err
 	}
 	return res, nil
@@ -152,6 +165,7 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 func permanent(err error) bool {
 	return errors.Is(err, ledger.ErrWorkspaceMismatch) || errors.Is(err, ledger.ErrInvalidInput) ||
 		errors.Is(err, ledger.ErrForeignWorkspace) || errors.Is(err, ledger.ErrForeignEnvironment) ||
+		errors.Is(err, products.ErrForeignWorkspace) || errors.Is(err, products.ErrForeignEnvironment) ||
 		errors.Is(err, errMalformed) || errors.Is(err, inbox.ErrNotFound)
 }
 
@@ -161,9 +175,9 @@ func permanent(err error) bool {
 // of its own, and the job is cancelled whether or not it succeeds.
 func (w *EventWorker) refuse(ctx context.Context, job *river.Job[EventArgs], err error) {
 	switch {
-	case errors.Is(err, ledger.ErrForeignWorkspace):
+	case errors.Is(err, ledger.ErrForeignWorkspace), errors.Is(err, products.ErrForeignWorkspace):
 		w.metrics.foreign.WithLabelValues(boundaryWorkspace).Inc()
-	case errors.Is(err, ledger.ErrForeignEnvironment):
+	case errors.Is(err, ledger.ErrForeignEnvironment), errors.Is(err, products.ErrForeignEnvironment):
 		w.metrics.foreign.WithLabelValues(boundaryEnvironment).Inc()
 	}
 	if err := inbox.MarkRefused(ctx, w.pool, job.Args.Key(), job.ID, refusalNote(err)); err != nil {
@@ -203,6 +217,9 @@ func (w *EventWorker) report(ctx context.Context, job *rivertype.JobRow, ev Even
 	}
 	if err != nil {
 		w.metrics.processed.WithLabelValues(label, errResult).Inc()
+		if errResult == ResultRefused && isProductEvent(ev.EventType) {
+			w.metrics.products.WithLabelValues(productRefused).Inc()
+		}
 		w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "event not processed",
 			append(attrs, slog.String("result", errResult), slog.String("error", err.Error()))...)
 		return
@@ -213,6 +230,9 @@ func (w *EventWorker) report(ctx context.Context, job *rivertype.JobRow, ev Even
 	}
 	for _, b := range res.bookings {
 		w.metrics.bookings.WithLabelValues(b).Inc()
+	}
+	if res.product != "" {
+		w.metrics.products.WithLabelValues(res.product).Inc()
 	}
 	attrs = append(attrs, slog.String("result", res.result))
 	if res.sessionID != "" {
@@ -277,6 +297,13 @@ func prepare(event *inbox.Event) (step, error) {
 		}
 		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyRefund(ctx, tx, refund, scope) },
 			lockOrder: refund.OrderID}, nil
+	case "product.created", "product.updated":
+		product, err := polar.ParseProduct(env.Data)
+		if err != nil {
+			return step{}, fmt.Errorf("%w: %w", errMalformed, err)
+		}
+		v := productVersion(product, scope)
+		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyProduct(ctx, tx, v) }}, nil
 	}
 	return step{done: applied{result: ResultNoop, note: "event type not acted on"}}, nil
 }

@@ -75,6 +75,16 @@ func Fixture(tb testing.TB, name string) []byte {
 	return b
 }
 
+// APIFixture returns a Polar API answer from testdata/api.
+func APIFixture(tb testing.TB, name string) []byte {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join(RepoRoot(), "testdata", "api", name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
 // Sale names what a storefront sale's Polar events refer to.
 type Sale struct {
 	Workspace, Session, PolarCheckout, Order string
