@@ -21,35 +21,7 @@ import (
 	"github.com/relayhq/relay/receiver"
 )
 
-// productEvent loads a product fixture and points it at the storefront
-// product row of workspace ws, as Polar product polarID; edit may change
-// the data further. An empty row leaves the metadata naming no product.
-func productEvent(t *testing.T, fixture, ws, row, polarID string, edit func(data map[string]any)) []byte {
-	t.Helper()
-	var env map[string]any
-	if err := json.Unmarshal(testkit.Fixture(t, fixture), &env); err != nil {
-		t.Fatal(err)
-	}
-	data := env["data"].(map[string]any)
-	data["id"] = polarID
-	for _, p := range data["prices"].([]any) {
-		p.(map[string]any)["product_id"] = polarID
-	}
-	if row == "" {
-		data["metadata"] = map[string]any{}
-	} else {
-		md := data["metadata"].(map[string]any)
-		md["rowId"], md["wsId"] = row, ws
-	}
-	if edit != nil {
-		edit(data)
-	}
-	b, err := json.Marshal(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var productEvent = testkit.ProductEvent
 
 // version sets a product's modified_at and its fixed price.
 func version(modified time.Time, amount int64) func(map[string]any) {

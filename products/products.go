@@ -90,6 +90,14 @@ type Product struct {
 	SyncedAt          *time.Time `json:"polar_synced_at,omitempty"`
 }
 
+// Price writes the product's price, "49.50 USD"; "" when it has none.
+func (p *Product) Price() string {
+	if p.PriceAmount == nil || p.PriceCurrency == nil {
+		return ""
+	}
+	return ledger.Money(*p.PriceAmount, *p.PriceCurrency)
+}
+
 // Columns read a workspace_products row in Scan's order.
 const Columns = `id::text, ws_id::text, polar_environment, name, description, polar_product_id, polar_price_id,
 	price_amount, price_currency, polar_archived, polar_modified_at, polar_synced_at`

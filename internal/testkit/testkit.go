@@ -120,6 +120,37 @@ func Event(tb testing.TB, fixture string, sale Sale, edit func(data map[string]a
 	return b
 }
 
+// ProductEvent loads a Polar product fixture and points it at the
+// storefront product row of workspace ws, as Polar product polarID; edit
+// may change the data further. An empty row leaves the metadata naming no
+// storefront product, as for a product made by hand at Polar.
+func ProductEvent(tb testing.TB, fixture, ws, row, polarID string, edit func(data map[string]any)) []byte {
+	tb.Helper()
+	var env map[string]any
+	if err := json.Unmarshal(Fixture(tb, fixture), &env); err != nil {
+		tb.Fatal(err)
+	}
+	data := env["data"].(map[string]any)
+	data["id"] = polarID
+	for _, p := range data["prices"].([]any) {
+		p.(map[string]any)["product_id"] = polarID
+	}
+	if row == "" {
+		data["metadata"] = map[string]any{}
+	} else {
+		md := data["metadata"].(map[string]any)
+		md["rowId"], md["wsId"] = row, ws
+	}
+	if edit != nil {
+		edit(data)
+	}
+	b, err := json.Marshal(env)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
 // Shop is a storefront workspace with a wallet, a finance category, products
 // and a reserved checkout session of two lines totalling 4950 USD.
 type Shop struct {
