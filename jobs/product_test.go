@@ -423,3 +423,48 @@ func TestProductEvents(t *testing.T) {
 		}
 	})
 }
+
+// TestCrossedProductBatchesDoNotDeadlock runs, several times, two batch
+// jobs at once over the same eight products, each with a version of every
+// product: a batch locks all its products in one id-ordered step before it
+// changes any, so neither waits for the other in a circle, nothing is split
+// into single jobs, and every product ends at its newer version.
+func TestCrossedProductBatchesDoNotDeadlock(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	const rounds, n = 5, 8
+	for round := range rounds {
+		rows := make([]string, n)
+		a, b := map[string][]byte{}, map[string][]byte{}
+		for i := range rows {
+			rows[i] = newID(t, pool)
+			if _, err := pool.Exec(context.Background(), `INSERT INTO workspace_products (id, ws_id, name) VALUES ($1, $2, 'p')`, rows[i], s.WS); err != nil {
+				t.Fatal(err)
+			}
+			polarID := newID(t, pool)
+			older := productEvent(t, "product.updated.json", s.WS, rows[i], polarID, version(renamed, 100))
+			newer := productEvent(t, "product.updated.json", s.WS, rows[i], polarID, version(renamed.Add(time.Minute), 200))
+			if i%2 == 0 {
+				older, newer = newer, older
+			}
+			a[fmt.Sprintf("msg_x%d_%d_a", round, i)] = older
+			b[fmt.Sprintf("msg_x%d_%d_b", round, i)] = newer
+		}
+		storeBatches(t, sys, a, b)
+		waitEventJobs(t, pool)
+		if logs := sys.logs.String(); strings.Contains(logs, "batch split into single jobs") {
+			for line := range strings.Lines(logs) {
+				if strings.Contains(line, "batch split") {
+					t.Errorf("round %d: %s", round, strings.TrimSpace(line))
+				}
+			}
+			t.FailNow()
+		}
+		for i, row := range rows {
+			if got := productOf(t, pool, row); got.amount != 200 {
+				t.Fatalf("round %d, product %d: %v, want the newer version (200)", round, i, got)
+			}
+		}
+	}
+}

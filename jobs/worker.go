@@ -259,6 +259,9 @@ type step struct {
 	// a batch locks every session of its events first (applyAll).
 	lockRef   *ledger.SessionRef
 	lockOrder string
+	// The product version run applies: a batch locks every product of its
+	// events first, in one id-ordered step.
+	product *products.Version
 }
 
 // prepare reads the event's body into the step that applies it.
@@ -303,7 +306,7 @@ func prepare(event *inbox.Event) (step, error) {
 			return step{}, fmt.Errorf("%w: %w", errMalformed, err)
 		}
 		v := productVersion(product, scope)
-		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyProduct(ctx, tx, v) }}, nil
+		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyProduct(ctx, tx, v) }, product: &v}, nil
 	}
 	return step{done: applied{result: ResultNoop, note: "event type not acted on"}}, nil
 }

@@ -187,6 +187,30 @@ func (v Version) check() error {
 	return nil
 }
 
+// Lock locks every product the versions may change, in one id-ordered
+// statement, for the rest of the transaction: a caller that applies several
+// versions in one transaction never waits in a circle with another that
+// applies versions of the same products in another order.
+func Lock(ctx context.Context, db ledger.DB, vs []Version) error {
+	var rowIDs, externalIDs []string
+	for _, v := range vs {
+		if isUUID(v.ProductID) {
+			rowIDs = append(rowIDs, v.ProductID)
+		}
+		if v.ExternalProductID != "" {
+			externalIDs = append(externalIDs, v.ExternalProductID)
+		}
+	}
+	if len(rowIDs)+len(externalIDs) == 0 {
+		return nil
+	}
+	if _, err := db.Exec(ctx, `SELECT 1 FROM workspace_products
+		WHERE id = ANY($1::uuid[]) OR polar_product_id = ANY($2) ORDER BY id FOR NO KEY UPDATE`, rowIDs, externalIDs); err != nil {
+		return fmt.Errorf("lock %d products: %w", len(vs), err)
+	}
+	return nil
+}
+
 // lock finds the product v is a version of and locks its row for the rest
 // of the transaction: the row the metadata names, else the row linked to
 // the provider's product; nil when neither exists. Both are read in one
