@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/relayhq/relay/internal/httpjson"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/ledger"
 )
@@ -84,7 +85,7 @@ func (a *api) listPending(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, list)
+	httpjson.Write(w, http.StatusOK, list)
 }
 
 func (a *api) postPending(w http.ResponseWriter, r *http.Request) {
@@ -97,5 +98,5 @@ func (a *api) postPending(w http.ResponseWriter, r *http.Request) {
 	}
 	a.logger.Info("admin: pending bookings posted", "workspace", workspace, "posted", len(report.Posted),
 		"still_pending", len(report.Pending), "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, report)
+	httpjson.Write(w, http.StatusOK, report)
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/relayhq/relay/endpoints"
+	"github.com/relayhq/relay/internal/httpjson"
 )
 
 // maxEndpointBody bounds a POST /admin/api/endpoints body.
@@ -39,7 +40,7 @@ func (e *endpointsAPI) list(w http.ResponseWriter, r *http.Request) {
 	if list == nil {
 		list = []endpoints.Secret{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"endpoints": list})
+	httpjson.Write(w, http.StatusOK, map[string]any{"endpoints": list})
 }
 
 func (e *endpointsAPI) add(w http.ResponseWriter, r *http.Request) {
@@ -61,7 +62,7 @@ func (e *endpointsAPI) add(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.logger.Info("admin: endpoint secret added", "secret_id", sec.ID, "workspace", sec.Workspace, "environment", sec.Environment, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusCreated, sec)
+	httpjson.Write(w, http.StatusCreated, sec)
 }
 
 func (e *endpointsAPI) remove(w http.ResponseWriter, r *http.Request) {
@@ -72,7 +73,7 @@ func (e *endpointsAPI) remove(w http.ResponseWriter, r *http.Request) {
 	}
 	sec := removed[0]
 	e.logger.Info("admin: endpoint secret removed", "secret_id", sec.ID, "workspace", sec.Workspace, "environment", sec.Environment, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, map[string]any{"endpoint": sec})
+	httpjson.Write(w, http.StatusOK, map[string]any{"endpoint": sec})
 }
 
 // failEndpoint answers the store's errors with the API's statuses; the

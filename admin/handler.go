@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/httpjson"
 	"github.com/relayhq/relay/jobs"
 )
 
@@ -194,7 +194,7 @@ func (a *api) listJobs(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"jobs": list})
+	httpjson.Write(w, http.StatusOK, map[string]any{"jobs": list})
 }
 
 func (a *api) retryJob(w http.ResponseWriter, r *http.Request) {
@@ -221,7 +221,7 @@ func (a *api) jobAction(w http.ResponseWriter, r *http.Request, verb string, do 
 		return
 	}
 	a.logger.Info("admin: job "+verb, "job_id", id, "state", job.State, "webhook_id", job.WebhookID, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, map[string]any{"job": job})
+	httpjson.Write(w, http.StatusOK, map[string]any{"job": job})
 }
 
 func (a *api) listInbox(w http.ResponseWriter, r *http.Request) {
@@ -236,7 +236,7 @@ func (a *api) listInbox(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"events": list})
+	httpjson.Write(w, http.StatusOK, map[string]any{"events": list})
 }
 
 // showInbox always masks: unmasked payloads are for the CLI, which needs
@@ -247,7 +247,7 @@ func (a *api) showInbox(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, d)
+	httpjson.Write(w, http.StatusOK, d)
 }
 
 func (a *api) replay(w http.ResponseWriter, r *http.Request) {
@@ -258,7 +258,7 @@ func (a *api) replay(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.logger.Info("admin: webhook replayed", "webhook_id", webhookID, "job_id", jobID, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusAccepted, map[string]any{"webhook_id": webhookID, "job_id": jobID})
+	httpjson.Write(w, http.StatusAccepted, map[string]any{"webhook_id": webhookID, "job_id": jobID})
 }
 
 // fail answers with the status the error calls for; unexpected errors are
@@ -290,15 +290,6 @@ func queryInt(s string) (int, error) {
 	return n, nil
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v) //nolint:errcheck // the client went away
-}
-
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+	httpjson.Write(w, status, map[string]string{"error": msg})
 }

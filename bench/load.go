@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -254,16 +255,9 @@ func (r *loadResult) errorDetail() string {
 	}
 	sort.Strings(parts)
 	if r.transport > 0 {
-		parts = append(parts, fmt.Sprintf("%d transport (%s)", r.transport, truncate(r.firstErr, 80)))
+		parts = append(parts, fmt.Sprintf("%d transport (%s)", r.transport, text.Abbrev(r.firstErr, 80)))
 	}
 	return strings.Join(parts, ", ")
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 // closed runs c senders, each sending its next event as soon as the last

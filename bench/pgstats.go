@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relayhq/relay/internal/text"
 )
 
 // Which writes each processed event costs: pg_stat_statements (when the
@@ -110,10 +112,7 @@ var spaceRE = regexp.MustCompile(`\s+`)
 func shortQuery(q string) string {
 	q = strings.TrimSpace(spaceRE.ReplaceAllString(q, " "))
 	q = strings.ReplaceAll(q, "|", "\\|")
-	if len(q) > 110 {
-		q = q[:110] + "…"
-	}
-	return "`" + q + "`"
+	return "`" + text.Abbrev(q, 110) + "`"
 }
 
 // perEvent is the statements' and tables' costs of one processing run,

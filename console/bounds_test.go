@@ -181,7 +181,7 @@ func TestEveryUnsettledDeliveryKeepsUpdating(t *testing.T) {
 	// change is new enough for the poll's own query to find it.
 	p := poller{since: time.Now().Add(time.Minute), seen: make(map[string]seenDelivery)}
 	for _, id := range ids {
-		p.seen[id] = seenDelivery{at: time.Now().Add(-time.Minute)}
+		p.seen[seenKey(&Delivery{WebhookID: id})] = seenDelivery{webhookID: id, at: time.Now().Add(-time.Minute)}
 	}
 	updated := make(map[string]bool)
 	for poll := 1; poll <= unsettled/maxChanges; poll++ {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/relayhq/relay/admin"
+	"github.com/relayhq/relay/internal/httpjson"
 )
 
 //go:embed templates/*.html static/*
@@ -122,11 +123,11 @@ func guard(next http.Handler) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := cop.Check(r); err != nil {
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "cross-origin request refused"})
+			httpjson.Write(w, http.StatusForbidden, map[string]string{"error": "cross-origin request refused"})
 			return
 		}
 		if r.Header.Get(ActionHeader) != "1" {
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "missing " + ActionHeader + " header: use the console's buttons"})
+			httpjson.Write(w, http.StatusForbidden, map[string]string{"error": "missing " + ActionHeader + " header: use the console's buttons"})
 			return
 		}
 		next.ServeHTTP(w, r)

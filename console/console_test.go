@@ -160,7 +160,7 @@ func TestBulkRetryOfDiscardedJobs(t *testing.T) {
 	waitPage(t, s.admin.URL+"/admin/attention?since=1h", "Discarded jobs", "deliveries/msg_late", `id="retry-discarded"`)
 
 	code, body, _ := do(t, http.MethodGet, s.admin.URL+"/admin/attention/retry?since=1h", nil, "")
-	if code != http.StatusOK || !strings.Contains(body, `"question":"Retry 1 discarded job since 1 h?"`) {
+	if code != http.StatusOK || !strings.Contains(body, `"question": "Retry 1 discarded job since 1 h?"`) {
 		t.Fatalf("preview: %d %s", code, body)
 	}
 	shop.OpenSession(t, s.pool)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/products"
 )
@@ -127,11 +128,7 @@ func reason(err string) string {
 	case strings.Contains(err, ledger.ErrInvalidInput.Error()):
 		return "invalid data"
 	}
-	err = strings.TrimPrefix(err, "process webhook ")
-	if len(err) > 120 {
-		err = err[:120] + "…"
-	}
-	return err
+	return text.Abbrev(strings.TrimPrefix(err, "process webhook "), 120)
 }
 
 // Money writes an amount in minor units with its currency's decimals:

@@ -3,7 +3,6 @@ package console
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -17,6 +16,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/admin"
+	"github.com/relayhq/relay/internal/httpjson"
 	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
 )
@@ -116,7 +116,7 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, err error) {
 		c.opts.Logger.Error("console request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 	}
 	if r.Method == http.MethodPost || strings.HasPrefix(r.Header.Get("Accept"), "application/json") {
-		writeJSON(w, status, map[string]string{"error": msg})
+		httpjson.Write(w, status, map[string]string{"error": msg})
 		return
 	}
 	http.Error(w, msg, status)
@@ -356,7 +356,7 @@ func (c *Console) previewRetry(w http.ResponseWriter, r *http.Request) {
 	if key == "all" {
 		q = fmt.Sprintf("Retry all %d discarded %s?", n, plural(n, "job", "jobs"))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"count": n, "question": q})
+	httpjson.Write(w, http.StatusOK, map[string]any{"count": n, "question": q})
 }
 
 func (c *Console) bulkRetry(w http.ResponseWriter, r *http.Request) {
@@ -371,7 +371,7 @@ func (c *Console) bulkRetry(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, fmt.Errorf("after retrying %d: %w", n, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"count": n,
+	httpjson.Write(w, http.StatusOK, map[string]any{"count": n,
 		"message": fmt.Sprintf("Retried %d discarded %s; each gets one more attempt.", n, plural(n, "job", "jobs"))})
 }
 
@@ -392,7 +392,7 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.opts.Logger.Info("console: webhook replayed", "webhook_id", id, "job_id", jobID, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusAccepted, map[string]any{"job_id": jobID,
+	httpjson.Write(w, http.StatusAccepted, map[string]any{"job_id": jobID,
 		"message": fmt.Sprintf("Replayed: job %d will apply the event again.", jobID)})
 }
 
@@ -408,7 +408,7 @@ func (c *Console) retryJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.opts.Logger.Info("console: job retried", "job_id", id, "webhook_id", job.WebhookID, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, map[string]any{"job_id": id, "state": job.State,
+	httpjson.Write(w, http.StatusOK, map[string]any{"job_id": id, "state": job.State,
 		"message": fmt.Sprintf("Job %d is %s: it runs again now.", id, job.State)})
 }
 
@@ -417,10 +417,4 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client went away
 }

@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/products"
@@ -51,13 +51,6 @@ type Delivery struct {
 // Endpoint names the endpoint that stored the delivery (inbox.Event.Endpoint).
 func (d *Delivery) Endpoint() string {
 	return (&inbox.Event{WorkspaceID: d.WorkspaceID, Environment: d.Environment}).Endpoint()
-}
-
-func nullable(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
 }
 
 // Job is a River job with every attempt's error.
@@ -146,7 +139,7 @@ func refsOf(eventType string, body []byte) saleRefs {
 		return saleRefs{}
 	}
 	var r saleRefs
-	if ref, ok := data.Metadata.Storefront(); ok && isUUID(ref.CheckoutSessionID) {
+	if ref, ok := data.Metadata.Storefront(); ok && text.IsUUID(ref.CheckoutSessionID) {
 		r.session = strings.ToLower(ref.CheckoutSessionID)
 	}
 	switch {
@@ -178,7 +171,7 @@ func productRefsOf(eventType string, body []byte) productRefs {
 		return productRefs{}
 	}
 	r := productRefs{polar: p.ID}
-	if ref, ok := p.Metadata.StorefrontProduct(); ok && isUUID(ref.ProductID) {
+	if ref, ok := p.Metadata.StorefrontProduct(); ok && text.IsUUID(ref.ProductID) {
 		r.row = strings.ToLower(ref.ProductID)
 	}
 	return r
@@ -400,7 +393,7 @@ func (s *store) listQuery(ctx context.Context, f Filter) (string, []any, error) 
 // records as its order, or records as its checkout.
 func (s *store) searchSubjects(ctx context.Context, id string) ([]string, error) {
 	var session *string
-	if isUUID(id) {
+	if text.IsUUID(id) {
 		session = &id
 	}
 	var more []string
@@ -542,9 +535,9 @@ func (s *store) attachBookings(ctx context.Context, sales []*Sale) error {
 func (s *store) jobsOf(ctx context.Context, d *Delivery) ([]*Job, error) {
 	webhookID := d.WebhookID
 	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM river_job j,
-		jsonb_build_object('webhook_id', $1::text, 'workspace_id', $2::uuid, 'environment', $3::text) k
-		WHERE j.args @> k OR j.args @> jsonb_build_object('events', jsonb_build_array(k))
-		ORDER BY j.id`, webhookID, nullable(d.WorkspaceID), nullable(d.Environment))
+		`+inbox.KeyJSON("$1::text", "$2::uuid", "$3::text")+` k
+		WHERE `+inbox.Carries("j.args", "k")+`
+		ORDER BY j.id`, webhookID, text.NullIfEmpty(d.WorkspaceID), text.NullIfEmpty(d.Environment))
 	if err != nil {
 		return nil, fmt.Errorf("jobs of %q: %w", webhookID, err)
 	}
@@ -674,11 +667,4 @@ func (s *store) workspaces(ctx context.Context) ([]option, error) {
 		out = append(out, o)
 	}
 	return out, rows.Err()
-}
-
-// isUUID reports whether s is a UUID, which a session id must be before it
-// goes into a uuid[] parameter.
-func isUUID(s string) bool {
-	var u pgtype.UUID
-	return u.Scan(s) == nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -216,7 +217,7 @@ func (c *Cache) Verify(workspaceID string, body []byte, header http.Header) (pol
 		return polar.Delivery{}, "", ErrNotReady
 	}
 	var envs []envVerifier
-	if isUUID(workspaceID) {
+	if text.IsUUID(workspaceID) {
 		envs = snap.workspaces[strings.ToLower(workspaceID)]
 	}
 	if len(envs) == 0 {

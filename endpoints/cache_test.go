@@ -16,6 +16,7 @@ import (
 
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -50,20 +51,6 @@ func startCache(t *testing.T, pool *pgxpool.Pool, keys *Keyring, opts CacheOptio
 	}
 	t.Cleanup(c.Close)
 	return c
-}
-
-// within polls cond until it holds or d has passed, and reports how long
-// it took.
-func within(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return time.Since(start)
 }
 
 // verifies reports whether workspace ws accepts a delivery signed with
@@ -146,7 +133,7 @@ func TestTwoWorkspacesVerifyOnlyTheirOwn(t *testing.T) {
 	for _, f := range families {
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if isUUID(l.GetValue()) {
+				if text.IsUUID(l.GetValue()) {
 					t.Errorf("%s has label %s=%s", f.GetName(), l.GetName(), l.GetValue())
 				}
 			}
@@ -190,7 +177,7 @@ func TestChangeReachesAnotherReplica(t *testing.T) {
 			}
 
 			sec := add(t, s, ws, Sandbox, "polar_whs_replica_secret_01")
-			took := within(t, 5*time.Second, "the added secret verifies", func() bool {
+			took := testkit.Within(t, 5*time.Second, "the added secret verifies", func() bool {
 				env, err := verifies(c, ws, "polar_whs_replica_secret_01")
 				return err == nil && env == Sandbox
 			})
@@ -199,7 +186,7 @@ func TestChangeReachesAnotherReplica(t *testing.T) {
 			if _, err := s.Remove(context.Background(), sec.ID); err != nil {
 				t.Fatal(err)
 			}
-			within(t, 5*time.Second, "the removed secret stops verifying", func() bool {
+			testkit.Within(t, 5*time.Second, "the removed secret stops verifying", func() bool {
 				_, err := verifies(c, ws, "polar_whs_replica_secret_01")
 				return errors.Is(err, ErrNoSecret)
 			})
@@ -207,14 +194,14 @@ func TestChangeReachesAnotherReplica(t *testing.T) {
 			// A workspace deleted by the storefront takes its secrets along,
 			// in the cache too.
 			add(t, s, ws, Production, "polar_whs_replica_secret_02")
-			within(t, 5*time.Second, "the second secret verifies", func() bool {
+			testkit.Within(t, 5*time.Second, "the second secret verifies", func() bool {
 				_, err := verifies(c, ws, "polar_whs_replica_secret_02")
 				return err == nil
 			})
 			if _, err := pools[0].Exec(context.Background(), `DELETE FROM workspaces WHERE id = $1`, ws); err != nil {
 				t.Fatal(err)
 			}
-			within(t, 5*time.Second, "the deleted workspace's secret stops verifying", func() bool {
+			testkit.Within(t, 5*time.Second, "the deleted workspace's secret stops verifying", func() bool {
 				_, err := verifies(c, ws, "polar_whs_replica_secret_02")
 				return errors.Is(err, ErrNoSecret)
 			})
@@ -235,7 +222,7 @@ func TestRotation(t *testing.T) {
 	}
 
 	add(t, s, ws, Production, newSecret)
-	within(t, 5*time.Second, "the new secret verifies", func() bool {
+	testkit.Within(t, 5*time.Second, "the new secret verifies", func() bool {
 		_, err := verifies(c, ws, newSecret)
 		return err == nil
 	})
@@ -246,7 +233,7 @@ func TestRotation(t *testing.T) {
 	if _, err := s.Remove(context.Background(), old.ID); err != nil {
 		t.Fatal(err)
 	}
-	within(t, 5*time.Second, "the removed old secret fails", func() bool {
+	testkit.Within(t, 5*time.Second, "the removed old secret fails", func() bool {
 		_, err := verifies(c, ws, oldSecret)
 		return errors.Is(err, ErrUnverified)
 	})
@@ -270,7 +257,7 @@ func TestFailedReloadKeepsLastState(t *testing.T) {
 	if _, err := pool.Exec(ctx, `ALTER TABLE endpoint_secrets_generation RENAME TO endpoint_secrets_generation_gone`); err != nil {
 		t.Fatal(err)
 	}
-	within(t, 5*time.Second, "a failed refresh is counted", func() bool {
+	testkit.Within(t, 5*time.Second, "a failed refresh is counted", func() bool {
 		return value(c.metrics.reloads.WithLabelValues("error")) >= 3
 	})
 	if _, err := verifies(c, ws, "polar_whs_kept_through_outage"); err != nil {
@@ -284,7 +271,7 @@ func TestFailedReloadKeepsLastState(t *testing.T) {
 		t.Fatal(err)
 	}
 	add(t, s, ws, Sandbox, "polar_whs_added_after_outage")
-	within(t, 5*time.Second, "a secret added after the outage verifies", func() bool {
+	testkit.Within(t, 5*time.Second, "a secret added after the outage verifies", func() bool {
 		_, err := verifies(c, ws, "polar_whs_added_after_outage")
 		return err == nil
 	})
@@ -305,7 +292,7 @@ func TestFailedReloadKeepsLastState(t *testing.T) {
 	if _, err := pool.Exec(ctx, `UPDATE endpoint_secrets SET key_id = 'deadbeef'`); err != nil {
 		t.Fatal(err)
 	}
-	within(t, 5*time.Second, "the unreadable row is counted", func() bool {
+	testkit.Within(t, 5*time.Second, "the unreadable row is counted", func() bool {
 		return value(c.metrics.unreadable) == 1
 	})
 	if _, err := verifies(c, ws, "polar_whs_kept_through_outage"); !errors.Is(err, ErrNoSecret) {
@@ -388,7 +375,7 @@ func TestReplicaWithoutTheNewKeyKeepsVerifyingAfterRekey(t *testing.T) {
 	if n, err := rotating.Rekey(context.Background()); err != nil || n != 2 {
 		t.Fatalf("rekey: %d, %v", n, err)
 	}
-	within(t, 5*time.Second, "the replica reloads after the rekey", func() bool { return reloads() > before })
+	testkit.Within(t, 5*time.Second, "the replica reloads after the rekey", func() bool { return reloads() > before })
 	for secret, env := range map[string]string{prodSecret: Production, sandSecret: Sandbox} {
 		if got, err := verifies(c, ws, secret); err != nil || got != env {
 			t.Errorf("after the rekey, the old key's replica verifies the %s secret: %q, %v", env, got, err)
@@ -402,7 +389,7 @@ func TestReplicaWithoutTheNewKeyKeepsVerifyingAfterRekey(t *testing.T) {
 	if _, err := rotating.Remove(context.Background(), sand.ID); err != nil {
 		t.Fatal(err)
 	}
-	within(t, 5*time.Second, "the removed secret stops verifying", func() bool {
+	testkit.Within(t, 5*time.Second, "the removed secret stops verifying", func() bool {
 		_, err := verifies(c, ws, sandSecret)
 		return errors.Is(err, ErrUnverified)
 	})

@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relayhq/relay/internal/text"
 )
 
 // Environments a workspace's Polar organization runs in.
@@ -61,37 +63,15 @@ func NewStore(pool *pgxpool.Pool, keys *Keyring) *Store {
 // ParseWorkspace returns s as a canonical (lower-case, hyphenated) UUID,
 // or an error wrapping ErrInvalid.
 func ParseWorkspace(s string) (string, error) {
-	if !isUUID(s) {
+	if !text.IsUUID(s) {
 		return "", fmt.Errorf("%w: workspace %q is not a UUID", ErrInvalid, clip(s))
 	}
 	return strings.ToLower(s), nil
 }
 
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case i == 8 || i == 13 || i == 18 || i == 23:
-			if c != '-' {
-				return false
-			}
-		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // clip keeps echoed input short and printable in error messages.
 func clip(s string) string {
-	if len(s) > 40 {
-		s = s[:40] + "…"
-	}
-	return strings.ToValidUTF8(s, "?")
+	return strings.ToValidUTF8(text.Abbrev(s, 40), "?")
 }
 
 func checkEnvironment(env string) error {
@@ -298,7 +278,7 @@ func (s *Store) Remove(ctx context.Context, ids ...string) ([]Secret, error) {
 	}
 	want := make([]string, 0, len(ids))
 	for _, id := range ids {
-		if !isUUID(id) {
+		if !text.IsUUID(id) {
 			return nil, fmt.Errorf("%w: endpoint secret id %q is not a UUID", ErrInvalid, clip(id))
 		}
 		want = append(want, strings.ToLower(id))

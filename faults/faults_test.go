@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/testkit"
 )
 
 const ackTimeout = 2 * time.Second
@@ -134,8 +137,7 @@ func waitRunningOn(t *testing.T, db, webhookID string) string {
 	for {
 		var client string
 		err := conn.QueryRow(context.Background(), `SELECT attempted_by[array_length(attempted_by, 1)] FROM river_job
-			WHERE state = 'running' AND (args @> jsonb_build_object('webhook_id', $1::text)
-			   OR args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', $1::text))))
+			WHERE state = 'running' AND `+inbox.Carries("args", testkit.WebhookKey)+`
 			LIMIT 1`, webhookID).Scan(&client)
 		if err == nil {
 			return client

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/relayhq/relay/internal/text"
 )
 
 // Status of an inbox row.
@@ -131,16 +133,9 @@ func insertArgs(events []*Event) []any {
 	for i, e := range events {
 		ids[i], types[i], statuses[i] = e.WebhookID, e.EventType, e.Status
 		hookTimes[i], eventTimes[i], bodies[i], notes[i] = e.WebhookTimestamp, e.EventTimestamp, e.Body, e.Error
-		workspaces[i], environments[i] = nullable(e.WorkspaceID), nullable(e.Environment)
+		workspaces[i], environments[i] = text.NullIfEmpty(e.WorkspaceID), text.NullIfEmpty(e.Environment)
 	}
 	return []any{ids, types, statuses, hookTimes, eventTimes, bodies, notes, workspaces, environments}
-}
-
-func nullable(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
 }
 
 // readInserted reads insertSQL's rows into the events they belong to.
@@ -180,10 +175,23 @@ func readInserted(rows pgx.Rows, events []*Event) ([]bool, error) {
 // arguments, so that storing a webhook costs no second write. Jobs name the
 // platform's endpoint with nulls (jobs.EventArgs), so a key matches exactly.
 func JobOf(webhookID, workspaceID, environment string) string {
-	key := `jsonb_build_object('webhook_id', ` + webhookID + `, 'workspace_id', ` + workspaceID + `, 'environment', ` + environment + `)`
 	return `(SELECT max(j.id) FROM river_job j
-		WHERE j.args @> ` + key + `
-		   OR j.args @> jsonb_build_object('events', jsonb_build_array(` + key + `)))`
+		WHERE ` + Carries("j.args", KeyJSON(webhookID, workspaceID, environment)) + `)`
+}
+
+// KeyJSON is an SQL expression for the key of a delivery, given its webhook
+// id, workspace id and environment as SQL expressions, in JSON as its job's
+// arguments hold it.
+func KeyJSON(webhookID, workspaceID, environment string) string {
+	return `jsonb_build_object('webhook_id', ` + webhookID + `, 'workspace_id', ` + workspaceID + `, 'environment', ` + environment + `)`
+}
+
+// Carries is an SQL condition: the job arguments args (jsonb) carry a
+// delivery that key (a jsonb object, KeyJSON or part of it) matches, alone
+// or in a batch. Both forms are containment, which river_job's GIN index on
+// args answers.
+func Carries(args, key string) string {
+	return `(` + args + ` @> ` + key + ` OR ` + args + ` @> jsonb_build_object('events', jsonb_build_array(` + key + `)))`
 }
 
 // columns reads a row with its job, recorded or found by JobOf.
@@ -230,7 +238,7 @@ func Find(ctx context.Context, db DB, webhookID, endpoint string) ([]*Event, err
 		if perr != nil {
 			return nil, fmt.Errorf("find inbox row %q: %w", webhookID, perr)
 		}
-		rows, err = db.Query(ctx, `SELECT `+columns+` FROM webhook_inbox WHERE `+keyMatch, webhookID, nullable(ws), nullable(env))
+		rows, err = db.Query(ctx, `SELECT `+columns+` FROM webhook_inbox WHERE `+keyMatch, webhookID, text.NullIfEmpty(ws), text.NullIfEmpty(env))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("find inbox row %q: %w", webhookID, err)
@@ -267,7 +275,7 @@ func Get(ctx context.Context, db DB, webhookID, endpoint string) (*Event, error)
 // job has processed it. It is what a worker needs, at one index lookup.
 func GetStored(ctx context.Context, db DB, k Key) (*Event, error) {
 	e, err := scan(db.QueryRow(ctx, `SELECT `+storedColumns+` FROM webhook_inbox WHERE `+keyMatch,
-		k.WebhookID, nullable(k.WorkspaceID), nullable(k.Environment)))
+		k.WebhookID, text.NullIfEmpty(k.WorkspaceID), text.NullIfEmpty(k.Environment)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("get inbox row %q at %s: %w", k.WebhookID, endpointName(k.WorkspaceID, k.Environment), ErrNotFound)
 	}
@@ -368,7 +376,7 @@ func MarkDone(ctx context.Context, db DB, jobID int64, ids []int64, statuses, no
 func MarkRefused(ctx context.Context, db DB, k Key, jobID int64, reason string) error {
 	if _, err := db.Exec(ctx, `
 		UPDATE webhook_inbox SET status = 'refused', processed_at = now(), job_id = $4, error = $5
-		WHERE `+keyMatch+` AND status = 'pending'`, k.WebhookID, nullable(k.WorkspaceID), nullable(k.Environment), jobID, reason); err != nil {
+		WHERE `+keyMatch+` AND status = 'pending'`, k.WebhookID, text.NullIfEmpty(k.WorkspaceID), text.NullIfEmpty(k.Environment), jobID, reason); err != nil {
 		return fmt.Errorf("mark inbox row %q refused: %w", k.WebhookID, err)
 	}
 	return nil

@@ -1,55 +1,13 @@
 package jobs_test
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
-
-	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
-	"github.com/relayhq/relay/jobs"
-	"github.com/relayhq/relay/polar"
 )
-
-// storeBatches stores the events and enqueues one batch job for each
-// group, all in one transaction: River hands the jobs out together.
-func storeBatches(t *testing.T, sys *system, groups ...map[string][]byte) {
-	t.Helper()
-	ctx := context.Background()
-	err := pgx.BeginFunc(ctx, sys.pool, func(tx pgx.Tx) error {
-		var params []river.InsertManyParams
-		for _, events := range groups {
-			var (
-				stored []*inbox.Event
-				batch  jobs.EventBatchArgs
-			)
-			for id, body := range events {
-				env, err := polar.ParseEnvelope(body)
-				if err != nil {
-					return err
-				}
-				stored = append(stored, &inbox.Event{WebhookID: id, EventType: env.Type, Status: inbox.StatusPending,
-					WebhookTimestamp: time.Now(), Body: body})
-				batch.Events = append(batch.Events, jobs.EventArgs{WebhookID: id, EventType: env.Type})
-			}
-			if _, err := inbox.Insert(ctx, tx, stored...); err != nil {
-				return err
-			}
-			params = append(params, river.InsertManyParams{Args: batch})
-		}
-		_, err := sys.clients[0].InsertManyTx(ctx, tx, params)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
 
 // TestCrossedBatchesWithRefundsDoNotDeadlock runs, several times, two batch
 // jobs at once over the same paid sales: one has the partial refund
@@ -69,7 +27,7 @@ func TestCrossedBatchesWithRefundsDoNotDeadlock(t *testing.T) {
 			shops[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
 			paid[fmt.Sprintf("msg_%d_%d_paid", round, i)] = event(t, "order.updated.paid.json", shops[i], fmt.Sprintf("ord_%d_%d", round, i), nil)
 		}
-		storeBatch(t, sys, paid)
+		storeBatches(t, sys, paid)
 		waitEventJobs(t, pool)
 
 		a, b := map[string][]byte{}, map[string][]byte{}

@@ -81,7 +81,7 @@ func TestPendingPassOverThousandsOfSales(t *testing.T) {
 		}
 		// Until it is finished, or has failed once.
 		var job *rivertype.JobRow
-		poll(t, "the pass to finish", func() bool {
+		testkit.Within(t, 30*time.Second, "the pass to finish", func() bool {
 			job, err = client.JobGet(ctx, res.Job.ID)
 			return err == nil && (job.FinalizedAt != nil || len(job.Errors) > 0)
 		})

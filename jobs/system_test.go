@@ -263,15 +263,3 @@ func session(t *testing.T, pool *pgxpool.Pool, s shop) sessionRow {
 	}
 	return r
 }
-
-// poll waits up to 30 s for cond, failing the test with what it waited for.
-func poll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}

@@ -15,6 +15,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/products"
@@ -186,14 +187,10 @@ func (w *EventWorker) refuse(ctx context.Context, job *river.Job[EventArgs], err
 	}
 }
 
-// refusalNote is the inbox note of a refusal: at most 500 bytes, cut
-// between characters.
+// refusalNote is the inbox note of a refusal: storable text of at most 500
+// bytes, cut between characters.
 func refusalNote(err error) string {
-	note := "refused: " + err.Error()
-	if len(note) > 500 {
-		note = strings.ToValidUTF8(note[:500], "")
-	}
-	return note
+	return text.Storable("refused: "+err.Error(), 500)
 }
 
 // completeTx completes job in tx, with the effects of its work.

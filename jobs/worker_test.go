@@ -578,25 +578,31 @@ func TestLatePendingAfterPaidChangesNothing(t *testing.T) {
 	}
 }
 
-// storeBatch stores events as the receiver's group commit does: inbox rows
-// and, for all of them, one batch job.
-func storeBatch(t *testing.T, sys *system, events map[string][]byte) {
+// storeBatches stores each group of events as the receiver's group commit
+// does, inbox rows and one batch job for the group, all groups in one
+// transaction: River hands their jobs out together.
+func storeBatches(t *testing.T, sys *system, groups ...map[string][]byte) {
 	t.Helper()
 	ctx := context.Background()
 	err := pgx.BeginFunc(ctx, sys.pool, func(tx pgx.Tx) error {
-		var stored []*inbox.Event
-		for id, body := range events {
-			env, err := polar.ParseEnvelope(body)
-			if err != nil {
+		for _, events := range groups {
+			var stored []*inbox.Event
+			for id, body := range events {
+				env, err := polar.ParseEnvelope(body)
+				if err != nil {
+					return err
+				}
+				stored = append(stored, &inbox.Event{WebhookID: id, EventType: env.Type, Status: inbox.StatusPending,
+					WebhookTimestamp: time.Now(), Body: body})
+			}
+			if _, err := inbox.Insert(ctx, tx, stored...); err != nil {
 				return err
 			}
-			stored = append(stored, &inbox.Event{WebhookID: id, EventType: env.Type, Status: inbox.StatusPending,
-				WebhookTimestamp: time.Now(), Body: body})
+			if err := jobs.EnqueueTx(ctx, tx, sys.clients[0], stored...); err != nil {
+				return err
+			}
 		}
-		if _, err := inbox.Insert(ctx, tx, stored...); err != nil {
-			return err
-		}
-		return jobs.EnqueueTx(ctx, tx, sys.clients[0], stored...)
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -608,7 +614,7 @@ func TestBatchJobAppliesEveryEventInOneTransaction(t *testing.T) {
 	sys := startSystem(t, pool, systemOpts{})
 	a := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	b := testkit.SeedShop(t, pool, testkit.ShopOptions{})
-	storeBatch(t, sys, map[string][]byte{
+	storeBatches(t, sys, map[string][]byte{
 		"msg_a_created": event(t, "order.created.pending.json", a, "ord_a", nil),
 		"msg_a_paid":    event(t, "order.paid.json", a, "ord_a", nil),
 		"msg_b_paid":    event(t, "order.updated.paid.json", b, "ord_b", nil),
@@ -671,7 +677,7 @@ func TestBatchWithAFailingEventSplitsIntoSingleJobs(t *testing.T) {
 	// booked once by its own job.
 	plain1 := testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	plain2 := testkit.SeedShop(t, pool, testkit.ShopOptions{})
-	storeBatch(t, sys, map[string][]byte{
+	storeBatches(t, sys, map[string][]byte{
 		"msg_good":   event(t, "order.paid.json", good, "ord_good", nil),
 		"msg_late":   event(t, "order.paid.json", late, "ord_late", nil),
 		"msg_cross":  event(t, "order.paid.json", good, "ord_cross", func(d map[string]any) { d["metadata"].(map[string]any)["wsId"] = other.WS }),
@@ -720,20 +726,20 @@ func TestBatchTransactionsAtOnceAreBounded(t *testing.T) {
 	if _, err := blocker.Exec(ctx, `SELECT 1 FROM inventory_checkout_sessions WHERE id = $1 FOR UPDATE`, s[0].Session); err != nil {
 		t.Fatal(err)
 	}
-	storeBatch(t, sys, map[string][]byte{
+	storeBatches(t, sys, map[string][]byte{
 		"msg_0": event(t, "order.paid.json", s[0], "ord_0", nil),
 		"msg_1": event(t, "order.paid.json", s[1], "ord_1", nil),
 	})
-	poll(t, "the first batch to wait for the held session", func() bool {
+	testkit.Within(t, 30*time.Second, "the first batch to wait for the held session", func() bool {
 		var n int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
 		return err == nil && n > 0
 	})
-	storeBatch(t, sys, map[string][]byte{
+	storeBatches(t, sys, map[string][]byte{
 		"msg_2": event(t, "order.paid.json", s[2], "ord_2", nil),
 		"msg_3": event(t, "order.paid.json", s[3], "ord_3", nil),
 	})
-	poll(t, "River to start both batch jobs", func() bool {
+	testkit.Within(t, 30*time.Second, "River to start both batch jobs", func() bool {
 		var n int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE kind = 'polar_event_batch' AND state = 'running'`).Scan(&n)
 		return err == nil && n == 2
@@ -776,7 +782,7 @@ func TestBatchWaitingForATurnIsNotFailed(t *testing.T) {
 	}
 	release := sys.batches[0].HoldTurns()
 	held := time.Now()
-	storeBatch(t, sys, map[string][]byte{
+	storeBatches(t, sys, map[string][]byte{
 		"msg_0": event(t, "order.paid.json", s[0], "ord_0", nil),
 		"msg_1": event(t, "order.paid.json", s[1], "ord_1", nil),
 	})

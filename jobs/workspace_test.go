@@ -297,7 +297,7 @@ func TestWebhookIDIsUniquePerEndpoint(t *testing.T) {
 	cBody := event(t, "order.updated.paid.json", c, "ord_c", nil)
 	deliverAtOnce("the platform's delivery", func() int { return sys.post(t, id, cBody) })
 
-	poll(t, "every job of the three deliveries to finish", func() bool {
+	testkit.Within(t, 30*time.Second, "every job of the three deliveries to finish", func() bool {
 		var n int
 		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM river_job
 			WHERE kind IN ('polar_event', 'polar_event_batch') AND finalized_at IS NULL`).Scan(&n); err != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/relayhq/relay/internal/text"
 )
 
 // PaymentError is ApplyPayments' error: which payment failed, and why.
@@ -67,7 +69,7 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 	bySession, byOrder := map[string]int{}, map[string]int{}
 	var ids, orders, checkouts []string
 	for _, p := range ps {
-		if id := strings.ToLower(p.Session.SessionID); isUUID(id) {
+		if id := strings.ToLower(p.Session.SessionID); text.IsUUID(id) {
 			bySession[id]++
 			ids = append(ids, id)
 		}
@@ -82,8 +84,8 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 	candidates := make([]int, 0, len(ps))
 	for i, p := range ps {
 		id := strings.ToLower(p.Session.SessionID)
-		if !p.Paid || p.RefundedAmount != 0 || !isUUID(id) || bySession[id] != 1 ||
-			(p.Session.WorkspaceID != "" && !isUUID(p.Session.WorkspaceID)) ||
+		if !p.Paid || p.RefundedAmount != 0 || !text.IsUUID(id) || bySession[id] != 1 ||
+			(p.Session.WorkspaceID != "" && !text.IsUUID(p.Session.WorkspaceID)) ||
 			(p.ExternalOrderID != "" && byOrder[p.ExternalOrderID] != 1) {
 			continue
 		}
@@ -127,7 +129,7 @@ func lockTogether(ctx context.Context, db DB, ps []Payment) (map[int]*Session, e
 func LockSessions(ctx context.Context, db DB, refs []SessionRef, orders []string) error {
 	var ids, checkouts []string
 	for _, r := range refs {
-		if id := strings.ToLower(r.SessionID); isUUID(id) {
+		if id := strings.ToLower(r.SessionID); text.IsUUID(id) {
 			ids = append(ids, id)
 		}
 		if r.ExternalCheckoutID != "" {

@@ -33,6 +33,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/relayhq/relay/internal/text"
 )
 
 // DB runs statements: in practice the caller's pgx.Tx.
@@ -171,18 +173,18 @@ func scanSession(row pgx.Row) (*Session, error) {
 // records no order yet: the session ref names wins, else the session that
 // records the order, else the newest with ref's external checkout id.
 func lockSession(ctx context.Context, db DB, ref SessionRef, order string) (*Session, error) {
-	if ref.SessionID != "" && !isUUID(ref.SessionID) {
-		return nil, fmt.Errorf("%w: session id %q is not a UUID", ErrInvalidInput, truncate(ref.SessionID, 64))
+	if ref.SessionID != "" && !text.IsUUID(ref.SessionID) {
+		return nil, fmt.Errorf("%w: session id %q is not a UUID", ErrInvalidInput, text.Cut(ref.SessionID, 64))
 	}
-	if ref.WorkspaceID != "" && !isUUID(ref.WorkspaceID) {
-		return nil, fmt.Errorf("%w: workspace id %q is not a UUID", ErrInvalidInput, truncate(ref.WorkspaceID, 64))
+	if ref.WorkspaceID != "" && !text.IsUUID(ref.WorkspaceID) {
+		return nil, fmt.Errorf("%w: workspace id %q is not a UUID", ErrInvalidInput, text.Cut(ref.WorkspaceID, 64))
 	}
 	// One round trip finds both the named session and the order's, locked
 	// in id order so that two calls never wait for each other in a circle.
 	var named, owner *Session
 	if ref.SessionID != "" || order != "" {
 		rows, err := db.Query(ctx, `SELECT `+sessionColumns+` FROM inventory_checkout_sessions
-			WHERE id = $1::uuid OR polar_order_id = $2 ORDER BY id FOR UPDATE`, nilIfEmpty(ref.SessionID), nilIfEmpty(order))
+			WHERE id = $1::uuid OR polar_order_id = $2 ORDER BY id FOR UPDATE`, text.NullIfEmpty(ref.SessionID), text.NullIfEmpty(order))
 		if err != nil {
 			return nil, fmt.Errorf("find checkout session: %w", err)
 		}
@@ -236,41 +238,9 @@ func checkLocked(ref SessionRef, order string, s, owner *Session) error {
 	switch {
 	case order == "":
 	case owner != nil && owner.ID != s.ID:
-		return fmt.Errorf("%w: order %s is recorded on checkout session %s, not on %s", ErrOrderConflict, truncate(order, 64), owner.ID, s.ID)
+		return fmt.Errorf("%w: order %s is recorded on checkout session %s, not on %s", ErrOrderConflict, text.Cut(order, 64), owner.ID, s.ID)
 	case s.ExternalOrderID != nil && *s.ExternalOrderID != order:
-		return fmt.Errorf("%w: checkout session %s records another order than %s", ErrOrderConflict, s.ID, truncate(order, 64))
+		return fmt.Errorf("%w: checkout session %s records another order than %s", ErrOrderConflict, s.ID, text.Cut(order, 64))
 	}
 	return nil
-}
-
-func nilIfEmpty(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i, c := range s {
-		switch {
-		case i == 8 || i == 13 || i == 18 || i == 23:
-			if c != '-' {
-				return false
-			}
-		case (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'):
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/relayhq/relay/internal/text"
 )
 
 // Payment is the payment provider's latest word on the order that pays a
@@ -95,7 +97,7 @@ func ApplyPayment(ctx context.Context, db DB, p Payment) (Outcome, error) {
 		if isOrderTaken(err) {
 			// A concurrent call recorded the order on another session and
 			// committed; this transaction is aborted and keeps nothing.
-			return Outcome{}, fmt.Errorf("%w: order %s was recorded on another checkout session than %s", ErrOrderConflict, truncate(p.ExternalOrderID, 64), s.ID)
+			return Outcome{}, fmt.Errorf("%w: order %s was recorded on another checkout session than %s", ErrOrderConflict, text.Cut(p.ExternalOrderID, 64), s.ID)
 		}
 		return Outcome{}, err
 	}

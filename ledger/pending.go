@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/relayhq/relay/internal/text"
 )
 
 // PostedPending is the booking result of a pending sale booked now, by
@@ -195,11 +197,11 @@ type PendingFilter struct {
 }
 
 func (f PendingFilter) check() error {
-	if f.WorkspaceID != "" && !isUUID(f.WorkspaceID) {
-		return fmt.Errorf("%w: workspace id %q is not a UUID", ErrInvalidInput, truncate(f.WorkspaceID, 64))
+	if f.WorkspaceID != "" && !text.IsUUID(f.WorkspaceID) {
+		return fmt.Errorf("%w: workspace id %q is not a UUID", ErrInvalidInput, text.Cut(f.WorkspaceID, 64))
 	}
 	if f.Reason != "" && !slices.Contains(Reasons(), f.Reason) {
-		return fmt.Errorf("%w: unknown pending reason %q (want one of %s)", ErrInvalidInput, truncate(f.Reason, 64), strings.Join(Reasons(), ", "))
+		return fmt.Errorf("%w: unknown pending reason %q (want one of %s)", ErrInvalidInput, text.Cut(f.Reason, 64), strings.Join(Reasons(), ", "))
 	}
 	if f.Limit < 0 {
 		return fmt.Errorf("%w: negative limit", ErrInvalidInput)
@@ -221,7 +223,7 @@ func ListPending(ctx context.Context, db DB, f PendingFilter) ([]PendingBooking,
 		FROM pending_bookings b
 		WHERE b.posted_at IS NULL AND ($1::uuid IS NULL OR b.ws_id = $1) AND ($2::text IS NULL OR b.reason = $2)
 		ORDER BY b.first_attempt_at, b.session_id
-		LIMIT $3`, nilIfEmpty(f.WorkspaceID), nilIfEmpty(f.Reason), limit)
+		LIMIT $3`, text.NullIfEmpty(f.WorkspaceID), text.NullIfEmpty(f.Reason), limit)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list pending bookings: %w", err)
 	}
@@ -293,7 +295,7 @@ func PostDue(ctx context.Context, db Conn, until time.Time) (results []PostResul
 func post(ctx context.Context, db Conn, workspaceID string, dueOnly bool, until time.Time) ([]PostResult, bool, error) {
 	query, args := `SELECT session_id::text FROM pending_bookings
 		WHERE posted_at IS NULL AND ($1::uuid IS NULL OR ws_id = $1)
-		ORDER BY next_attempt_at, session_id LIMIT $2`, []any{nilIfEmpty(workspaceID), maxPostBatch}
+		ORDER BY next_attempt_at, session_id LIMIT $2`, []any{text.NullIfEmpty(workspaceID), maxPostBatch}
 	if dueOnly {
 		// A range of pending_bookings_unposted_idx: nothing due, nothing read.
 		query, args = `SELECT session_id::text FROM pending_bookings

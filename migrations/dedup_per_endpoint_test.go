@@ -3,11 +3,7 @@ package migrations_test
 import (
 	"testing"
 
-	"github.com/jackc/pgx/v5/stdlib"
-
-	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/jobs"
-	"github.com/relayhq/relay/migrations"
 )
 
 // TestDedupPerEndpointNamesTheEndpointInUnfinishedJobs migrates a database
@@ -16,17 +12,8 @@ import (
 // the row by its key, and the same webhook id can be stored by another
 // endpoint from then on, but not twice by one.
 func TestDedupPerEndpointNamesTheEndpointInUnfinishedJobs(t *testing.T) {
-	pool := testdb.NewPool(t)
+	pool, provider := migratedTo(t, 10)
 	ctx := t.Context()
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
-	provider, err := migrations.NewProvider(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := provider.DownTo(ctx, 10); err != nil {
-		t.Fatalf("migrate down to 10: %v", err)
-	}
 	var ws string
 	if err := pool.QueryRow(ctx, `INSERT INTO workspaces (name) VALUES ('Shop') RETURNING id::text`).Scan(&ws); err != nil {
 		t.Fatal(err)

@@ -6,10 +6,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/stdlib"
-
-	"github.com/relayhq/relay/internal/testdb"
-	"github.com/relayhq/relay/migrations"
 )
 
 // TestOneOrderOneSessionRefusesDuplicates migrates a database that records
@@ -17,17 +13,8 @@ import (
 // nothing; once a person has cleared the wrong session it applies, and the
 // database refuses a second session for an order from then on.
 func TestOneOrderOneSessionRefusesDuplicates(t *testing.T) {
-	pool := testdb.NewPool(t)
+	pool, provider := migratedTo(t, 3)
 	ctx := t.Context()
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
-	provider, err := migrations.NewProvider(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := provider.DownTo(ctx, 3); err != nil {
-		t.Fatalf("migrate down to 3: %v", err)
-	}
 
 	var ws, keep, wrong string
 	if err := pool.QueryRow(ctx, `INSERT INTO workspaces (name) VALUES ('Shop') RETURNING id::text`).Scan(&ws); err != nil {
@@ -44,7 +31,7 @@ func TestOneOrderOneSessionRefusesDuplicates(t *testing.T) {
 		}
 	}
 
-	_, err = provider.Up(ctx)
+	_, err := provider.Up(ctx)
 	if err == nil || !strings.Contains(err.Error(), "1 Polar order(s) are recorded on more than one checkout session (e.g. ord_dup)") {
 		t.Fatalf("migrate up with an order on two sessions: err = %v, want the order named", err)
 	}

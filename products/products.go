@@ -20,8 +20,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/ledger"
 )
 
@@ -163,7 +163,7 @@ func Apply(ctx context.Context, db ledger.DB, v Version) (Outcome, error) {
 		}
 		return out, nil
 	case isProductTaken(err):
-		return out, fmt.Errorf("%w: provider product %s was linked to another storefront product than %s", ErrConflict, truncate(v.ExternalProductID, 64), p.ID)
+		return out, fmt.Errorf("%w: provider product %s was linked to another storefront product than %s", ErrConflict, text.Cut(v.ExternalProductID, 64), p.ID)
 	case err != nil:
 		return out, fmt.Errorf("update product %s: %w", p.ID, err)
 	}
@@ -176,13 +176,13 @@ func (v Version) check() error {
 	case v.ExternalProductID == "":
 		return fmt.Errorf("%w: no provider product id", ledger.ErrInvalidInput)
 	case v.ModifiedAt.IsZero():
-		return fmt.Errorf("%w: product %s has no version time", ledger.ErrInvalidInput, truncate(v.ExternalProductID, 64))
-	case v.ProductID != "" && !isUUID(v.ProductID):
-		return fmt.Errorf("%w: storefront product id %q is not a UUID", ledger.ErrInvalidInput, truncate(v.ProductID, 64))
-	case v.WorkspaceID != "" && !isUUID(v.WorkspaceID):
-		return fmt.Errorf("%w: workspace id %q is not a UUID", ledger.ErrInvalidInput, truncate(v.WorkspaceID, 64))
+		return fmt.Errorf("%w: product %s has no version time", ledger.ErrInvalidInput, text.Cut(v.ExternalProductID, 64))
+	case v.ProductID != "" && !text.IsUUID(v.ProductID):
+		return fmt.Errorf("%w: storefront product id %q is not a UUID", ledger.ErrInvalidInput, text.Cut(v.ProductID, 64))
+	case v.WorkspaceID != "" && !text.IsUUID(v.WorkspaceID):
+		return fmt.Errorf("%w: workspace id %q is not a UUID", ledger.ErrInvalidInput, text.Cut(v.WorkspaceID, 64))
 	case v.Price != nil && (v.Price.Amount < 0 || v.Price.Currency == ""):
-		return fmt.Errorf("%w: product %s: price without a currency or negative", ledger.ErrInvalidInput, truncate(v.ExternalProductID, 64))
+		return fmt.Errorf("%w: product %s: price without a currency or negative", ledger.ErrInvalidInput, text.Cut(v.ExternalProductID, 64))
 	}
 	return nil
 }
@@ -194,7 +194,7 @@ func (v Version) check() error {
 func Lock(ctx context.Context, db ledger.DB, vs []Version) error {
 	var rowIDs, externalIDs []string
 	for _, v := range vs {
-		if isUUID(v.ProductID) {
+		if text.IsUUID(v.ProductID) {
 			rowIDs = append(rowIDs, v.ProductID)
 		}
 		if v.ExternalProductID != "" {
@@ -219,7 +219,7 @@ func Lock(ctx context.Context, db ledger.DB, vs []Version) error {
 // lines that reference the product meanwhile.
 func lock(ctx context.Context, db ledger.DB, v Version) (*Product, error) {
 	rows, err := db.Query(ctx, `SELECT `+Columns+` FROM workspace_products
-		WHERE id = $1::uuid OR polar_product_id = $2 ORDER BY id FOR NO KEY UPDATE`, nilIfEmpty(v.ProductID), v.ExternalProductID)
+		WHERE id = $1::uuid OR polar_product_id = $2 ORDER BY id FOR NO KEY UPDATE`, text.NullIfEmpty(v.ProductID), v.ExternalProductID)
 	if err != nil {
 		return nil, fmt.Errorf("find product: %w", err)
 	}
@@ -253,10 +253,10 @@ func lock(ctx context.Context, db ledger.DB, v Version) (*Product, error) {
 			ledger.ErrWorkspaceMismatch, p.ID, p.WorkspaceID, v.WorkspaceID)
 	case linked != nil && linked != p:
 		return nil, fmt.Errorf("%w: provider product %s is linked to storefront product %s, not %s",
-			ErrConflict, truncate(v.ExternalProductID, 64), linked.ID, p.ID)
+			ErrConflict, text.Cut(v.ExternalProductID, 64), linked.ID, p.ID)
 	case p.ExternalProductID != nil && *p.ExternalProductID != v.ExternalProductID:
 		return nil, fmt.Errorf("%w: storefront product %s is linked to another provider product than %s",
-			ErrConflict, p.ID, truncate(v.ExternalProductID, 64))
+			ErrConflict, p.ID, text.Cut(v.ExternalProductID, 64))
 	}
 	return p, nil
 }
@@ -283,9 +283,9 @@ func (o Outcome) Note() string {
 	switch o.Result {
 	case Unknown:
 		if v.ProductID != "" {
-			return fmt.Sprintf("no storefront product %s, none linked to Polar product %s", v.ProductID, truncate(v.ExternalProductID, 64))
+			return fmt.Sprintf("no storefront product %s, none linked to Polar product %s", v.ProductID, text.Cut(v.ExternalProductID, 64))
 		}
-		return fmt.Sprintf("no storefront product linked to Polar product %s, and its metadata names none", truncate(v.ExternalProductID, 64))
+		return fmt.Sprintf("no storefront product linked to Polar product %s, and its metadata names none", text.Cut(v.ExternalProductID, 64))
 	case Unchanged:
 		return "version of " + stamp(v.ModifiedAt) + " applied already, nothing changed"
 	case Stale:
@@ -294,7 +294,7 @@ func (o Outcome) Note() string {
 	var words []string
 	b, a := o.Before, o.After
 	if b.ExternalProductID == nil {
-		words = append(words, "linked to Polar product "+truncate(v.ExternalProductID, 64))
+		words = append(words, "linked to Polar product "+text.Cut(v.ExternalProductID, 64))
 	}
 	if a.PriceAmount != nil && a.PriceCurrency != nil {
 		switch {
@@ -307,7 +307,7 @@ func (o Outcome) Note() string {
 		}
 	}
 	if b.Name != a.Name {
-		words = append(words, "renamed “"+truncate(a.Name, 80)+"”")
+		words = append(words, "renamed “"+text.Cut(a.Name, 80)+"”")
 	}
 	if !equal(b.Description, a.Description) {
 		words = append(words, "description changed")
@@ -343,23 +343,4 @@ const productKey = "workspace_products_polar_product_key"
 func isProductTaken(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == productKey
-}
-
-func nilIfEmpty(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
-func isUUID(s string) bool {
-	var u pgtype.UUID
-	return len(s) == 36 && u.Scan(s) == nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return strings.ToValidUTF8(s[:n], "")
-	}
-	return s
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
 )
@@ -175,7 +176,7 @@ func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request, verify verifyF
 		level = slog.LevelWarn
 	}
 	attrs := []slog.Attr{
-		slog.String("webhook_id", truncate(res.webhookID, 128)),
+		slog.String("webhook_id", text.Cut(res.webhookID, 128)),
 		slog.String("event_type", res.eventType),
 		slog.String("outcome", res.outcome),
 		slog.Int("status", res.status),
@@ -255,7 +256,7 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request, verify verify
 	case perr != nil:
 		res.eventType, res.outcome = labelOther, OutcomeInvalid
 		event.Status = inbox.StatusInvalid
-		note := cleanText("unreadable event: "+perr.Error(), 500)
+		note := text.Storable("unreadable event: "+perr.Error(), 500)
 		event.Error = &note
 		res.err = perr
 	case polar.Handled(env.Type):
@@ -266,7 +267,7 @@ func (rc *Receiver) handle(w http.ResponseWriter, r *http.Request, verify verify
 		event.Status = inbox.StatusIgnored
 	}
 	if perr == nil {
-		event.EventType = cleanText(env.Type, 200)
+		event.EventType = text.Storable(env.Type, 200)
 		if !env.Timestamp.IsZero() {
 			ts := env.Timestamp
 			event.EventTimestamp = &ts
@@ -393,22 +394,4 @@ func (rc *Receiver) Close() {
 	if rc.group != nil {
 		rc.group.close()
 	}
-}
-
-// cleanText makes s storable as PostgreSQL text: valid UTF-8, no NUL, at
-// most n bytes, cut at a character boundary.
-func cleanText(s string, n int) string {
-	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
-	for len(s) > n {
-		_, size := utf8.DecodeLastRuneInString(s)
-		s = s[:len(s)-size]
-	}
-	return s
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }

@@ -168,8 +168,7 @@ func (h *harness) stored(t *testing.T, id string) stored {
 		t.Fatal(err)
 	}
 	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM river_job
-		WHERE args @> jsonb_build_object('webhook_id', $1::text)
-		   OR args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', $1::text)))`, id).Scan(&s.jobs); err != nil {
+		WHERE `+inbox.Carries("args", testkit.WebhookKey), id).Scan(&s.jobs); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -604,7 +603,7 @@ func TestGroupCommitIsolatesABadRow(t *testing.T) {
 		})
 	}
 	post("msg_batch_lead")
-	waitUntil(t, "the committer waits on the lock", func() bool {
+	testkit.Within(t, 10*time.Second, "the committer waits on the lock", func() bool {
 		var waiting int
 		err := h.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
 			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting)
@@ -617,7 +616,7 @@ func TestGroupCommitIsolatesABadRow(t *testing.T) {
 		}
 		post(id)
 	}
-	waitUntil(t, "the other requests queue", func() bool { return receiver.QueuedStores(h.rc) == n-1 })
+	testkit.Within(t, 10*time.Second, "the other requests queue", func() bool { return receiver.QueuedStores(h.rc) == n-1 })
 	if err := lock.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -650,18 +649,6 @@ func TestGroupCommitIsolatesABadRow(t *testing.T) {
 	// The failed transactions gave their connections back.
 	if acquired := h.pool.Stat().AcquiredConns(); acquired != 0 {
 		t.Errorf("%d connections still acquired", acquired)
-	}
-}
-
-// waitUntil polls cond until it holds, failing the test after 10 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -95,7 +95,7 @@ func TestTricklingBodiesHoldWhatTheySent(t *testing.T) {
 	for i := range tricklers {
 		tricklers[i] = startTrickle(t, h.srv.URL, 1<<20)
 	}
-	waitUntil(t, fmt.Sprintf("%d requests read their body", n), func() bool {
+	testkit.Within(t, 10*time.Second, fmt.Sprintf("%d requests read their body", n), func() bool {
 		requests, _ := receiver.Unverified(h.rc)
 		return requests == n
 	})
@@ -125,7 +125,7 @@ func TestTricklingBodiesHoldWhatTheySent(t *testing.T) {
 	for _, tr := range tricklers {
 		tr.conn.Close()
 	}
-	waitUntil(t, "the trickling requests give their budget back", func() bool {
+	testkit.Within(t, 10*time.Second, "the trickling requests give their budget back", func() bool {
 		requests, bytes := receiver.Unverified(h.rc)
 		return requests == 0 && bytes == 0
 	})
@@ -146,7 +146,7 @@ func TestUnverifiedBudgetRefusesPastIt(t *testing.T) {
 	for i := range tricklers {
 		tricklers[i] = startTrickle(t, h.srv.URL, 1<<20)
 	}
-	waitUntil(t, "15 requests read their body", func() bool {
+	testkit.Within(t, 10*time.Second, "15 requests read their body", func() bool {
 		requests, _ := receiver.Unverified(h.rc)
 		return requests == shares-1
 	})
@@ -159,7 +159,7 @@ func TestUnverifiedBudgetRefusesPastIt(t *testing.T) {
 	}
 
 	last := startTrickle(t, h.srv.URL, 1<<20)
-	waitUntil(t, "the budget is full", func() bool {
+	testkit.Within(t, 10*time.Second, "the budget is full", func() bool {
 		requests, _ := receiver.Unverified(h.rc)
 		return requests == shares
 	})
@@ -192,7 +192,7 @@ func TestUnverifiedBudgetRefusesPastIt(t *testing.T) {
 		}
 		return lines
 	}
-	waitUntil(t, "the refusals are logged", func() bool { return len(refusals()) == 3 })
+	testkit.Within(t, 10*time.Second, "the refusals are logged", func() bool { return len(refusals()) == 3 })
 	for _, line := range refusals() {
 		if !strings.Contains(line, "level=WARN") {
 			t.Errorf("a refusal logged as %q, want a warning", line)
@@ -200,7 +200,7 @@ func TestUnverifiedBudgetRefusesPastIt(t *testing.T) {
 	}
 
 	last.conn.Close()
-	waitUntil(t, "a share is given back", func() bool {
+	testkit.Within(t, 10*time.Second, "a share is given back", func() bool {
 		requests, _ := receiver.Unverified(h.rc)
 		return requests == shares-1
 	})
@@ -246,7 +246,7 @@ func TestSlowBodyIsCutAtTheReadTimeout(t *testing.T) {
 	if cut < time.Second || cut > 5*time.Second {
 		t.Errorf("cut off after %v, want about the 1 s read timeout", cut)
 	}
-	waitUntil(t, "the cut request gives its budget back", func() bool {
+	testkit.Within(t, 10*time.Second, "the cut request gives its budget back", func() bool {
 		requests, bytes := receiver.Unverified(h.rc)
 		return requests == 0 && bytes == 0
 	})

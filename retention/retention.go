@@ -90,9 +90,10 @@ func PeriodicJob() *river.PeriodicJob {
 }
 
 // Sweep deletes, batch rows per statement, inbox rows received more than
-// keep ago whose processing is over: status processed, ignored or invalid,
-// and no unfinished River job. Pending rows, and rows whose job may still
-// run (a replay in flight), are kept. It returns how many rows it deleted.
+// keep ago whose processing is over: status processed, ignored, invalid or
+// refused, and no unfinished River job. Pending rows, and rows whose job may
+// still run (a replay in flight), are kept. It returns how many rows it
+// deleted.
 func Sweep(ctx context.Context, pool *pgxpool.Pool, keep time.Duration, batch int) (int64, error) {
 	var total int64
 	for {

@@ -69,6 +69,7 @@ func seed(t *testing.T, pool *pgxpool.Pool) {
 	row(t, pool, "old_processed", "processed", old, "completed")
 	row(t, pool, "old_ignored", "ignored", old, "")
 	row(t, pool, "old_invalid", "invalid", old, "")
+	row(t, pool, "old_refused", "refused", old, "cancelled") // a job refused it for good
 	row(t, pool, "old_job_cleaned", "processed", old, "gone")
 	row(t, pool, "old_discarded", "processed", old, "discarded")
 	row(t, pool, "keep_pending", "pending", old, "discarded")
@@ -95,8 +96,8 @@ func TestSweepDeletesOnlyOldFinishedRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 2505 {
-		t.Errorf("deleted %d rows, want 2505", n)
+	if n != 2506 {
+		t.Errorf("deleted %d rows, want 2506", n)
 	}
 	if got := remaining(t, pool); !equal(got, kept) {
 		t.Errorf("remaining rows = %v, want %v", got, kept)

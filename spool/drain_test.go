@@ -130,7 +130,7 @@ func TestRunDrainsWhenTheDatabaseWorksAgain(t *testing.T) {
 	}()
 	defer func() { cancel(); <-done }()
 
-	waitFor(t, "retries", func() bool { return attempts.Load() >= 4 })
+	testkit.Within(t, 10*time.Second, "retries", func() bool { return attempts.Load() >= 4 })
 	if st := stats(t, s); st.Events != 5 {
 		t.Fatalf("while the database fails the spool holds %d events, want 5", st.Events)
 	}
@@ -141,14 +141,14 @@ func TestRunDrainsWhenTheDatabaseWorksAgain(t *testing.T) {
 	if _, err := pool.Exec(t.Context(), `ALTER TABLE webhook_inbox_away RENAME TO webhook_inbox`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the spool to drain", func() bool { return stats(t, s).Events == 0 })
+	testkit.Within(t, 10*time.Second, "the spool to drain", func() bool { return stats(t, s).Events == 0 })
 	if _, rows := inboxBodies(t, pool); rows != 5 {
 		t.Fatalf("%d inbox rows after draining 5", rows)
 	}
 
 	// Now Run waits for appends, and only for them: no timer is running.
 	appendAll(t, s, event("later", 200))
-	waitFor(t, "the new append to drain", func() bool { return stats(t, s).Events == 0 })
+	testkit.Within(t, 10*time.Second, "the new append to drain", func() bool { return stats(t, s).Events == 0 })
 	if bodies, rows := inboxBodies(t, pool); rows != 6 || bodies["later"] == nil {
 		t.Fatalf("%d inbox rows, later stored %v; want 6 with later", rows, bodies["later"] != nil)
 	}

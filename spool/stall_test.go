@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/relayhq/relay/internal/testkit"
 )
 
 // While the disk stalls (HoldWrites: a commit whose fsync does not return
@@ -65,7 +67,7 @@ func TestAppendsInFlightAreBoundedWhileTheDiskStalls(t *testing.T) {
 	if s.Stalled() && time.Since(start) < DefaultStallAfter {
 		t.Fatal("stalled before StallAfter")
 	}
-	waitFor(t, "the spool to say it is stalled", s.Stalled)
+	testkit.Within(t, 10*time.Second, "the spool to say it is stalled", s.Stalled)
 	// Refused at once, not after the caller's deadline.
 	before := time.Now()
 	if err := s.Append(context.Background(), event("one_more", 10)); !errors.Is(err, ErrStalled) {
@@ -81,7 +83,7 @@ func TestAppendsInFlightAreBoundedWhileTheDiskStalls(t *testing.T) {
 	}
 
 	release()
-	waitFor(t, "the held appends to finish", func() bool { return s.Appending() == 0 })
+	testkit.Within(t, 10*time.Second, "the held appends to finish", func() bool { return s.Appending() == 0 })
 	close(stop)
 	watch.Wait()
 	if p := peak.Load(); p != DefaultMaxAppends {

@@ -23,6 +23,7 @@ import (
 	"github.com/relayhq/relay/console"
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/jobs"
 )
 
@@ -424,9 +425,5 @@ func orDash(s string) string {
 }
 
 func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
+	return text.Abbrev(strings.Join(strings.Fields(s), " "), n)
 }

@@ -57,9 +57,6 @@ type config struct {
 	// MaxUnverifiedBytes bounds what webhook requests not verified yet hold
 	// together (receiver.Options.MaxUnverifiedBytes).
 	MaxUnverifiedBytes int64
-	// MaxConnections bounds the webhook listener's open connections
-	// (receiver.LimitConnections).
-	MaxConnections int
 }
 
 // Roles of a replica.
@@ -124,10 +121,6 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.MaxUnverifiedBytes = int64(intVar(e, "RELAY_MAX_UNVERIFIED_BYTES", int(receiver.DefaultMaxUnverifiedBytes(c.MaxBodyBytes)), &errs))
 	// A body of the largest size is held twice for a moment while its
 	// buffer grows.
-	c.MaxConnections = intVar(e, "RELAY_MAX_CONNECTIONS", receiver.DefaultMaxConnections, &errs)
-	if c.MaxConnections <= 0 {
-		errs = append(errs, fmt.Errorf("RELAY_MAX_CONNECTIONS (%d) must be positive", c.MaxConnections))
-	}
 	if c.MaxBodyBytes > 0 && c.MaxUnverifiedBytes < 2*c.MaxBodyBytes {
 		errs = append(errs, fmt.Errorf("RELAY_MAX_UNVERIFIED_BYTES (%d) must be at least twice RELAY_MAX_BODY_BYTES (%d)", c.MaxUnverifiedBytes, c.MaxBodyBytes))
 	}

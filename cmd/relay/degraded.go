@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -51,8 +52,10 @@ type databaseWait struct {
 
 // waitForDatabase checks the database every second or so until it answers
 // and is migrated, then calls startWorkers, unless nil, until that succeeds
-// too. It logs what it waits for when that changes, not each attempt.
-func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config, startWorkers func() error, logger *slog.Logger) *databaseWait {
+// too. It logs what it waits for when that changes, not each attempt. A
+// database that answers with migrations pending is passed to stop, as it
+// stops serve at start, and ends the wait.
+func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config, startWorkers func() error, stop func(error), logger *slog.Logger) *databaseWait {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &databaseWait{cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -60,6 +63,10 @@ func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config, start
 		last, wait := "", 100*time.Millisecond
 		for ctx.Err() == nil {
 			err := checkDatabase(ctx, pool, cfg)
+			if errors.Is(err, errNotMigrated) {
+				stop(err)
+				return
+			}
 			if err == nil && startWorkers == nil {
 				logger.Info("database answers: migrations checked")
 				return

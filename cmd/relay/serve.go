@@ -127,6 +127,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	// A worker-only replica serves no public listener.
 	var rc *receiver.Receiver
 	var cache *endpoints.Cache
+	var startDrain, stopDrain func() // the spool's drain
 	if cfg.Role != roleWorker {
 		verifier, err := polar.NewVerifier(cfg.Secrets)
 		if err != nil {
@@ -161,26 +162,28 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		defer cache.Close()
 		if sp != nil {
-			defer drainSpool(ctx, sp, rc)() // stopped before the spool closes
+			// Started without the database, the drain starts once the
+			// database answers migrated: no spooled webhook goes into a
+			// schema relay does not know.
+			startDrain = func() { stopDrain = drainSpool(ctx, sp, rc) }
+			defer func() { // before the spool closes; after the wait, which may start it
+				if stopDrain != nil {
+					stopDrain()
+				}
+			}()
+			if dbErr == nil {
+				startDrain()
+			}
 		}
 		webhooks := http.NewServeMux()
 		webhooks.Handle(cfg.WebhookPath, rc)
 		webhooks.Handle(strings.TrimSuffix(cfg.WebhookPath, "/")+"/{workspace_id}", rc.Workspaces(cache))
-		servers = append(servers, &namedServer{name: "webhooks", addrVar: "RELAY_HTTP_ADDR", addr: cfg.HTTPAddr,
-			srv: newServer(webhooks, cfg, logger), maxConns: cfg.MaxConnections})
+		servers = append(servers, &namedServer{name: "webhooks", addrVar: "RELAY_HTTP_ADDR", addr: cfg.HTTPAddr, srv: newServer(webhooks, cfg, logger)})
 	}
 	for _, s := range servers {
 		if s.ln, err = net.Listen("tcp", s.addr); err != nil {
 			closeListeners(servers)
 			return fmt.Errorf("listen on %s for %s (%s sets the address): %w", s.addr, s.name, s.addrVar, err)
-		}
-		if s.maxConns > 0 {
-			limited := receiver.LimitConnections(s.ln, s.maxConns)
-			s.ln, s.srv.ConnState = limited, limited.ConnState
-			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "relay_webhook_connections",
-				Help: "Connections the webhook listener holds open (RELAY_MAX_CONNECTIONS at most).",
-			}, func() float64 { return float64(limited.Open()) }))
 		}
 	}
 
@@ -197,8 +200,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		startWorkers = func() error { return riverClient.Start(context.WithoutCancel(ctx)) }
 	}
 	if dbErr != nil {
-		// Started without the database: once it answers, the secrets are
-		// checked and loaded first, then the workers start.
+		// Started without the database: once it answers migrated, the
+		// secrets are checked and loaded first, then the spool's drain and
+		// the workers start.
 		workers, endpointsReady, stopping := startWorkers, false, false
 		startWorkers = func() error {
 			if !endpointsReady {
@@ -215,6 +219,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 					}
 				}
 				endpointsReady = true
+				if startDrain != nil {
+					startDrain()
+				}
 			}
 			if workers == nil {
 				return nil
@@ -232,7 +239,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	case dbErr != nil:
 		logger.Warn("database unreachable at start: webhooks are spooled until it answers, then migrations are checked and the workers start",
 			"spool", cfg.SpoolDir, "error", dbErr)
-		waiting = waitForDatabase(ctx, pool, cfg, startWorkers, logger)
+		waiting = waitForDatabase(ctx, pool, cfg, startWorkers, func(err error) { serveErr <- err }, logger)
 	}
 
 	for _, s := range servers {
@@ -317,7 +324,6 @@ type namedServer struct {
 	addrVar    string // the variable that sets addr
 	srv        *http.Server
 	ln         net.Listener
-	maxConns   int // connections held open at most (0: no limit)
 }
 
 func newServer(h http.Handler, cfg *config, logger *slog.Logger) *http.Server {
@@ -406,6 +412,10 @@ func newPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// errNotMigrated is a database that answers with migrations pending: serve
+// stops, at start or, started without its database, once it answers.
+var errNotMigrated = errors.New("the database has pending migrations: run `relay migrate` first")
+
 // errUnreachable marks a database that did not answer, as against one that
 // answered wrongly.
 var errUnreachable = errors.New("database unreachable")
@@ -427,7 +437,7 @@ func checkDatabase(ctx context.Context, pool *pgxpool.Pool, cfg *config) error {
 	if pending, err := migrations.Pending(ctx, pool); err != nil {
 		return fmt.Errorf("check migrations: %w", err)
 	} else if pending {
-		return errors.New("the database has pending migrations: run `relay migrate` first")
+		return errNotMigrated
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
@@ -333,5 +335,74 @@ func TestSpooledAnswerArrivesWithinTheWriteTimeout(t *testing.T) {
 	}
 	if st, err := sp.Stats(); err != nil || st.Events != 1 {
 		t.Fatalf("spool stats %+v, %v; want the webhook in it", st, err)
+	}
+}
+
+// Started with a spool while PostgreSQL is down, relay serve stops once the
+// database answers with migrations pending, with the error that stops it at
+// start, as a database never migrated or one an older relay migrated would;
+// the webhook it spooled stays in the spool, not drained into that schema.
+func TestServeStopsWhenTheDatabaseAnswersNotMigrated(t *testing.T) {
+	for name, newDB := range map[string]func(tb testing.TB) string{
+		"never migrated": testdb.NewEmpty,
+		"a migration behind": func(t testing.TB) string {
+			dbURL := testdb.New(t)
+			conn, err := pgx.Connect(context.Background(), dbURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			// The schema stays whole: a drain that did not wait for the
+			// check would store the webhook there.
+			if _, err := conn.Exec(context.Background(),
+				`DELETE FROM goose_db_version WHERE version_id = (SELECT max(version_id) FROM goose_db_version)`); err != nil {
+				t.Fatal(err)
+			}
+			return dbURL
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dbURL := newDB(t)
+			env := map[string]string{
+				"DATABASE_URL":         dbURL,
+				"POLAR_WEBHOOK_SECRET": testSecret,
+				"RELAY_HTTP_ADDR":      testkit.FreeAddr(t),
+				"RELAY_ADMIN_ADDR":     testkit.FreeAddr(t),
+				"RELAY_SPOOL_DIR":      t.TempDir(),
+				"LOG_FORMAT":           "text",
+			}
+			atStart := run(context.Background(), []string{"serve"}, envFunc(env), io.Discard)
+			if !errors.Is(atStart, errNotMigrated) {
+				t.Fatalf("serve on the database at start: %v, want %v", atStart, errNotMigrated)
+			}
+
+			gate, gatedURL := newGate(t, dbURL)
+			env["DATABASE_URL"] = gatedURL
+			ctx, stop := context.WithCancel(context.Background())
+			defer stop()
+			logs := &testkit.SyncBuffer{}
+			done := make(chan error, 1)
+			go func() { done <- run(ctx, []string{"serve"}, envFunc(env), logs) }()
+			waitFor(t, done, "http://"+env["RELAY_ADMIN_ADDR"]+"/readyz")
+			deliver(t, "http://"+env["RELAY_HTTP_ADDR"]+"/webhooks/polar", testSecret, "msg_spooled", testkit.Fixture(t, "order.updated.paid.json"))
+
+			gate.open(t)
+			select {
+			case err := <-done:
+				if err == nil || err.Error() != atStart.Error() {
+					t.Fatalf("serve stopped with %v, want %v as at start", err, atStart)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatalf("serve still runs 15s after the database answered with migrations pending:\n%s", logs.String())
+			}
+			sp, err := spool.Open(env["RELAY_SPOOL_DIR"], spool.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sp.Close()
+			if st, err := sp.Stats(); err != nil || st.Events != 1 {
+				t.Errorf("spool after serve stopped: %+v, %v; want the webhook still in it", st, err)
+			}
+		})
 	}
 }

@@ -44,6 +44,18 @@ func URL(tb testing.TB) string {
 // its URL.
 func New(tb testing.TB) string {
 	tb.Helper()
+	return newDatabase(tb, true)
+}
+
+// NewEmpty creates an empty database for tb, never migrated, dropped when
+// tb ends, and returns its URL.
+func NewEmpty(tb testing.TB) string {
+	tb.Helper()
+	return newDatabase(tb, false)
+}
+
+func newDatabase(tb testing.TB, migrated bool) string {
+	tb.Helper()
 	base := URL(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -54,13 +66,16 @@ func New(tb testing.TB) string {
 	}
 	defer admin.Close(ctx)
 
-	templateOnce.Do(func() { templateOnce.err = makeTemplate(ctx, admin, base) })
-	if templateOnce.err != nil {
-		tb.Fatalf("create template database: %v", templateOnce.err)
+	options := ""
+	if migrated {
+		templateOnce.Do(func() { templateOnce.err = makeTemplate(ctx, admin, base) })
+		if templateOnce.err != nil {
+			tb.Fatalf("create template database: %v", templateOnce.err)
+		}
+		options = " TEMPLATE " + templateName
 	}
-
 	name := "relay_test_" + randomHex(6)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+templateName); err != nil {
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name+options); err != nil {
 		tb.Fatalf("create test database: %v", err)
 	}
 	tb.Cleanup(func() {

@@ -26,6 +26,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
+	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -269,12 +270,15 @@ func StartRiver(tb testing.TB, pool *pgxpool.Pool, cfg *river.Config) *river.Cli
 	return client
 }
 
-// jobOfWebhook finds the newest job that carries webhook id $1, alone or in
-// a batch.
-const jobOfWebhook = `SELECT id, state::text FROM river_job
-	WHERE args @> jsonb_build_object('webhook_id', $1::text)
-	   OR args @> jsonb_build_object('events', jsonb_build_array(jsonb_build_object('webhook_id', $1::text)))
+// jobOfWebhook finds the newest job that carries webhook id $1 at any
+// endpoint, alone or in a batch.
+var jobOfWebhook = `SELECT id, state::text FROM river_job
+	WHERE ` + inbox.Carries("args", WebhookKey) + `
 	ORDER BY id DESC LIMIT 1`
+
+// WebhookKey is the part of a delivery's key in its job's arguments
+// (inbox.KeyJSON) that names webhook id $1, at any endpoint.
+const WebhookKey = `jsonb_build_object('webhook_id', $1::text)`
 
 // JobOf returns the id and state of the newest job that carries webhookID,
 // alone or in a batch; ok is false when there is none.
@@ -300,4 +304,18 @@ func EnqueuedEvents(tb testing.TB, pool *pgxpool.Pool) int {
 		tb.Fatal(err)
 	}
 	return n
+}
+
+// Within polls cond until it holds, failing tb if d passes first, and
+// returns how long it took.
+func Within(tb testing.TB, d time.Duration, what string, cond func() bool) time.Duration {
+	tb.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			tb.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
 }
