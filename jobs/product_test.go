@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -198,6 +197,18 @@ func TestProductEvents(t *testing.T) {
 			at := renamed.Add(time.Duration(i+1) * time.Minute)
 			bodies[fmt.Sprintf("msg_p3_v%02d", i+1)] = productEvent(t, fixture, s.WS, s.Product, polarID, version(at, int64(1001+i)))
 		}
+		// The product's row is held while the deliveries arrive, so that
+		// the jobs pile up on it, as many at once as there are workers, and
+		// then race for it.
+		ctx := context.Background()
+		hold, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hold.Rollback(ctx) //nolint:errcheck // released below
+		if _, err := hold.Exec(ctx, `SELECT 1 FROM workspace_products WHERE id = $1 FOR UPDATE`, s.Product); err != nil {
+			t.Fatal(err)
+		}
 		var ids []string
 		var wg sync.WaitGroup
 		start := make(chan struct{})
@@ -205,7 +216,6 @@ func TestProductEvents(t *testing.T) {
 			ids = append(ids, id)
 			wg.Go(func() {
 				<-start
-				time.Sleep(time.Duration(rand.IntN(5)) * time.Millisecond)
 				if code := sys.postTo(t, s.WS, secretA, id, body); code != http.StatusOK {
 					t.Errorf("delivery %s: status %d", id, code)
 				}
@@ -213,6 +223,16 @@ func TestProductEvents(t *testing.T) {
 		}
 		close(start)
 		wg.Wait()
+		testkit.Within(t, 30*time.Second, "10 product jobs running at once", func() bool {
+			var n int
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state = 'running' AND kind = 'polar_event'`).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n >= 10
+		})
+		if err := hold.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
 		for id, state := range sys.waitJobs(t, ids...) {
 			if state != "completed" {
 				t.Errorf("job of %s: %s, want completed", id, state)
