@@ -6,6 +6,7 @@ import (
 
 	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/ledger"
+	"github.com/relayhq/relay/products"
 )
 
 // describe says in words what a delivery did to the ledger, or why it did
@@ -14,6 +15,9 @@ import (
 func describe(d *Delivery) (effect string, attention bool) {
 	switch d.Status {
 	case "ignored":
+		if d.Note != "" { // its job found nothing to apply to: an unknown product
+			return "ignored: " + d.Note, false
+		}
 		return "ignored: relay does not act on " + d.EventType, false
 	case "invalid":
 		return "invalid: not a readable event, nothing done", false
@@ -109,6 +113,12 @@ func reason(err string) string {
 		return "another workspace's session than the verifying endpoint's"
 	case strings.Contains(err, ledger.ErrForeignEnvironment.Error()):
 		return "a session of another environment (sandbox/production) than the verifying secret's"
+	case strings.Contains(err, products.ErrForeignWorkspace.Error()):
+		return "another workspace's product than the verifying endpoint's"
+	case strings.Contains(err, products.ErrForeignEnvironment.Error()):
+		return "a product of another environment (sandbox/production) than the verifying secret's"
+	case strings.Contains(err, products.ErrConflict.Error()):
+		return "storefront product and Polar product do not match"
 	case strings.Contains(err, ledger.ErrOrderConflict.Error()):
 		return "order and session do not match"
 	case strings.Contains(err, ledger.ErrSessionNotFound.Error()):
@@ -121,32 +131,6 @@ func reason(err string) string {
 	return text.Abbrev(strings.TrimPrefix(err, "process webhook "), 120)
 }
 
-// minorDigits are ISO 4217's currencies without two minor digits.
-var minorDigits = map[string]int{
-	"BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0,
-	"PYG": 0, "RWF": 0, "UGX": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
-	"BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
-}
-
 // Money writes an amount in minor units with its currency's decimals:
-// Money(4950, "usd") is "49.50 USD". Integer arithmetic only.
-func Money(minor int64, currency string) string {
-	currency = strings.ToUpper(currency)
-	digits, ok := minorDigits[currency]
-	if !ok {
-		digits = 2
-	}
-	sign := ""
-	u := uint64(minor)
-	if minor < 0 {
-		sign, u = "-", uint64(-minor) // -MinInt64 wraps to itself, which uint64 reads right
-	}
-	if digits == 0 {
-		return fmt.Sprintf("%s%d %s", sign, u, currency)
-	}
-	div := uint64(1)
-	for range digits {
-		div *= 10
-	}
-	return fmt.Sprintf("%s%d.%0*d %s", sign, u/div, digits, u%div, currency)
-}
+// Money(4950, "usd") is "49.50 USD".
+func Money(minor int64, currency string) string { return ledger.Money(minor, currency) }

@@ -15,6 +15,7 @@ import (
 	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/polar"
+	"github.com/relayhq/relay/products"
 )
 
 // The console's reads. They only SELECT: every change goes through
@@ -35,12 +36,16 @@ type Delivery struct {
 	Note        string     `json:"note,omitempty"`
 	Job         *Job       `json:"job,omitempty"`
 	Sale        *Sale      `json:"sale,omitempty"`
+	// Product is the storefront product a product event is about, with its
+	// Polar state as relay last applied it.
+	Product *products.Product `json:"product,omitempty"`
 	// Effect is what the delivery did to the ledger, in words.
 	Effect string `json:"effect"`
 	// Attention is true when an operator should look: a dead or refused job.
 	Attention bool `json:"attention"`
 
-	refs saleRefs
+	refs    saleRefs
+	product productRefs
 }
 
 // Endpoint names the endpoint that stored the delivery (inbox.Event.Endpoint).
@@ -148,6 +153,76 @@ func refsOf(eventType string, body []byte) saleRefs {
 	return r
 }
 
+// productRefs are the ids in a product event that lead to its storefront
+// product, found as products.Apply finds it: the row its metadata names,
+// else the row linked to the Polar product.
+type productRefs struct{ row, polar string }
+
+func productRefsOf(eventType string, body []byte) productRefs {
+	if len(body) == 0 || !strings.HasPrefix(eventType, "product.") || !polar.Handled(eventType) {
+		return productRefs{}
+	}
+	env, err := polar.ParseEnvelope(body)
+	if err != nil {
+		return productRefs{}
+	}
+	p, err := polar.ParseProduct(env.Data)
+	if err != nil {
+		return productRefs{}
+	}
+	r := productRefs{polar: p.ID}
+	if ref, ok := p.Metadata.StorefrontProduct(); ok && text.IsUUID(ref.ProductID) {
+		r.row = strings.ToLower(ref.ProductID)
+	}
+	return r
+}
+
+// attachProducts finds each product event's storefront product, in one
+// query for all of them.
+func (s *store) attachProducts(ctx context.Context, ds []*Delivery) error {
+	var rowIDs, polarIDs []string
+	for _, d := range ds {
+		if d.product.row != "" {
+			rowIDs = append(rowIDs, d.product.row)
+		}
+		if d.product.polar != "" {
+			polarIDs = append(polarIDs, d.product.polar)
+		}
+	}
+	if len(rowIDs)+len(polarIDs) == 0 {
+		return nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+products.Columns+` FROM workspace_products
+		WHERE id = ANY($1::uuid[]) OR polar_product_id = ANY($2)`, rowIDs, polarIDs)
+	if err != nil {
+		return fmt.Errorf("find products: %w", err)
+	}
+	defer rows.Close()
+	var found []*products.Product
+	for rows.Next() {
+		p, err := products.Scan(rows)
+		if err != nil {
+			return fmt.Errorf("find products: %w", err)
+		}
+		found = append(found, p)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("find products: %w", err)
+	}
+	for _, d := range ds {
+		for _, p := range found {
+			if d.product.row != "" && p.ID == d.product.row {
+				d.Product = p
+				break
+			}
+			if p.ExternalProductID != nil && *p.ExternalProductID == d.product.polar {
+				d.Product = p
+			}
+		}
+	}
+	return nil
+}
+
 // store runs the console's reads.
 type store struct {
 	pool *pgxpool.Pool
@@ -234,12 +309,16 @@ func (s *store) queryDeliveries(ctx context.Context, where string, args ...any) 
 			d.Job = &j
 		}
 		d.refs = refsOf(d.EventType, body)
+		d.product = productRefsOf(d.EventType, body)
 		out = append(out, &d)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list deliveries: %w", err)
 	}
 	if err := s.attachSales(ctx, out); err != nil {
+		return nil, err
+	}
+	if err := s.attachProducts(ctx, out); err != nil {
 		return nil, err
 	}
 	for _, d := range out {

@@ -20,7 +20,7 @@ import (
 const (
 	StatusPending   = "pending"   // a job will process it
 	StatusProcessed = "processed" // its job finished
-	StatusIgnored   = "ignored"   // a type relay does not act on
+	StatusIgnored   = "ignored"   // a type relay does not act on, or nothing it could apply to
 	StatusInvalid   = "invalid"   // verified, but not a readable event
 	StatusRefused   = "refused"   // its job found it can never apply, and was cancelled
 )
@@ -338,8 +338,19 @@ func MarkProcessed(ctx context.Context, db DB, id, jobID int64, note string) err
 // MarkProcessedMany records that job processed the rows' events, in one
 // statement; notes[i] is the note of ids[i].
 func MarkProcessedMany(ctx context.Context, db DB, jobID int64, ids []int64, notes []string) error {
-	if len(ids) != len(notes) {
-		return fmt.Errorf("mark %d inbox rows processed: %d notes", len(ids), len(notes))
+	statuses := make([]string, len(ids))
+	for i := range statuses {
+		statuses[i] = StatusProcessed
+	}
+	return MarkDone(ctx, db, jobID, ids, statuses, notes)
+}
+
+// MarkDone records that job worked the rows' events, in one statement:
+// statuses[i] (StatusProcessed, or StatusIgnored when the event found
+// nothing to apply to) and notes[i] are those of ids[i].
+func MarkDone(ctx context.Context, db DB, jobID int64, ids []int64, statuses, notes []string) error {
+	if len(ids) != len(notes) || len(ids) != len(statuses) {
+		return fmt.Errorf("mark %d inbox rows processed: %d statuses, %d notes", len(ids), len(statuses), len(notes))
 	}
 	errTexts := make([]*string, len(notes))
 	for i := range notes {
@@ -348,9 +359,9 @@ func MarkProcessedMany(ctx context.Context, db DB, jobID int64, ids []int64, not
 		}
 	}
 	if _, err := db.Exec(ctx, `
-		UPDATE webhook_inbox i SET status = 'processed', processed_at = now(), job_id = $1, error = m.note
-		FROM unnest($2::bigint[], $3::text[]) m(id, note)
-		WHERE i.id = m.id`, jobID, ids, errTexts); err != nil {
+		UPDATE webhook_inbox i SET status = m.status, processed_at = now(), job_id = $1, error = m.note
+		FROM unnest($2::bigint[], $3::text[], $4::text[]) m(id, note, status)
+		WHERE i.id = m.id`, jobID, ids, errTexts, statuses); err != nil {
 		if len(ids) == 1 {
 			return fmt.Errorf("mark inbox row %d processed: %w", ids[0], err)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/ledger"
+	"github.com/relayhq/relay/products"
 )
 
 // BatchWorker processes the events of an EventBatchArgs job in one
@@ -80,12 +81,12 @@ func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) 
 		if err := applyAll(ctx, tx, events, results); err != nil {
 			return err
 		}
-		rowIDs, notes := make([]int64, len(events)), make([]string, len(events))
+		rowIDs, statuses, notes := make([]int64, len(events)), make([]string, len(events)), make([]string, len(events))
 		for i, event := range events {
 			results[i].hookTime = event.WebhookTimestamp
-			rowIDs[i], notes[i] = event.ID, results[i].note
+			rowIDs[i], statuses[i], notes[i] = event.ID, results[i].inboxStatus(), results[i].note
 		}
-		if err := inbox.MarkProcessedMany(ctx, tx, job.ID, rowIDs, notes); err != nil {
+		if err := inbox.MarkDone(ctx, tx, job.ID, rowIDs, statuses, notes); err != nil {
 			return err
 		}
 		return completeTx(ctx, tx, job)
@@ -136,6 +137,7 @@ func applyAll(ctx context.Context, tx pgx.Tx, events []*inbox.Event, results []a
 		refs     []ledger.SessionRef
 		orders   []string
 		others   bool // events other than payments lock sessions
+		versions []products.Version
 	)
 	for i, event := range events {
 		st, err := prepare(event)
@@ -156,6 +158,9 @@ func applyAll(ctx context.Context, tx pgx.Tx, events []*inbox.Event, results []a
 		if st.lockOrder != "" {
 			orders, others = append(orders, st.lockOrder), true
 		}
+		if st.product != nil {
+			versions = append(versions, *st.product)
+		}
 	}
 	// Every session the batch touches, locked in one id-ordered step before
 	// any is changed: two batches naming the same sessions in other orders
@@ -175,6 +180,13 @@ func applyAll(ctx context.Context, tx pgx.Tx, events []*inbox.Event, results []a
 	}
 	for k, i := range of {
 		results[i] = orderApplied(outs[k], steps[i].paid)
+	}
+	// Products after sessions, as every job takes them: several of them, in
+	// one id-ordered step, before any is changed.
+	if len(versions) > 1 {
+		if err := products.Lock(ctx, tx, versions); err != nil {
+			return err
+		}
 	}
 	for i, st := range steps {
 		if st.payment != nil {

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relayhq/relay/ledger"
+	"github.com/relayhq/relay/products"
 )
 
 // Metrics are the workers' Prometheus collectors.
@@ -13,6 +14,7 @@ type Metrics struct {
 	lag       *prometheus.HistogramVec
 	bookings  *prometheus.CounterVec
 	foreign   *prometheus.CounterVec
+	products  *prometheus.CounterVec
 }
 
 // NewMetrics registers the workers' collectors with reg.
@@ -38,10 +40,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"result"}),
 		foreign: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_boundary_refusals_total",
-			Help: "Events refused because they would change a session outside the workspace or environment whose secret verified them, by reason (workspace, environment).",
+			Help: "Events refused because they would change a session or product outside the workspace or environment whose secret verified them, by reason (workspace, environment).",
 		}, []string{"reason"}),
+		products: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_product_events_total",
+			Help: "Product events (product.created, product.updated) worked to the end, by outcome: applied, unchanged (a redelivery), stale (older than the version applied), unknown (no storefront product), refused.",
+		}, []string{"outcome"}),
 	}
-	for _, c := range []prometheus.Collector{m.processed, m.duration, m.lag, m.bookings, m.foreign} {
+	for _, c := range []prometheus.Collector{m.processed, m.duration, m.lag, m.bookings, m.foreign, m.products} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -49,7 +55,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	// Pre-declare the series dashboards and alerts read, so that they are
 	// zero rather than absent before the first event of their kind.
 	for _, t := range []string{"order.created", "order.updated", "order.paid", "order.refunded",
-		"checkout.updated", "checkout.expired", "refund.updated"} {
+		"checkout.updated", "checkout.expired", "refund.updated", "product.created", "product.updated"} {
 		for _, r := range []string{ResultOK, ResultNoop, ResultRetry, ResultDiscarded, ResultRefused, ResultError} {
 			m.processed.WithLabelValues(t, r)
 		}
@@ -59,6 +65,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range []string{ledger.Booked, ledger.AlreadyBooked, ledger.NotPaid, ledger.SkippedNoWallet,
 		ledger.SkippedWalletWorkspace, ledger.SkippedCurrency, ledger.PostedPending, BookingReversed} {
 		m.bookings.WithLabelValues(r)
+	}
+	for _, o := range []string{products.Applied, products.Unchanged, products.Stale, products.Unknown, productRefused} {
+		m.products.WithLabelValues(o)
 	}
 	m.foreign.WithLabelValues(boundaryWorkspace)
 	m.foreign.WithLabelValues(boundaryEnvironment)

@@ -18,12 +18,13 @@ import (
 	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
+	"github.com/relayhq/relay/products"
 )
 
 // Results of working an event, as metric labels.
 const (
 	ResultOK        = "ok"        // applied to the ledger
-	ResultNoop      = "noop"      // nothing to do: not a storefront sale, or not a status relay acts on
+	ResultNoop      = "noop"      // nothing to do: not a storefront sale, or not a status relay acts on, or a stale or unknown product
 	ResultRetry     = "retry"     // the session is not there yet; River retries with backoff
 	ResultDiscarded = "discarded" // out of attempts: dead, for an admin to look at
 	ResultRefused   = "refused"   // can never apply (another workspace, malformed data): cancelled
@@ -93,6 +94,18 @@ type applied struct {
 	sessionID string
 	bookings  []string // ledger results to count
 	hookTime  time.Time
+	// ignored marks the inbox row ignored rather than processed: there was
+	// nothing for the event to apply to (an unknown product).
+	ignored bool
+	product string // a product event's outcome (products.Applied, ...), counted
+}
+
+// inboxStatus is the status the event's inbox row gets.
+func (a applied) inboxStatus() string {
+	if a.ignored {
+		return inbox.StatusIgnored
+	}
+	return inbox.StatusProcessed
 }
 
 // process applies one stored event in tx and marks its inbox row processed
@@ -111,7 +124,7 @@ func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, key inbox.Key, job
 		return applied{}, err
 	}
 	res.hookTime = event.WebhookTimestamp
-	if err := inbox.MarkProcessed(ctx, tx, event.ID, jobID, res.note); err != nil {
+	if err := inbox.MarkDone(ctx, tx, jobID, []int64{event.ID}, []string{res.inboxStatus()}, []string{res.note}); err != nil {
 		return applied{}, err
 	}
 	return res, nil
@@ -153,6 +166,7 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 func permanent(err error) bool {
 	return errors.Is(err, ledger.ErrWorkspaceMismatch) || errors.Is(err, ledger.ErrInvalidInput) ||
 		errors.Is(err, ledger.ErrForeignWorkspace) || errors.Is(err, ledger.ErrForeignEnvironment) ||
+		errors.Is(err, products.ErrForeignWorkspace) || errors.Is(err, products.ErrForeignEnvironment) ||
 		errors.Is(err, errMalformed) || errors.Is(err, inbox.ErrNotFound)
 }
 
@@ -162,9 +176,9 @@ func permanent(err error) bool {
 // of its own, and the job is cancelled whether or not it succeeds.
 func (w *EventWorker) refuse(ctx context.Context, job *river.Job[EventArgs], err error) {
 	switch {
-	case errors.Is(err, ledger.ErrForeignWorkspace):
+	case errors.Is(err, ledger.ErrForeignWorkspace), errors.Is(err, products.ErrForeignWorkspace):
 		w.metrics.foreign.WithLabelValues(boundaryWorkspace).Inc()
-	case errors.Is(err, ledger.ErrForeignEnvironment):
+	case errors.Is(err, ledger.ErrForeignEnvironment), errors.Is(err, products.ErrForeignEnvironment):
 		w.metrics.foreign.WithLabelValues(boundaryEnvironment).Inc()
 	}
 	if err := inbox.MarkRefused(ctx, w.pool, job.Args.Key(), job.ID, refusalNote(err)); err != nil {
@@ -200,6 +214,9 @@ func (w *EventWorker) report(ctx context.Context, job *rivertype.JobRow, ev Even
 	}
 	if err != nil {
 		w.metrics.processed.WithLabelValues(label, errResult).Inc()
+		if errResult == ResultRefused && isProductEvent(ev.EventType) {
+			w.metrics.products.WithLabelValues(productRefused).Inc()
+		}
 		w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "event not processed",
 			append(attrs, slog.String("result", errResult), slog.String("error", err.Error()))...)
 		return
@@ -210,6 +227,9 @@ func (w *EventWorker) report(ctx context.Context, job *rivertype.JobRow, ev Even
 	}
 	for _, b := range res.bookings {
 		w.metrics.bookings.WithLabelValues(b).Inc()
+	}
+	if res.product != "" {
+		w.metrics.products.WithLabelValues(res.product).Inc()
 	}
 	attrs = append(attrs, slog.String("result", res.result))
 	if res.sessionID != "" {
@@ -236,6 +256,9 @@ type step struct {
 	// a batch locks every session of its events first (applyAll).
 	lockRef   *ledger.SessionRef
 	lockOrder string
+	// The product version run applies: a batch locks every product of its
+	// events first, in one id-ordered step.
+	product *products.Version
 }
 
 // prepare reads the event's body into the step that applies it.
@@ -274,6 +297,13 @@ func prepare(event *inbox.Event) (step, error) {
 		}
 		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyRefund(ctx, tx, refund, scope) },
 			lockOrder: refund.OrderID}, nil
+	case "product.created", "product.updated":
+		product, err := polar.ParseProduct(env.Data)
+		if err != nil {
+			return step{}, fmt.Errorf("%w: %w", errMalformed, err)
+		}
+		v := productVersion(product, scope)
+		return step{run: func(ctx context.Context, tx pgx.Tx) (applied, error) { return applyProduct(ctx, tx, v) }, product: &v}, nil
 	}
 	return step{done: applied{result: ResultNoop, note: "event type not acted on"}}, nil
 }

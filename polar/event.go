@@ -39,12 +39,13 @@ func LabelFor(eventType string) string {
 }
 
 // Handled reports whether relay acts on an event type (orders, checkouts,
-// refunds). Every other event is stored but not processed.
+// refunds, products). Every other event is stored but not processed.
 func Handled(eventType string) bool {
 	switch eventType {
 	case "order.created", "order.updated", "order.paid", "order.refunded",
 		"checkout.created", "checkout.updated", "checkout.expired",
-		"refund.created", "refund.updated":
+		"refund.created", "refund.updated",
+		"product.created", "product.updated":
 		return true
 	}
 	return false

@@ -76,6 +76,16 @@ func Fixture(tb testing.TB, name string) []byte {
 	return b
 }
 
+// APIFixture returns a Polar API answer from testdata/api.
+func APIFixture(tb testing.TB, name string) []byte {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join(RepoRoot(), "testdata", "api", name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
 // Sale names what a storefront sale's Polar events refer to.
 type Sale struct {
 	Workspace, Session, PolarCheckout, Order string
@@ -100,6 +110,37 @@ func Event(tb testing.TB, fixture string, sale Sale, edit func(data map[string]a
 		data["id"] = sale.PolarCheckout
 	case strings.HasPrefix(fixture, "refund."):
 		data["order_id"] = sale.Order
+	}
+	if edit != nil {
+		edit(data)
+	}
+	b, err := json.Marshal(env)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// ProductEvent loads a Polar product fixture and points it at the
+// storefront product row of workspace ws, as Polar product polarID; edit
+// may change the data further. An empty row leaves the metadata naming no
+// storefront product, as for a product made by hand at Polar.
+func ProductEvent(tb testing.TB, fixture, ws, row, polarID string, edit func(data map[string]any)) []byte {
+	tb.Helper()
+	var env map[string]any
+	if err := json.Unmarshal(Fixture(tb, fixture), &env); err != nil {
+		tb.Fatal(err)
+	}
+	data := env["data"].(map[string]any)
+	data["id"] = polarID
+	for _, p := range data["prices"].([]any) {
+		p.(map[string]any)["product_id"] = polarID
+	}
+	if row == "" {
+		data["metadata"] = map[string]any{}
+	} else {
+		md := data["metadata"].(map[string]any)
+		md["rowId"], md["wsId"] = row, ws
 	}
 	if edit != nil {
 		edit(data)
