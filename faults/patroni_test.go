@@ -627,26 +627,36 @@ func haScenario(t *testing.T, c *haCluster, name string, fault func(t *testing.T
 // Patroni promotes: relay answered 200 for webhooks that are gone, and no
 // spool holds them. The window is milliseconds on one machine; here the
 // primary's WAL sender is held for 2 s first (a slow link to the standby)
-// so that the loss can be counted. Run with RELAY_FAULT_ASYNC=1; it is not
-// part of make test, and docs/reliability.md records a run.
+// so that the loss can be counted. The same fault with synchronous_mode
+// loses nothing: the commits wait for the standby, fail with the primary,
+// and relay spools them. Run with RELAY_FAULT_ASYNC=1; it is not part of
+// make test, and docs/reliability.md records a run.
 func TestPatroniAsyncFailoverLosesAcknowledged(t *testing.T) {
 	if os.Getenv("RELAY_FAULT_ASYNC") == "" {
 		t.Skip("RELAY_FAULT_ASYNC is not set: shows what asynchronous replication loses")
 	}
-	c := startHACluster(t, false)
-	haScenario(t, c, "async_primary_lost", func(t *testing.T, from, _ *haNode) time.Time {
-		conn := connect(t, c.nodeURL(from, "postgres"))
-		var sender int
-		if err := conn.QueryRow(context.Background(), `SELECT pid FROM pg_stat_replication LIMIT 1`).Scan(&sender); err != nil {
-			t.Fatalf("the primary's WAL sender: %v", err)
+	for _, synchronous := range []bool{false, true} {
+		name := "async_held_primary_lost"
+		if synchronous {
+			name = "sync_held_primary_lost"
 		}
-		if err := syscall.Kill(sender, syscall.SIGSTOP); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(2 * time.Second)
-		c.kill9(t, from)
-		return time.Now()
-	})
+		t.Run(name, func(t *testing.T) {
+			c := startHACluster(t, synchronous)
+			haScenario(t, c, name, func(t *testing.T, from, _ *haNode) time.Time {
+				conn := connect(t, c.nodeURL(from, "postgres"))
+				var sender int
+				if err := conn.QueryRow(context.Background(), `SELECT pid FROM pg_stat_replication LIMIT 1`).Scan(&sender); err != nil {
+					t.Fatalf("the primary's WAL sender: %v", err)
+				}
+				if err := syscall.Kill(sender, syscall.SIGSTOP); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(2 * time.Second)
+				c.kill9(t, from)
+				return time.Now()
+			})
+		})
+	}
 }
 
 // reportAsyncLoss counts the webhooks relay acknowledged that are not in
@@ -666,7 +676,7 @@ func reportAsyncLoss(t *testing.T, name, db string, s *sender, relays []*process
 	report(t, fmt.Sprintf("%-24s requests=%d acknowledged=%d acknowledged_but_lost=%d spooled=%.0f promoted_after=%.1fs settings=patroni defaults, synchronous_mode: false, WAL sender held 2 s before the kill",
 		"patroni async lost", s.tally.requests.Load(), len(acked), len(acked)-stored, spooled, promoted.Seconds()))
 	if len(acked) == stored {
-		t.Log("nothing acknowledged was lost this time: the window was missed")
+		t.Error("nothing acknowledged was lost: the fault missed the window it shows")
 	}
 	for _, r := range relays {
 		r.terminate(t)
