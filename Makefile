@@ -28,10 +28,11 @@ vet:
 	$(GO) vet ./...
 
 # What the tests run besides PostgreSQL: PgBouncer (cmd/relay's
-# transaction-pooling test starts one) and chromium (the console's browser
-# test); as root, Debian's packages are installed when they are missing.
+# transaction-pooling test starts one), chromium (the console's browser
+# test), and Patroni with etcd (the fault suite's HA cluster); as root,
+# Debian's packages are installed when they are missing.
 test-deps:
-	./scripts/apt-install.sh pgbouncer chromium
+	./scripts/apt-install.sh pgbouncer chromium patroni etcd-server
 
 # Checks the Prometheus config, alert rules and their unit tests; installs
 # Debian's prometheus package first when promtool is missing (the end-to-end

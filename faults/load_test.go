@@ -210,6 +210,35 @@ func (s *sender) pace(sales [][]delivery, perSecond int) <-chan struct{} {
 	return done
 }
 
+// paceUntil is pace, stopping at the first whole sale once stop is closed.
+// The returned channel closes when every delivery sent is done; sent counts
+// the sales sent.
+func (s *sender) paceUntil(sales [][]delivery, perSecond int, stop <-chan struct{}) (<-chan struct{}, *atomic.Int64) {
+	done := make(chan struct{})
+	sent := &atomic.Int64{}
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		tick := time.NewTicker(time.Second / time.Duration(perSecond))
+		defer tick.Stop()
+		for _, sale := range sales {
+			select {
+			case <-stop:
+				wg.Wait()
+				return
+			default:
+			}
+			for _, d := range sale {
+				<-tick.C
+				wg.Go(func() { s.deliver(d) })
+			}
+			sent.Add(1)
+		}
+		wg.Wait()
+	}()
+	return done, sent
+}
+
 // once sends every delivery once, without retries, concurrency at a time:
 // for counting what relay answers in a given state.
 func (s *sender) once(sales [][]delivery, concurrency int) {

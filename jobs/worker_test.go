@@ -523,6 +523,45 @@ func TestBookingAndJobCompletionShareOneTransaction(t *testing.T) {
 	}
 }
 
+// A job whose transaction meets a read-only server (SQLSTATE 25006: the
+// primary was demoted under the worker's connection) failed for the
+// database, not for its event: it is retried, not refused or cancelled,
+// and books once.
+func TestReadOnlyServerIsRetriedNotRefused(t *testing.T) {
+	pool := testdb.NewPool(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `
+		CREATE SEQUENCE booking_attempts;
+		CREATE FUNCTION demoted_once() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF nextval('booking_attempts') = 1 THEN
+				RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction' USING ERRCODE = 'read_only_sql_transaction';
+			END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER demoted_once BEFORE INSERT ON wallet_transactions
+			FOR EACH ROW EXECUTE FUNCTION demoted_once();`); err != nil {
+		t.Fatal(err)
+	}
+	sys := startSystem(t, pool, systemOpts{})
+	s := testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	sys.send(t, "msg_demoted", event(t, "order.updated.paid.json", s, "ord_demoted", nil))
+	if st := sys.waitJobs(t, "msg_demoted"); st["msg_demoted"] != "completed" {
+		t.Fatalf("job state = %q, want completed on the retry", st["msg_demoted"])
+	}
+	var attempts int
+	var firstErr string
+	if err := pool.QueryRow(ctx, `SELECT attempt, errors[1]->>'error' FROM river_job WHERE args->>'webhook_id' = 'msg_demoted'`).Scan(&attempts, &firstErr); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 2 || !strings.Contains(firstErr, "25006") {
+		t.Fatalf("attempts = %d (first error %q), want 2, the first failing with SQLSTATE 25006", attempts, firstErr)
+	}
+	if b := bookings(t, pool, s); len(b) != 1 {
+		t.Fatalf("bookings = %+v, want exactly one", b)
+	}
+}
+
 func TestImpossibleAmountsAreRefused(t *testing.T) {
 	pool := testdb.NewPool(t)
 	sys := startSystem(t, pool, systemOpts{})

@@ -2,11 +2,14 @@ package receiver
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
@@ -14,6 +17,7 @@ import (
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
+	"github.com/relayhq/relay/spool"
 )
 
 // storeDeps is what commitEvents needs: a fresh database and an
@@ -93,5 +97,44 @@ func TestCommitEventsWithoutPendingEvents(t *testing.T) {
 	}
 	if stat := pool.Stat(); stat.AcquiredConns() != 0 {
 		t.Errorf("%d connections still acquired", stat.AcquiredConns())
+	}
+}
+
+// A read-only server (a primary demoted to standby by a switchover, or one
+// set default_transaction_read_only) fails a commit with SQLSTATE 25006.
+// That is the database being unavailable, not the events being bad: Commit
+// must not say spool.ErrRefused, which would set the events aside for an
+// operator instead of keeping them for the primary. A data exception is
+// refused, as before.
+func TestReadOnlyDatabaseIsUnavailableNotRefusal(t *testing.T) {
+	ctx := context.Background()
+	pool := testdb.NewPoolWith(t, func(cfg *pgxpool.Config) {
+		cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	})
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := &inbox.Event{WebhookID: "msg_demoted", EventType: "order.paid", Status: inbox.StatusPending, WebhookTimestamp: time.Now(), Body: []byte(`{}`)}
+	err = Commit(ctx, pool, client, []*inbox.Event{event})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25006" {
+		t.Fatalf("Commit on a read-only server: %v, want SQLSTATE 25006", err)
+	}
+	if errors.Is(err, spool.ErrRefused) {
+		t.Errorf("Commit on a read-only server is refused for its data (%v): the spool would set it aside", err)
+	}
+	for code, refused := range map[string]bool{
+		"25006": false, // read_only_sql_transaction
+		"57P01": false, // admin_shutdown: the server stops, or a switchover restarts it
+		"57P03": false, // cannot_connect_now: starting up, or a standby not yet accepting connections
+		"08006": false, // connection_failure
+		"40001": false, // serialization_failure
+		"22P02": true,  // invalid_text_representation
+		"23514": true,  // check_violation
+	} {
+		if got := refusedForItsData(fmt.Errorf("commit: %w", &pgconn.PgError{Code: code})); got != refused {
+			t.Errorf("refusedForItsData(SQLSTATE %s) = %v, want %v", code, got, refused)
+		}
 	}
 }

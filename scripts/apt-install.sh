@@ -39,8 +39,9 @@ fi
 [ "$rc" = 0 ] || { echo "apt-install.sh: apt-get install ${missing[*]} failed" >&2; exit "$rc"; }
 
 # Belt and braces: should a service have started anyway, stop it. Each of
-# these packages names its service after itself.
+# these packages names its service after itself, but etcd-server's is etcd.
 for svc in "${missing[@]}"; do
+  [ "$svc" = etcd-server ] && svc=etcd
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
     systemctl disable "$svc" >/dev/null 2>&1 || true

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relayhq/relay/migrations"
+	"github.com/relayhq/relay/primary"
 )
 
 // probeConns bounds the probe pool: one connection for the metrics
@@ -28,6 +29,7 @@ func newProbePool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 	}
 	pcfg.MaxConns, pcfg.MinConns = probeConns, 0
 	pcfg.ConnConfig.RuntimeParams["application_name"] = probeAppName
+	primary.Follow(pcfg)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database for probes: %w", err)

@@ -25,6 +25,7 @@ import (
 	"github.com/relayhq/relay/migrations"
 	"github.com/relayhq/relay/opsmetrics"
 	"github.com/relayhq/relay/polar"
+	"github.com/relayhq/relay/primary"
 	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/retention"
 	"github.com/relayhq/relay/spool"
@@ -409,6 +410,9 @@ func newPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 		// need connections.
 		pcfg.MaxConns = max(pcfg.MaxConns, int32(cfg.Workers)+10)
 	}
+	// A switchover leaves pooled connections on a server that no longer
+	// takes writes; they are dropped for new ones to the primary.
+	primary.Follow(pcfg)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
