@@ -12,6 +12,7 @@ import (
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/ledger"
+	"github.com/relayhq/relay/pace"
 )
 
 // BatchWorker processes the events of an EventBatchArgs job in one
@@ -22,13 +23,18 @@ import (
 type BatchWorker struct {
 	river.WorkerDefaults[EventBatchArgs]
 	w     *EventWorker
-	turns chan struct{} // one per batch transaction allowed at once
+	turns *pace.Limiter // the batch transactions allowed at once
 }
 
 // NewBatchWorker returns the worker for EventBatchArgs; it applies events
-// as w does, at most w's Options.BatchTransactions batches at once.
+// as w does, as many batches at once as w's Options.Pace allows, else at
+// most Options.BatchTransactions.
 func NewBatchWorker(w *EventWorker) *BatchWorker {
-	return &BatchWorker{w: w, turns: make(chan struct{}, w.opts.BatchTransactions)}
+	turns := w.opts.Pace
+	if turns == nil {
+		turns = pace.Fixed(w.opts.BatchTransactions)
+	}
+	return &BatchWorker{w: w, turns: turns}
 }
 
 // maxTurnWait bounds how long a batch job waits for a turn before it goes
@@ -52,15 +58,16 @@ func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
 func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
 	// Waiting for a turn is not working: it must not use up the time of
 	// the attempt, nor the attempt, however long the others take.
-	wait := time.NewTimer(maxTurnWait)
-	defer wait.Stop()
-	select {
-	case b.turns <- struct{}{}:
-		defer func() { <-b.turns }()
-	case <-wait.C:
-		return river.JobSnooze(0)
-	case <-ctx.Done():
+	waitCtx, stopWaiting := context.WithTimeout(ctx, maxTurnWait)
+	err := b.turns.Acquire(waitCtx)
+	stopWaiting()
+	switch {
+	case err == nil:
+		defer b.turns.Release()
+	case ctx.Err() != nil:
 		return fmt.Errorf("process batch of %d webhooks: waiting for a turn: %w", len(job.Args.Events), ctx.Err())
+	default:
+		return river.JobSnooze(0)
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.w.opts.Timeout)
 	defer cancel()
@@ -68,7 +75,7 @@ func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) 
 	results := make([]applied, len(job.Args.Events))
 	// The inbox rows are read in one statement and marked processed in
 	// another: two statements for the batch rather than two per event.
-	err := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
 		keys := make([]inbox.Key, len(job.Args.Events))
 		for i, ev := range job.Args.Events {
 			keys[i] = ev.Key()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/ledger"
+	"github.com/relayhq/relay/pace"
 	"github.com/relayhq/relay/polar"
 )
 
@@ -45,6 +46,11 @@ type Options struct {
 	// (make bench on 2 cores: 20-30% more CPU per event with 50 than with
 	// 12). Default 12.
 	BatchTransactions int
+	// Pace, when set, is the limit on batch transactions at once instead of
+	// BatchTransactions: one that shrinks while the receiver's stores are
+	// slow (relay serve's, RELAY_PACE_TARGET), so that processing yields
+	// the database to acknowledging.
+	Pace *pace.Limiter
 }
 
 // EventWorker processes one stored webhook: it applies the event to the
