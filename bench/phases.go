@@ -182,6 +182,8 @@ type processResult struct {
 	Work          [2]time.Duration // p50, p99: first attempt → completed
 	Statements    []stmtCost
 	Tables        []tableCost
+	Throttled     float64 // seconds relay's pace limit spent below its maximum (relay_pace_throttled_seconds_total)
+	Shrinks       float64 // steps that shrank it (relay_pace_shrinks_total)
 }
 
 // processRun sends paid order events for seeded sessions at rate (open
@@ -385,8 +387,9 @@ func processRun(ctx context.Context, o options, rate, senders, workers int, pool
 	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 	res.QueueWait = [2]time.Duration{sec(wait50), sec(wait99)}
 	res.Work = [2]time.Duration{sec(work50), sec(work99)}
-	log.Printf("  %d/%d booked in %.1fs: %.0f/s end to end, lag p99 %s; jobs: %s",
-		res.Processed, res.Sent, res.Duration, res.Rate, ms(res.Lag[2]), res.JobStates)
+	res.Throttled, res.Shrinks = r.metric("relay_pace_throttled_seconds_total"), r.metric("relay_pace_shrinks_total")
+	log.Printf("  %d/%d booked in %.1fs: %.0f/s end to end, lag p99 %s; jobs: %s; pace limit throttled %.1f s, %0.f shrinks",
+		res.Processed, res.Sent, res.Duration, res.Rate, ms(res.Lag[2]), res.JobStates, res.Throttled, res.Shrinks)
 	return res, nil
 }
 

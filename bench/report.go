@@ -85,6 +85,7 @@ func (r *report) table() string {
 			msf(p.Lag[0]), msf(p.Lag[1]), msf(p.Lag[2]), msf(p.Lag[3]), p.JobStates)
 		fmt.Fprintf(&b, "| … of which waiting in River's queue (job created → attempted) | | | %s | | %s | | |\n", msf(p.QueueWait[0]), msf(p.QueueWait[1]))
 		fmt.Fprintf(&b, "| … and being worked (attempted → completed) | | | %s | | %s | | |\n", msf(p.Work[0]), msf(p.Work[1]))
+		fmt.Fprintf(&b, "| … pace limit below its maximum (relay_pace_throttled_seconds_total), steps that shrank it | %.1f s of %.1f s, %.0f steps | | | | | | |\n", p.Throttled, p.ProcessWindow, p.Shrinks)
 	}
 	for _, e := range r.RSS {
 		fmt.Fprintf(&b, "| peak RSS of relay (VmHWM), %s | %s | | | | | | |\n", e.Label, mib(e.Bytes))

@@ -379,6 +379,23 @@ func startRelay(ctx context.Context, o options, label string, extra map[string]s
 
 func (r *relayProc) pid() int { return r.cmd.Process.Pid }
 
+// metric reads an unlabelled metric from relay's /metrics; 0 when absent.
+func (r *relayProc) metric(name string) float64 {
+	resp, err := http.Get(r.adminURL + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
+}
+
 // peakRSS is the process's high-water resident set, in bytes.
 func (r *relayProc) peakRSS() int64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", r.pid()))
