@@ -257,6 +257,9 @@ func (b *BatchWorker) apply(ctx context.Context, jobs []*river.Job[EventBatchArg
 	each := time.Since(start) / time.Duration(max(len(all), 1))
 	at := 0
 	for _, job := range jobs {
+		// How long its work waited tells the pace limit whether processing
+		// is falling behind.
+		b.turns.ObserveLag(time.Since(job.CreatedAt))
 		for _, ev := range job.Args.Events {
 			b.w.report(ctx, job.JobRow, ev, results[at], each, "", nil)
 			at++

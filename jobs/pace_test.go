@@ -256,3 +256,73 @@ func TestFailedCarryLeavesEachBatchToItself(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchesPastMaxLagGrowTheLimit: processing yields to slow stores but
+// is not starved. A batch worked promptly leaves the limit shrunk while
+// the stores stay slow; a batch that waited past MaxLag (the default, 1 s)
+// before it was worked makes it grow, slow stores or not.
+func TestBatchesPastMaxLagGrowTheLimit(t *testing.T) {
+	pool := testdb.NewPool(t)
+	limiter, err := pace.New(pace.Options{Target: 25 * time.Millisecond, Min: 1, Max: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	slowStep := func() int {
+		for range 20 {
+			limiter.Observe(80 * time.Millisecond)
+		}
+		now = now.Add(100 * time.Millisecond)
+		return limiter.Step(now)
+	}
+	for range 3 {
+		slowStep()
+	}
+	if got := limiter.State().Limit; got != 1 {
+		t.Fatalf("limit %d after slow stores, want 1", got)
+	}
+	sys := startSystem(t, pool, systemOpts{pace: limiter, maxWorkers: 10})
+	ctx := context.Background()
+	var shops [4]testkit.Shop
+	for i := range shops {
+		shops[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	}
+	batch := func(a, b int) []string {
+		storeBatch(t, sys, map[string][]byte{
+			fmt.Sprintf("msg_%d", a): event(t, "order.paid.json", shops[a], fmt.Sprintf("ord_%d", a), nil),
+			fmt.Sprintf("msg_%d", b): event(t, "order.paid.json", shops[b], fmt.Sprintf("ord_%d", b), nil),
+		})
+		return []string{fmt.Sprintf("msg_%d", a), fmt.Sprintf("msg_%d", b)}
+	}
+
+	// Worked promptly: slow stores keep the limit at 1.
+	for id, state := range sys.waitJobs(t, batch(0, 1)...) {
+		if state != "completed" {
+			t.Fatalf("%s: %s, want completed", id, state)
+		}
+	}
+	if got := slowStep(); got != 1 {
+		t.Fatalf("slow stores after a prompt batch: limit %d, want 1", got)
+	}
+
+	// Held back past MaxLag: the test holds the only turn until the job
+	// is more than a second old.
+	if err := limiter.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := batch(2, 3)
+	poll(t, "the batch job to be more than a second old", func() bool {
+		var old bool
+		err := pool.QueryRow(ctx, `SELECT bool_and(created_at < now() - interval '1.1 seconds') FROM river_job WHERE kind = 'polar_event_batch' AND state <> 'completed'`).Scan(&old)
+		return err == nil && old
+	})
+	limiter.Release()
+	for id, state := range sys.waitJobs(t, ids...) {
+		if state != "completed" {
+			t.Fatalf("%s: %s, want completed", id, state)
+		}
+	}
+	if got := slowStep(); got != 2 {
+		t.Fatalf("slow stores after a batch that waited past MaxLag: limit %d, want 2", got)
+	}
+}

@@ -49,7 +49,9 @@ type Options struct {
 	// Pace, when set, is the limit on batch transactions at once instead of
 	// BatchTransactions: one that shrinks while the receiver's stores are
 	// slow (relay serve's, RELAY_PACE_TARGET), so that processing yields
-	// the database to acknowledging.
+	// the database to acknowledging. Every job worked tells it how long
+	// the job waited (pace.Limiter.ObserveLag), so that it grows again
+	// while processing falls behind.
 	Pace *pace.Limiter
 }
 
@@ -148,6 +150,9 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		err = river.JobCancel(err)
 	}
 	w.report(ctx, job.JobRow, job.Args, res, time.Since(start), errResult, err)
+	if err == nil && w.opts.Pace != nil {
+		w.opts.Pace.ObserveLag(time.Since(job.CreatedAt))
+	}
 	if err != nil {
 		return fmt.Errorf("process webhook %s: %w", job.Args.WebhookID, err)
 	}

@@ -7,6 +7,11 @@
 // multiplicatively; while they are fast, or nothing arrives, it grows back
 // by one a step (AIMD, as TCP and Netflix's concurrency-limits do).
 //
+// Processing yields, but is not starved: while the work it finishes waited
+// longer than MaxLag (from its job's creation to its completion), the limit
+// grows whatever the stores say, so that the backlog is worked down rather
+// than left to grow for as long as acknowledging is slow.
+//
 // Only scheduling changes: what each transaction holds, and so exactly-once
 // and durability, does not.
 package pace
@@ -27,6 +32,7 @@ const (
 	DefaultMin      = 1
 	DefaultMax      = 12
 	DefaultInterval = 100 * time.Millisecond
+	DefaultMaxLag   = time.Second
 )
 
 // Options tune a Limiter. The zero value of each field takes its default.
@@ -42,6 +48,9 @@ type Options struct {
 	Min, Max int
 	// Interval is the length of a step: how often the limit is adjusted.
 	Interval time.Duration
+	// MaxLag is the processing lag (ObserveLag) past which the limit grows
+	// even while stores are slow. Default 1 s, relay's lag target.
+	MaxLag time.Duration
 	// Registerer, when set, gets the limiter's metrics.
 	Registerer prometheus.Registerer
 }
@@ -54,6 +63,7 @@ type Limiter struct {
 
 	// Observations since the last step; Observe is on every webhook's path.
 	seen, slow atomic.Int64
+	lagged     atomic.Bool // work finished past MaxLag since the last step
 
 	mu        sync.Mutex
 	limit     int
@@ -80,6 +90,9 @@ func New(opts Options) (*Limiter, error) {
 	}
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval
+	}
+	if opts.MaxLag <= 0 {
+		opts.MaxLag = DefaultMaxLag
 	}
 	l := &Limiter{opts: opts, adaptive: true, limit: opts.Max}
 	if opts.Registerer != nil {
@@ -109,13 +122,22 @@ func (l *Limiter) Observe(d time.Duration) {
 	}
 }
 
-// Step adjusts the limit from the stores observed since the last step, and
-// returns the new limit: shrink to 3/4 (at least by one, to Min at
-// least) when more than 1% of them were slower than the target; grow by
-// one (to Max at most) when none was, or none came; else hold. now is the
-// step's time, for the throttled-time metric.
+// ObserveLag records how long a piece of finished work waited, from its
+// job's creation to its completion.
+func (l *Limiter) ObserveLag(d time.Duration) {
+	if l.adaptive && d > l.opts.MaxLag {
+		l.lagged.Store(true)
+	}
+}
+
+// Step adjusts the limit from what was observed since the last step, and
+// returns the new limit: grow by one (to Max at most) when work finished
+// past MaxLag, or when no store was slower than the target, or none came;
+// else shrink to 3/4 (at least by one, to Min at least) when more than 1%
+// of the stores were slower than the target; else hold. now is the step's
+// time, for the throttled-time metric.
 func (l *Limiter) Step(now time.Time) int {
-	seen, slow := l.seen.Swap(0), l.slow.Swap(0)
+	seen, slow, lagged := l.seen.Swap(0), l.slow.Swap(0), l.lagged.Swap(false)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.lastStep.IsZero() && l.limit < l.opts.Max {
@@ -126,15 +148,15 @@ func (l *Limiter) Step(now time.Time) int {
 		return l.limit
 	}
 	switch {
-	case slow > 0 && slow*100 > seen:
+	case lagged || slow == 0:
+		l.limit = min(l.limit+1, l.opts.Max)
+		l.grant()
+	case slow*100 > seen:
 		next := max(min(l.limit-1, l.limit*3/4), l.opts.Min)
 		if next < l.limit {
 			l.shrinks++
 		}
 		l.limit = next
-	case slow == 0:
-		l.limit = min(l.limit+1, l.opts.Max)
-		l.grant()
 	}
 	return l.limit
 }

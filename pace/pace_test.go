@@ -69,6 +69,32 @@ func TestLimitShrinksOnSlowStoresAndGrowsBack(t *testing.T) {
 	}
 }
 
+// TestLaggingWorkGrowsTheLimitWhateverTheStores: processing yields but is
+// not starved. While finished work waited longer than MaxLag, the limit
+// grows even though every store is slow; once work is on time again, slow
+// stores shrink it again. Lag within MaxLag changes nothing.
+func TestLaggingWorkGrowsTheLimitWhateverTheStores(t *testing.T) {
+	l := newLimiter(t, pace.Options{Target: 25 * time.Millisecond, Min: 1, Max: 12, MaxLag: time.Second})
+	now := time.Unix(0, 0)
+	step := func(lag time.Duration, want int, why string) {
+		t.Helper()
+		observe(l, 100, 100*time.Millisecond) // every store slow
+		l.ObserveLag(200 * time.Millisecond)
+		l.ObserveLag(lag)
+		now = now.Add(100 * time.Millisecond)
+		if got := l.Step(now); got != want {
+			t.Fatalf("%s: limit %d, want %d", why, got, want)
+		}
+	}
+	for _, want := range []int{9, 6, 4, 3, 2, 1, 1} {
+		step(time.Second, want, "slow stores, work within MaxLag")
+	}
+	for _, want := range []int{2, 3, 4} {
+		step(1500*time.Millisecond, want, "slow stores, work past MaxLag")
+	}
+	step(900*time.Millisecond, 3, "slow stores, work back within MaxLag")
+}
+
 // TestThrottledTimeCountsStepsBelowMax: the throttled time is the time
 // between steps that began below Max.
 func TestThrottledTimeCountsStepsBelowMax(t *testing.T) {
@@ -142,11 +168,13 @@ func TestTurnsFollowTheLimit(t *testing.T) {
 	if first := <-got; first != 0 {
 		t.Fatalf("waiter %d entered first, want 0", first)
 	}
-	l.Release()
-	l.Release() // the second and third enter
-	a, b := <-got, <-got
-	if a != 1 || b != 2 {
-		t.Fatalf("waiters entered in order 0, %d, %d; want 0, 1, 2", a, b)
+	l.Release() // the second enters
+	if second := <-got; second != 1 {
+		t.Fatalf("waiter %d entered second, want 1", second)
+	}
+	l.Release() // the third enters
+	if third := <-got; third != 2 {
+		t.Fatalf("waiter %d entered third, want 2", third)
 	}
 	if st := l.State(); st.InFlight != 2 || st.Waiting != 0 {
 		t.Fatalf("%+v, want 2 in flight, none waiting", st)
