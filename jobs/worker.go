@@ -150,7 +150,9 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		err = river.JobCancel(err)
 	}
 	w.report(ctx, job.JobRow, job.Args, res, time.Since(start), errResult, err)
-	if err == nil && w.opts.Pace != nil {
+	// A retry waited for its backoff, not for the workers: only a first
+	// attempt tells the pace limit whether processing keeps up.
+	if err == nil && job.Attempt == 1 && w.opts.Pace != nil {
 		w.opts.Pace.ObserveLag(time.Since(job.CreatedAt))
 	}
 	if err != nil {
