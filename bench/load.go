@@ -288,6 +288,38 @@ func (g *generator) closed(ctx context.Context, c int, d time.Duration, _ string
 	return collect(outs, time.Since(start)), nil
 }
 
+// closedN runs c senders, as closed does, until n events have been sent or
+// d has passed, whichever comes first.
+func (g *generator) closedN(ctx context.Context, c, n int, d time.Duration) (*loadResult, error) {
+	phase := phaseSeq.Add(1)
+	var seq atomic.Int64
+	outs := make([][]outcome, c)
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for w := range c {
+		wg.Go(func() {
+			list := make([]outcome, 0, n/c+1)
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				i := seq.Add(1) - 1
+				if i >= int64(n) {
+					break
+				}
+				d := g.delivery(phase, i)
+				t0 := time.Now()
+				status, err := g.post(ctx, d)
+				list = append(list, outcome{status: status, lat: time.Since(t0), err: err})
+			}
+			outs[w] = list
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return collect(outs, time.Since(start)), nil
+}
+
 // open sends at a constant rate for d, whatever the answers, and measures
 // each latency from the moment the event was due, so a stalled server is
 // not hidden by sends it delayed (no coordinated omission). The events are

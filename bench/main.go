@@ -48,6 +48,9 @@ type options struct {
 	workspaces       int
 	tenants          int
 	drainMax         time.Duration
+	closedOrders     int
+	closedWorkspaces int
+	closedMax        time.Duration
 	relayEnv         envList
 }
 
@@ -83,7 +86,10 @@ func main() {
 	flag.IntVar(&o.procRate, "process-rate", 2000, "order events per second offered in the lag run (lag p99 < 1 s at 2,000/s is the target)")
 	flag.IntVar(&o.procCapacityRate, "process-capacity-rate", 3000, "order events per second offered in the capacity and flash-sale runs: above the 2,500/s target, so that the rate measured is what relay sustains, not what was sent")
 	flag.Float64Var(&o.flashShare, "flash-share", 0.9, "share of the flash-sale run's events that pay sessions of one workspace (0: no flash-sale run)")
-	flag.StringVar(&o.phases, "phases", "ceiling,ack,process", "comma-separated phases to run: ceiling (pgbench), ack (relay's receiver alone), process (end to end)")
+	flag.StringVar(&o.phases, "phases", "ceiling,ack,process,closed", "comma-separated phases to run: ceiling (pgbench), ack (relay's receiver alone), process (end to end, open loop), closed (end to end, closed loop, default settings)")
+	flag.IntVar(&o.closedOrders, "closed-orders", 30000, "paid orders the closed-loop end-to-end run sends, one per reserved session")
+	flag.IntVar(&o.closedWorkspaces, "closed-workspaces", 20, "workspaces the closed-loop run's sessions belong to")
+	flag.DurationVar(&o.closedMax, "closed-max-duration", 60*time.Second, "the closed-loop run's sending stops after this even if orders are left")
 	flag.DurationVar(&o.procDur, "process-duration", 10*time.Second, "sending time of the processing run")
 	flag.IntVar(&o.procWorkers, "process-workers", 50, "RELAY_WORKERS in the processing run")
 	flag.IntVar(&o.sessions, "sessions", 20000, "checkout sessions seeded for the processing run")
@@ -104,7 +110,7 @@ func main() {
 		log.Fatal("-flash-share must be in [0, 1)")
 	}
 	for p := range strings.SplitSeq(o.phases, ",") {
-		if p != "ceiling" && p != "ack" && p != "process" {
+		if p != "ceiling" && p != "ack" && p != "process" && p != "closed" {
 			log.Fatalf("-phases: unknown phase %q", p)
 		}
 	}
@@ -286,6 +292,13 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
+	// 4. End to end as a sender with a fixed number of delivery workers
+	// sees it: closed-loop senders, relay with every default.
+	if o.has("closed") {
+		if err := closedPhase(ctx, o, pool, cpu, gen, rep); err != nil {
+			return err
+		}
+	}
 
 	rep.Finished = time.Now()
 	md := rep.markdown()
@@ -355,7 +368,7 @@ func processPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMe
 		if err != nil {
 			return err
 		}
-		proc, err := processRun(ctx, o, spec.rate, pool, cpu, stats, r, gen, spec.sessions)
+		proc, err := processRun(ctx, o, spec.rate, 0, o.procWorkers, pool, cpu, stats, r, gen, spec.sessions)
 		rss := r.peakRSS()
 		r.stop()
 		if err != nil {
@@ -367,6 +380,50 @@ func processPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMe
 	}
 	return nil
 }
+
+// closedPhase is the closed-loop end-to-end run: o.concurrency senders,
+// each sending its next paid order once the last is answered, pay
+// o.closedOrders reserved sessions over o.closedWorkspaces workspaces, while
+// relay, started with every default, acknowledges and books them.
+func closedPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMeter, gen *generator, rep *report) error {
+	if err := resetSales(ctx, pool); err != nil {
+		return err
+	}
+	if err := resetTables(ctx, pool); err != nil {
+		return err
+	}
+	if err := pauseQueue(ctx, pool, false); err != nil {
+		return err
+	}
+	log.Printf("seeding %d checkout sessions in %d workspaces for the closed loop", o.closedOrders, o.closedWorkspaces)
+	sessions, err := seedClosed(ctx, pool, o.closedOrders, o.closedWorkspaces)
+	if err != nil {
+		return err
+	}
+	if err := checkpoint(ctx, pool); err != nil {
+		return err
+	}
+	stats := newPGStats(ctx, pool)
+	label := "defaults, closed loop"
+	r, err := startRelay(ctx, o, label, nil)
+	if err != nil {
+		return err
+	}
+	proc, err := processRun(ctx, o, 0, o.concurrency, defaultWorkers, pool, cpu, stats, r, gen, sessions)
+	rss := r.peakRSS()
+	r.stop()
+	if err != nil {
+		return err
+	}
+	proc.Name = fmt.Sprintf("%d workspaces, defaults", o.closedWorkspaces)
+	rep.Closed = proc
+	rep.rss(label, rss)
+	return nil
+}
+
+// defaultWorkers is relay's RELAY_WORKERS default, which the closed-loop
+// run leaves alone.
+const defaultWorkers = 50
 
 // mixSessions interleaves n sessions, share of them (of any run of them)
 // from flash and the rest from spread.

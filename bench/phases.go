@@ -160,7 +160,8 @@ func pgbenchLatencies(prefix string) ([]time.Duration, error) {
 // processResult is the end-to-end run: paid orders in, bookings out.
 type processResult struct {
 	Name          string // what sets the run apart, if anything
-	Offered       int    // events per second sent
+	Offered       int    // events per second sent (open loop)
+	Senders       int    // closed loop: senders, each waiting for its answer
 	Workers       int
 	Sessions      int
 	Ack           row     // the sending side
@@ -181,15 +182,19 @@ type processResult struct {
 	Work          [2]time.Duration // p50, p99: first attempt → completed
 	Statements    []stmtCost
 	Tables        []tableCost
+	Throttled     float64 // seconds relay's pace limit spent below its maximum (relay_pace_throttled_seconds_total)
+	Shrinks       float64 // steps that shrank it (relay_pace_shrinks_total)
 }
 
-// processRun sends paid order events for seeded sessions at rate and
-// polls the database until every acked event has been booked.
-func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cpu *cpuMeter, stats *pgStats, r *relayProc, gen *generator, sessions []session) (*processResult, error) {
+// processRun sends paid order events for seeded sessions at rate (open
+// loop) or, with senders > 0, from that many closed-loop senders until
+// every session has been paid, and polls the database until every acked
+// event has been booked.
+func processRun(ctx context.Context, o options, rate, senders, workers int, pool *pgxpool.Pool, cpu *cpuMeter, stats *pgStats, r *relayProc, gen *generator, sessions []session) (*processResult, error) {
 	gen.reset(r.webhookURL)
 	gen.sessions = sessions
 	defer func() { gen.sessions = nil }()
-	res := &processResult{Workers: o.procWorkers, Sessions: len(sessions), Offered: rate}
+	res := &processResult{Workers: workers, Sessions: len(sessions), Offered: rate, Senders: senders}
 
 	// The poll counts sales booked: a worker books a sale and completes its
 	// session in one transaction, so this is the number of sessions
@@ -263,8 +268,14 @@ func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cp
 		}
 	}()
 
-	log.Printf("processing run: %d paid orders/s for %s, RELAY_WORKERS=%d", rate, o.procDur, o.procWorkers)
-	load, err := gen.open(ctx, float64(rate), o.procDur, "process")
+	var load *loadResult
+	if senders > 0 {
+		log.Printf("processing run: %d closed-loop senders paying %d sessions (at most %s), RELAY_WORKERS=%d", senders, len(sessions), o.closedMax, workers)
+		load, err = gen.closedN(ctx, senders, len(sessions), o.closedMax)
+	} else {
+		log.Printf("processing run: %d paid orders/s for %s, RELAY_WORKERS=%d", rate, o.procDur, workers)
+		load, err = gen.open(ctx, float64(rate), o.procDur, "process")
+	}
 	if err != nil {
 		close(stopCh)
 		<-doneCh
@@ -286,8 +297,12 @@ func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cp
 		return nil, err
 	}
 	res.ProcessWindow = c1.at.Sub(c0.at).Seconds()
+	ackName := fmt.Sprintf("relay acks during processing (%d/s offered)", rate)
+	if senders > 0 {
+		ackName = fmt.Sprintf("relay acks during processing (closed loop, %d senders)", senders)
+	}
 	res.Ack = row{
-		Name: fmt.Sprintf("relay acks during processing (%d/s offered)", rate), Rate: load.rate(),
+		Name: ackName, Rate: load.rate(),
 		Offered: float64(rate), Count: load.ok,
 		P50: pct(load.lat, 0.50), P95: pct(load.lat, 0.95), P99: pct(load.lat, 0.99), Max: pct(load.lat, 1),
 		Errors: load.errors(), ErrorDetail: load.errorDetail(), Ratio: true,
@@ -372,8 +387,9 @@ func processRun(ctx context.Context, o options, rate int, pool *pgxpool.Pool, cp
 	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 	res.QueueWait = [2]time.Duration{sec(wait50), sec(wait99)}
 	res.Work = [2]time.Duration{sec(work50), sec(work99)}
-	log.Printf("  %d/%d booked in %.1fs: %.0f/s end to end, lag p99 %s; jobs: %s",
-		res.Processed, res.Sent, res.Duration, res.Rate, ms(res.Lag[2]), res.JobStates)
+	res.Throttled, res.Shrinks = r.metric("relay_pace_throttled_seconds_total"), r.metric("relay_pace_shrinks_total")
+	log.Printf("  %d/%d booked in %.1fs: %.0f/s end to end, lag p99 %s; jobs: %s; pace limit throttled %.1f s, %0.f shrinks",
+		res.Processed, res.Sent, res.Duration, res.Rate, ms(res.Lag[2]), res.JobStates, res.Throttled, res.Shrinks)
 	return res, nil
 }
 

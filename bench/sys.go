@@ -379,6 +379,23 @@ func startRelay(ctx context.Context, o options, label string, extra map[string]s
 
 func (r *relayProc) pid() int { return r.cmd.Process.Pid }
 
+// metric reads an unlabelled metric from relay's /metrics; 0 when absent.
+func (r *relayProc) metric(name string) float64 {
+	resp, err := http.Get(r.adminURL + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
+}
+
 // peakRSS is the process's high-water resident set, in bytes.
 func (r *relayProc) peakRSS() int64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", r.pid()))
@@ -590,6 +607,60 @@ func seedFlash(ctx context.Context, pool *pgxpool.Pool, n int) ([]session, error
 	}
 	if len(out) != n {
 		return nil, errors.New("seed flash sale: wrong number of sessions")
+	}
+	return out, nil
+}
+
+// seedClosed adds n reserved sessions, like seed's, spread over the first
+// k workspaces seed made (seeding them first if the processing runs did
+// not): the closed-loop run's.
+func seedClosed(ctx context.Context, pool *pgxpool.Pool, n, k int) ([]session, error) {
+	var shops int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM workspaces WHERE name LIKE 'Bench shop %'`).Scan(&shops); err != nil {
+		return nil, err
+	}
+	if shops < k {
+		if _, err := seed(ctx, pool, k, k); err != nil {
+			return nil, err
+		}
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck
+	rows, err := tx.Query(ctx, `
+		WITH ws AS (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM workspaces WHERE name LIKE 'Bench shop %' ORDER BY id LIMIT $2),
+		s AS (
+			INSERT INTO inventory_checkout_sessions (ws_id, status, total_amount, currency, polar_checkout_id)
+			SELECT ws.id, 'reserved', 4950, 'usd', 'chk_bench_closed_' || g
+			FROM generate_series(1, $1::int) g JOIN ws ON ws.n = g % $2::int
+			RETURNING id, ws_id, polar_checkout_id)
+		SELECT id::text, ws_id::text, polar_checkout_id FROM s`, n, k)
+	if err != nil {
+		return nil, fmt.Errorf("seed closed loop: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (session, error) {
+		var s session
+		err := row.Scan(&s.id, &s.ws, &s.checkout)
+		return s, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("seed closed loop: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO inventory_checkout_lines (checkout_session_id, product_id, quantity, unit_amount)
+		SELECT s.id, p.id, q.qty, 1500
+		FROM inventory_checkout_sessions s JOIN workspace_products p ON p.ws_id = s.ws_id
+		CROSS JOIN (VALUES (2), (1)) q(qty)
+		WHERE s.polar_checkout_id LIKE 'chk_bench_closed_%'`); err != nil {
+		return nil, fmt.Errorf("seed closed loop lines: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	if len(out) != n {
+		return nil, errors.New("seed closed loop: wrong number of sessions")
 	}
 	return out, nil
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/ledger"
+	"github.com/relayhq/relay/pace"
 	"github.com/relayhq/relay/products"
 )
 
@@ -20,16 +23,41 @@ import (
 // (its session is not there yet, it is refused, the database aborts on
 // it), nothing of the batch is kept: each event gets a job of its own
 // instead, with the retries, discards and refusals single events have.
+//
+// While the pace limit is below its maximum (acknowledging is slow), a
+// batch that gets a turn carries the batches waiting for one into its
+// transaction: fewer, bigger transactions, each job still completed in the
+// transaction that applies its events.
 type BatchWorker struct {
 	river.WorkerDefaults[EventBatchArgs]
 	w     *EventWorker
-	turns chan struct{} // one per batch transaction allowed at once
+	turns *pace.Limiter // the batch transactions allowed at once
+
+	mu      sync.Mutex
+	waiting []*waitingBatch // batches waiting for a turn that may be carried, oldest first
 }
 
+// waitingBatch is a batch job waiting for a turn.
+type waitingBatch struct {
+	job       *river.Job[EventBatchArgs]
+	stopWait  context.CancelFunc // ends its wait for a turn once carried
+	carried   bool               // taken into another batch's transaction (under BatchWorker.mu)
+	committed chan bool          // that transaction's outcome: true, its events are applied and its job completed
+}
+
+// maxCarriedEvents bounds the events of a transaction that carries waiting
+// batches: a larger one holds its sessions' locks longer.
+const maxCarriedEvents = 256
+
 // NewBatchWorker returns the worker for EventBatchArgs; it applies events
-// as w does, at most w's Options.BatchTransactions batches at once.
+// as w does, as many batches at once as w's Options.Pace allows, else at
+// most Options.BatchTransactions.
 func NewBatchWorker(w *EventWorker) *BatchWorker {
-	return &BatchWorker{w: w, turns: make(chan struct{}, w.opts.BatchTransactions)}
+	turns := w.opts.Pace
+	if turns == nil {
+		turns = pace.Fixed(w.opts.BatchTransactions)
+	}
+	return &BatchWorker{w: w, turns: turns}
 }
 
 // maxTurnWait bounds how long a batch job waits for a turn before it goes
@@ -53,49 +81,107 @@ func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
 func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
 	// Waiting for a turn is not working: it must not use up the time of
 	// the attempt, nor the attempt, however long the others take.
-	wait := time.NewTimer(maxTurnWait)
-	defer wait.Stop()
-	select {
-	case b.turns <- struct{}{}:
-		defer func() { <-b.turns }()
-	case <-wait.C:
-		return river.JobSnooze(0)
-	case <-ctx.Done():
+	waitCtx, stopWaiting := context.WithTimeout(ctx, maxTurnWait)
+	me := &waitingBatch{job: job, stopWait: stopWaiting, committed: make(chan bool, 1)}
+	b.mu.Lock()
+	b.waiting = append(b.waiting, me)
+	b.mu.Unlock()
+	err := b.turns.Acquire(waitCtx)
+	stopWaiting()
+	b.mu.Lock()
+	carried := me.carried
+	if !carried {
+		b.waiting = slices.DeleteFunc(b.waiting, func(w *waitingBatch) bool { return w == me })
+	}
+	b.mu.Unlock()
+	if carried {
+		if err == nil {
+			b.turns.Release() // granted as it was carried: not needed
+		}
+		select {
+		case ok := <-me.committed:
+			if ok {
+				return nil
+			}
+			// The carrying transaction failed: this batch alone, with a
+			// turn of its own, as if never carried.
+			return b.alone(ctx, job)
+		case <-ctx.Done():
+			return fmt.Errorf("process batch of %d webhooks: carried by another batch: %w", len(job.Args.Events), ctx.Err())
+		}
+	}
+	switch {
+	case err == nil:
+		defer b.turns.Release()
+	case ctx.Err() != nil:
 		return fmt.Errorf("process batch of %d webhooks: waiting for a turn: %w", len(job.Args.Events), ctx.Err())
+	default:
+		return river.JobSnooze(0)
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.w.opts.Timeout)
 	defer cancel()
-	start := time.Now()
-	results := make([]applied, len(job.Args.Events))
-	// The inbox rows are read in one statement and marked processed in
-	// another: two statements for the batch rather than two per event.
-	err := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
-		keys := make([]inbox.Key, len(job.Args.Events))
-		for i, ev := range job.Args.Events {
-			keys[i] = ev.Key()
+	if others := b.carry(len(job.Args.Events)); len(others) > 0 {
+		jobs := []*river.Job[EventBatchArgs]{job}
+		for _, o := range others {
+			jobs = append(jobs, o.job)
 		}
-		events, err := inbox.GetStoredMany(ctx, tx, keys)
-		if err != nil {
-			return err
+		err := b.apply(ctx, jobs)
+		for _, o := range others {
+			o.committed <- err == nil
 		}
-		if err := applyAll(ctx, tx, events, results); err != nil {
-			return err
+		if err == nil {
+			return nil
 		}
-		rowIDs, statuses, notes := make([]int64, len(events)), make([]string, len(events)), make([]string, len(events))
-		for i, event := range events {
-			results[i].hookTime = event.WebhookTimestamp
-			rowIDs[i], statuses[i], notes[i] = event.ID, results[i].inboxStatus(), results[i].note
+		if ctx.Err() != nil {
+			return fmt.Errorf("process batch of %d webhooks carrying %d others: %w", len(job.Args.Events), len(others), err)
 		}
-		if err := inbox.MarkDone(ctx, tx, job.ID, rowIDs, statuses, notes); err != nil {
-			return err
+		b.w.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "batch carrying others failed; each works alone",
+			slog.Int64("job_id", job.ID), slog.Int("batches", len(jobs)), slog.String("reason", err.Error()))
+	}
+	return b.work(ctx, job)
+}
+
+// carry takes the batches waiting for a turn, oldest first, into the
+// transaction of a batch of n events that has one, while the pace limit is
+// below its maximum, up to maxCarriedEvents in all.
+func (b *BatchWorker) carry(n int) []*waitingBatch {
+	if st := b.turns.State(); st.Limit >= b.turns.Max() {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var taken []*waitingBatch
+	rest := b.waiting[:0]
+	for _, w := range b.waiting {
+		if n+len(w.job.Args.Events) > maxCarriedEvents {
+			rest = append(rest, w)
+			continue
 		}
-		return completeTx(ctx, tx, job)
-	})
+		n += len(w.job.Args.Events)
+		w.carried = true
+		w.stopWait()
+		taken = append(taken, w)
+	}
+	clear(b.waiting[len(rest):])
+	b.waiting = rest
+	return taken
+}
+
+// alone works a batch whose carrying transaction failed: it waits for a
+// turn of its own (and is carried by no other batch), then works as Work.
+func (b *BatchWorker) alone(ctx context.Context, job *river.Job[EventBatchArgs]) error {
+	if err := b.turns.Acquire(ctx); err != nil {
+		return fmt.Errorf("process batch of %d webhooks: waiting for a turn: %w", len(job.Args.Events), err)
+	}
+	defer b.turns.Release()
+	return b.work(ctx, job)
+}
+
+// work applies a batch in a transaction of its own or, failing that, splits
+// it into single jobs.
+func (b *BatchWorker) work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
+	err := b.apply(ctx, []*river.Job[EventBatchArgs]{job})
 	if err == nil {
-		each := time.Since(start) / time.Duration(max(len(job.Args.Events), 1))
-		for i, ev := range job.Args.Events {
-			b.w.report(ctx, job.JobRow, ev, results[i], each, "", nil)
-		}
 		return nil
 	}
 	if ctx.Err() != nil {
@@ -121,6 +207,65 @@ func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) 
 	}
 	b.w.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "batch split into single jobs",
 		slog.Int64("job_id", job.ID), slog.Int("events", len(job.Args.Events)), slog.String("reason", err.Error()))
+	return nil
+}
+
+// apply applies the events of jobs, marks their inbox rows processed and
+// completes the jobs, all in one transaction, and reports each event once
+// it has committed.
+func (b *BatchWorker) apply(ctx context.Context, jobs []*river.Job[EventBatchArgs]) error {
+	start := time.Now()
+	var all []EventArgs
+	for _, job := range jobs {
+		all = append(all, job.Args.Events...)
+	}
+	results := make([]applied, len(all))
+	// The inbox rows are read in one statement and marked processed in
+	// another per job: not two per event.
+	err := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
+		keys := make([]inbox.Key, len(all))
+		for i, ev := range all {
+			keys[i] = ev.Key()
+		}
+		events, err := inbox.GetStoredMany(ctx, tx, keys)
+		if err != nil {
+			return err
+		}
+		if err := applyAll(ctx, tx, events, results); err != nil {
+			return err
+		}
+		at := 0
+		for _, job := range jobs {
+			n := len(job.Args.Events)
+			rowIDs, statuses, notes := make([]int64, n), make([]string, n), make([]string, n)
+			for i, event := range events[at : at+n] {
+				results[at+i].hookTime = event.WebhookTimestamp
+				rowIDs[i], statuses[i], notes[i] = event.ID, results[at+i].inboxStatus(), results[at+i].note
+			}
+			if err := inbox.MarkDone(ctx, tx, job.ID, rowIDs, statuses, notes); err != nil {
+				return err
+			}
+			if err := completeTx(ctx, tx, job); err != nil {
+				return err
+			}
+			at += n
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	each := time.Since(start) / time.Duration(max(len(all), 1))
+	at := 0
+	for _, job := range jobs {
+		// How long its work waited tells the pace limit whether processing
+		// is falling behind.
+		b.turns.ObserveLag(time.Since(job.CreatedAt))
+		for _, ev := range job.Args.Events {
+			b.w.report(ctx, job.JobRow, ev, results[at], each, "", nil)
+			at++
+		}
+	}
 	return nil
 }
 

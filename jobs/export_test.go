@@ -1,14 +1,19 @@
 package jobs
 
+import "context"
+
 // HoldTurns takes every batch turn of b, as batches that run long would,
 // until release is called.
 func (b *BatchWorker) HoldTurns() (release func()) {
-	for range cap(b.turns) {
-		b.turns <- struct{}{}
+	n := b.turns.Max()
+	for range n {
+		if err := b.turns.Acquire(context.Background()); err != nil {
+			panic(err)
+		}
 	}
 	return func() {
-		for range cap(b.turns) {
-			<-b.turns
+		for range n {
+			b.turns.Release()
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/pace"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
 )
@@ -48,6 +49,7 @@ type systemOpts struct {
 	maxWorkers  int           // per client; default 10
 	batchTx     int           // jobs.Options.BatchTransactions; default the default
 	jobTimeout  time.Duration // jobs.Options.Timeout; default the default
+	pace        *pace.Limiter // jobs.Options.Pace and the receiver's StoreObserver; default none
 }
 
 func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
@@ -72,7 +74,7 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	for i := range o.clients {
 		workers := river.NewWorkers()
 		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{Logger: logger, RetryBase: 20 * time.Millisecond,
-			BatchTransactions: o.batchTx, Timeout: o.jobTimeout})
+			BatchTransactions: o.batchTx, Timeout: o.jobTimeout, Pace: o.pace})
 		river.AddWorker(workers, eventWorker)
 		batches := jobs.NewBatchWorker(eventWorker)
 		river.AddWorker(workers, batches)
@@ -96,7 +98,11 @@ func startSystem(t *testing.T, pool *pgxpool.Pool, o systemOpts) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := receiver.New(pool, s.clients[0], verifier, recvMetrics, receiver.Options{Logger: logger})
+	recvOpts := receiver.Options{Logger: logger}
+	if o.pace != nil {
+		recvOpts.StoreObserver = o.pace
+	}
+	rc := receiver.New(pool, s.clients[0], verifier, recvMetrics, recvOpts)
 	t.Cleanup(rc.Close)
 	keys, err := endpoints.ParseKeyring(func(k string) string {
 		if k == endpoints.EnvKey {

@@ -17,6 +17,7 @@ import (
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/ledger"
+	"github.com/relayhq/relay/pace"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/products"
 )
@@ -47,6 +48,13 @@ type Options struct {
 	// (make bench on 2 cores: 20-30% more CPU per event with 50 than with
 	// 12). Default 12.
 	BatchTransactions int
+	// Pace, when set, is the limit on batch transactions at once instead of
+	// BatchTransactions: one that shrinks while the receiver's stores are
+	// slow (relay serve's, RELAY_PACE_TARGET), so that processing yields
+	// the database to acknowledging. Every job worked tells it how long
+	// the job waited (pace.Limiter.ObserveLag), so that it grows again
+	// while processing falls behind.
+	Pace *pace.Limiter
 }
 
 // EventWorker processes one stored webhook: it applies the event to the
@@ -156,6 +164,11 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		err = river.JobCancel(err)
 	}
 	w.report(ctx, job.JobRow, job.Args, res, time.Since(start), errResult, err)
+	// A retry waited for its backoff, not for the workers: only a first
+	// attempt tells the pace limit whether processing keeps up.
+	if err == nil && job.Attempt == 1 && w.opts.Pace != nil {
+		w.opts.Pace.ObserveLag(time.Since(job.CreatedAt))
+	}
 	if err != nil {
 		return fmt.Errorf("process webhook %s: %w", job.Args.WebhookID, err)
 	}

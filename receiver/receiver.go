@@ -57,6 +57,17 @@ type Options struct {
 	// failed, possibly at AckTimeout: the answer comes within AckTimeout +
 	// SpoolTimeout. Default 2 s.
 	SpoolTimeout time.Duration
+	// StoreObserver, when set, is told how long each verified delivery's
+	// store took (queue and commit, failures included): relay serve's
+	// *pace.Limiter, which slows processing down while stores are slow.
+	// The body's upload and verification are left out, so that a slow or
+	// hostile caller cannot throttle processing.
+	StoreObserver StoreObserver
+}
+
+// StoreObserver is told each store's latency; *pace.Limiter is one.
+type StoreObserver interface {
+	Observe(time.Duration)
 }
 
 // Spool is a local durable store of deliveries (*spool.Spool): Append
@@ -358,6 +369,10 @@ func (rc *Receiver) store(ctx context.Context, event *inbox.Event) (stored, erro
 func (rc *Receiver) commit(ctx context.Context, event *inbox.Event) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, rc.opts.AckTimeout)
 	defer cancel()
+	if o := rc.opts.StoreObserver; o != nil {
+		start := time.Now()
+		defer func() { o.Observe(time.Since(start)) }()
+	}
 	if rc.group != nil {
 		r := rc.group.submit(ctx, event)
 		return r.inserted, r.err

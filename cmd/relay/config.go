@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/relayhq/relay/pace"
 	"github.com/relayhq/relay/polarapi"
 	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/spool"
@@ -65,6 +66,10 @@ type config struct {
 	// and the base URL Polar reaches relay at (endpoints relay registers).
 	PolarAPI  polarapi.Config
 	PublicURL string
+	// PaceTarget is the receiver's store latency past which the workers'
+	// batch transactions at once shrink (pace.Options.Target); 0: a fixed
+	// limit.
+	PaceTarget time.Duration
 }
 
 // Roles of a replica.
@@ -153,6 +158,10 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.RescueAfter = durationVar(e, "RELAY_RESCUE_AFTER", 6*time.Second, &errs)
 	c.FetchCooldown = durationVar(e, "RELAY_FETCH_COOLDOWN", 20*time.Millisecond, &errs)
 	c.FetchPollInterval = durationVar(e, "RELAY_FETCH_POLL_INTERVAL", time.Second, &errs)
+	c.PaceTarget = durationVar(e, "RELAY_PACE_TARGET", pace.DefaultTarget, &errs)
+	if c.PaceTarget < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PACE_TARGET (%s) must be 0 (off) or positive", c.PaceTarget))
+	}
 	c.ReadHeaderTimeout = durationVar(e, "RELAY_READ_HEADER_TIMEOUT", 5*time.Second, &errs)
 	c.ReadTimeout = durationVar(e, "RELAY_READ_TIMEOUT", 15*time.Second, &errs)
 	if c.MaxBatch <= 0 || c.Committers <= 0 || c.JobTimeout <= 0 || c.FetchCooldown <= 0 ||

@@ -24,6 +24,7 @@ import (
 	"github.com/relayhq/relay/jobs"
 	"github.com/relayhq/relay/migrations"
 	"github.com/relayhq/relay/opsmetrics"
+	"github.com/relayhq/relay/pace"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/primary"
 	"github.com/relayhq/relay/receiver"
@@ -113,7 +114,20 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return fmt.Errorf("register job metrics: %w", err)
 	}
 
-	riverClient, err := newRiverClient(cfg, pool, jobMetrics, logger)
+	// Processing yields the database to acknowledging: the workers' batch
+	// transactions at once follow the receiver's store latency. A replica
+	// without both halves has no signal, and keeps the fixed limit.
+	paceOpts := pace.Options{Target: cfg.PaceTarget, Registerer: reg}
+	if cfg.PaceTarget == 0 || cfg.Role != roleAll {
+		paceOpts.Min = pace.DefaultMax
+	}
+	limiter, err := pace.New(paceOpts)
+	if err != nil {
+		return fmt.Errorf("pace: %w", err)
+	}
+	go limiter.Run(ctx)
+
+	riverClient, err := newRiverClient(cfg, pool, jobMetrics, limiter, logger)
 	if err != nil {
 		return err
 	}
@@ -148,6 +162,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			MaxBatch:       cfg.MaxBatch,
 			Committers:     cfg.Committers,
 			SpoolTimeout:   spoolTimeout,
+			StoreObserver:  limiter,
 		}
 		opts.MaxUnverifiedBytes = cfg.MaxUnverifiedBytes
 		if sp != nil {
@@ -273,7 +288,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 // newRiverClient returns the River client of the configured role: working
 // the queue (all, worker) or insert-only (receiver).
-func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, logger *slog.Logger) (*river.Client[pgx.Tx], error) {
+func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, limiter *pace.Limiter, logger *slog.Logger) (*river.Client[pgx.Tx], error) {
 	riverCfg := &river.Config{
 		Logger:      logger.With("component", "river"),
 		MaxAttempts: cfg.MaxAttempts,
@@ -283,7 +298,7 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 	if cfg.Role != roleReceiver {
 		workers := river.NewWorkers()
 		eventWorker := jobs.NewEventWorker(pool, jobMetrics, jobs.Options{
-			Logger: logger, RetryBase: cfg.RetryBase, Timeout: cfg.JobTimeout,
+			Logger: logger, RetryBase: cfg.RetryBase, Timeout: cfg.JobTimeout, Pace: limiter,
 		})
 		if err := river.AddWorkerSafely(workers, eventWorker); err != nil {
 			return nil, fmt.Errorf("register workers: %w", err)
