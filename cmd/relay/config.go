@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/relayhq/relay/pace"
 	"github.com/relayhq/relay/polarapi"
 	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/spool"
@@ -158,7 +157,9 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	c.RescueAfter = durationVar(e, "RELAY_RESCUE_AFTER", 6*time.Second, &errs)
 	c.FetchCooldown = durationVar(e, "RELAY_FETCH_COOLDOWN", 20*time.Millisecond, &errs)
 	c.FetchPollInterval = durationVar(e, "RELAY_FETCH_POLL_INTERVAL", time.Second, &errs)
-	c.PaceTarget = durationVar(e, "RELAY_PACE_TARGET", pace.DefaultTarget, &errs)
+	// Off by default: on a quiet machine pacing made acks and lag worse at
+	// 2,000/s (docs/performance.md); the pace package's DefaultTarget is the value to try.
+	c.PaceTarget = durationVar(e, "RELAY_PACE_TARGET", 0, &errs)
 	if c.PaceTarget < 0 {
 		errs = append(errs, fmt.Errorf("RELAY_PACE_TARGET (%s) must be 0 (off) or positive", c.PaceTarget))
 	}

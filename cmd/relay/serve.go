@@ -114,9 +114,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return fmt.Errorf("register job metrics: %w", err)
 	}
 
-	// Processing yields the database to acknowledging: the workers' batch
-	// transactions at once follow the receiver's store latency. A replica
-	// without both halves has no signal, and keeps the fixed limit.
+	// With RELAY_PACE_TARGET set, processing yields the database to
+	// acknowledging: the workers' batch transactions at once follow the
+	// receiver's store latency. Unset (the default), or on a replica without
+	// both halves (no signal), the limit is fixed.
 	paceOpts := pace.Options{Target: cfg.PaceTarget, Registerer: reg}
 	if cfg.PaceTarget == 0 || cfg.Role != roleAll {
 		paceOpts.Min = pace.DefaultMax
