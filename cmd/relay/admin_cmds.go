@@ -25,11 +25,12 @@ import (
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/reconcile"
 )
 
 // mountAdmin adds the authenticated admin API and River UI to the admin
 // listener, or, without credentials, leaves them out and says so.
-func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxpool.Pool, client *river.Client[pgx.Tx], secrets *endpoints.Store, connector *connections.Connector, metrics *jobs.Metrics, logger *slog.Logger) error {
+func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxpool.Pool, client *river.Client[pgx.Tx], secrets *endpoints.Store, connector *connections.Connector, reconciler *reconcile.Reconciler, metrics *jobs.Metrics, logger *slog.Logger) error {
 	creds := admin.Credentials{Token: cfg.AdminToken, User: cfg.AdminUser, Password: cfg.AdminPassword}
 	if !creds.Configured() {
 		logger.Warn("admin API and River UI are disabled: set RELAY_ADMIN_TOKEN or RELAY_ADMIN_USER and RELAY_ADMIN_PASSWORD to enable them")
@@ -40,7 +41,7 @@ func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxp
 		return err
 	}
 	go con.Run(ctx) // the console's live stream; ends its streams when ctx ends
-	h, err := admin.NewHandler(pool, client, admin.Options{Credentials: creds, Logger: logger, Console: con, Endpoints: secrets, Connections: connector, Metrics: metrics})
+	h, err := admin.NewHandler(pool, client, admin.Options{Credentials: creds, Logger: logger, Console: con, Endpoints: secrets, Connections: connector, Reconciler: reconciler, Metrics: metrics})
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/relayhq/relay/opsmetrics"
 	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/receiver"
+	"github.com/relayhq/relay/reconcile"
 	"github.com/relayhq/relay/retention"
 	"github.com/relayhq/relay/spool"
 )
@@ -112,7 +113,16 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return fmt.Errorf("register job metrics: %w", err)
 	}
 
-	riverClient, err := newRiverClient(cfg, pool, jobMetrics, logger)
+	recMetrics, err := reconcile.NewMetrics(reg)
+	if err != nil {
+		return fmt.Errorf("register reconciliation metrics: %w", err)
+	}
+	connector.API.Observe = recMetrics.Observe
+	reconciler, err := newReconciler(cfg, pool, connector, recMetrics, logger)
+	if err != nil {
+		return err
+	}
+	riverClient, err := newRiverClient(cfg, pool, jobMetrics, reconciler, logger)
 	if err != nil {
 		return err
 	}
@@ -123,7 +133,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		fmt.Fprintln(w, "ok")
 	}))
 	admin.Handle("GET /readyz", readyHandler(probePool, sp, cfg.MaxBodyBytes))
-	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, connector, jobMetrics, logger); err != nil {
+	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, connector, reconciler, jobMetrics, logger); err != nil {
 		return err
 	}
 	servers := []*namedServer{{name: "admin", addrVar: "RELAY_ADMIN_ADDR", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
@@ -265,7 +275,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 // newRiverClient returns the River client of the configured role: working
 // the queue (all, worker) or insert-only (receiver).
-func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, logger *slog.Logger) (*river.Client[pgx.Tx], error) {
+func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, reconciler *reconcile.Reconciler, logger *slog.Logger) (*river.Client[pgx.Tx], error) {
 	riverCfg := &river.Config{
 		Logger:      logger.With("component", "river"),
 		MaxAttempts: cfg.MaxAttempts,
@@ -289,6 +299,9 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 		if err := river.AddWorkerSafely(workers, jobs.NewPendingWorker(pool, jobMetrics, logger)); err != nil {
 			return nil, fmt.Errorf("register pending bookings worker: %w", err)
 		}
+		if err := river.AddWorkerSafely(workers, reconcile.NewWorker(reconciler, pool, logger)); err != nil {
+			return nil, fmt.Errorf("register reconciliation worker: %w", err)
+		}
 		riverCfg.Workers = workers
 		riverCfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}}
 		riverCfg.FetchCooldown = cfg.FetchCooldown
@@ -299,7 +312,7 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 		// River's own job cleanup keeps its defaults (completed and
 		// cancelled 24 h, discarded 7 days); the inbox, which replays need,
 		// is kept longer by the retention sweep.
-		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob(), jobs.PendingPeriodicJob()}
+		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob(), jobs.PendingPeriodicJob(), reconcile.PeriodicJob(cfg.ReconcileInterval)}
 	}
 	client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
 	if err != nil {
