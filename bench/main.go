@@ -83,7 +83,7 @@ func main() {
 	flag.IntVar(&o.procRate, "process-rate", 2000, "order events per second offered in the lag run (lag p99 < 1 s at 2,000/s is the target)")
 	flag.IntVar(&o.procCapacityRate, "process-capacity-rate", 3000, "order events per second offered in the capacity and flash-sale runs: above the 2,500/s target, so that the rate measured is what relay sustains, not what was sent")
 	flag.Float64Var(&o.flashShare, "flash-share", 0.9, "share of the flash-sale run's events that pay sessions of one workspace (0: no flash-sale run)")
-	flag.StringVar(&o.phases, "phases", "ceiling,ack,process", "comma-separated phases to run: ceiling (pgbench), ack (relay's receiver alone), process (end to end)")
+	flag.StringVar(&o.phases, "phases", "ceiling,ack,process,reconcile", "comma-separated phases to run: ceiling (pgbench), ack (relay's receiver alone), process (end to end), reconcile (a reconciliation pass over 10,000 orders at a fake of Polar's API, acks meanwhile)")
 	flag.DurationVar(&o.procDur, "process-duration", 10*time.Second, "sending time of the processing run")
 	flag.IntVar(&o.procWorkers, "process-workers", 50, "RELAY_WORKERS in the processing run")
 	flag.IntVar(&o.sessions, "sessions", 20000, "checkout sessions seeded for the processing run")
@@ -104,7 +104,7 @@ func main() {
 		log.Fatal("-flash-share must be in [0, 1)")
 	}
 	for p := range strings.SplitSeq(o.phases, ",") {
-		if p != "ceiling" && p != "ack" && p != "process" {
+		if p != "ceiling" && p != "ack" && p != "process" && p != "reconcile" {
 			log.Fatalf("-phases: unknown phase %q", p)
 		}
 	}
@@ -283,6 +283,13 @@ func run(ctx context.Context, o options) error {
 	// sale in one shop, where bookings meet on one wallet.
 	if o.has("process") {
 		if err := processPhase(ctx, o, pool, cpu, gen, rep); err != nil {
+			return err
+		}
+	}
+
+	// 4. Reconciliation: one pass over 10,000 orders no webhook brought.
+	if o.has("reconcile") {
+		if err := reconcilePhase(ctx, o, pool, cpu, gen, rep); err != nil {
 			return err
 		}
 	}
