@@ -59,7 +59,9 @@ type worldOpts struct {
 
 func newWorld(t *testing.T, o worldOpts) *world {
 	t.Helper()
-	w := &world{pool: testdb.NewPool(t), fakes: map[string]*polarfake.Fake{}, reg: prometheus.NewRegistry(), logs: &testkit.SyncBuffer{}}
+	// Room for the workers, a pass and a test's own connection at once.
+	pool := testdb.NewPoolWith(t, func(c *pgxpool.Config) { c.MaxConns = 12 })
+	w := &world{pool: pool, fakes: map[string]*polarfake.Fake{}, reg: prometheus.NewRegistry(), logs: &testkit.SyncBuffer{}}
 	for _, env := range []string{polarapi.Production, polarapi.Sandbox} {
 		f := polarfake.New(env)
 		srv := httptest.NewServer(f)
