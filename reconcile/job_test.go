@@ -32,7 +32,7 @@ func TestPeriodicPassBooksMissedSaleAndNeverOverlaps(t *testing.T) {
 	t.Cleanup(func() {
 		if !released {
 			conn.Release()
-	released = true
+			released = true
 		}
 	})
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(7305146303)`); err != nil {
