@@ -79,6 +79,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, s := range states {
 		m.conns.WithLabelValues(s)
 	}
+	for _, e := range []string{"orders", "refunds", "webhook_endpoints", "webhook_endpoint_create", "webhook_endpoint_update"} {
+		for _, c := range []string{"2xx", "4xx", "429", "5xx", "none"} {
+			m.requests.WithLabelValues(e, c)
+		}
+	}
 	return m, nil
 }
 

@@ -237,17 +237,27 @@ func (r *Reconciler) Reconcile(ctx context.Context, workspace, environment strin
 	return r.pass(ctx, cred, opts), nil
 }
 
-// All runs one pass per connection, concurrently, each with its own
-// deadline: one organization's slow API never holds up another's.
+// MaxConcurrentPasses bounds the connections All passes at once: each
+// holds a database connection while it compares and recovers.
+const MaxConcurrentPasses = 8
+
+// All runs one pass per connection, up to MaxConcurrentPasses at once,
+// each with its own deadline: one organization's slow API never holds up
+// another's.
 func (r *Reconciler) All(ctx context.Context, opts Options) ([]Report, error) {
 	creds, err := r.cfg.Connections.AllCredentials(ctx)
 	if err != nil {
 		return nil, err
 	}
 	reports := make([]Report, len(creds))
+	slots := make(chan struct{}, MaxConcurrentPasses)
 	var wg sync.WaitGroup
 	for i, cred := range creds {
-		wg.Go(func() { reports[i] = r.pass(ctx, cred, opts) })
+		wg.Go(func() {
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			reports[i] = r.pass(ctx, cred, opts) // its deadline starts with its turn
+		})
 	}
 	wg.Wait()
 	if r.cfg.Metrics != nil {

@@ -166,6 +166,13 @@ func TestReconcileCommands(t *testing.T) {
 		t.Fatalf("POST /admin/api/reconcile: %d %v %+v", resp.StatusCode, err, rep)
 	}
 
+	if resp, err := http.Post(p.admin+"/admin/api/reconcile", "application/json",
+		strings.NewReader(`{"workspace":"`+shop.WS+`","environment":"production"}`)); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("POST /admin/api/reconcile without credentials: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
 	prod.RevokeToken(tok)
 	out, err = p.cli(t, "reconcile", "--workspace", shop.WS, "--environment", "production")
 	if err == nil || !strings.Contains(err.Error(), "unauthorized") || !strings.Contains(out, "unauthorized") {
@@ -175,6 +182,7 @@ func TestReconcileCommands(t *testing.T) {
 	if !strings.Contains(out, "unauthorized") {
 		t.Fatalf("connections list after a rejected token:\n%s", out)
 	}
+	t.Logf("relay connections list after Polar rejected the token:\n%s", out)
 }
 
 // TestReconcileKilledMidPassNothingDoubled: relay reconcile is killed
