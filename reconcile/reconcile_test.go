@@ -750,7 +750,51 @@ func TestEveryConnectionPassesOnItsOwn(t *testing.T) {
 	for _, rep := range reports {
 		got[rep.Environment] = rep.Result
 	}
+	// The two passes ran at the same time: neither waited for the other.
+	var lastStart, firstEnd time.Time
+	for _, rep := range reports {
+		took, err := time.ParseDuration(rep.Took)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Started.After(lastStart) {
+			lastStart = rep.Started
+		}
+		if end := rep.Started.Add(took); firstEnd.IsZero() || end.Before(firstEnd) {
+			firstEnd = end
+		}
+	}
+	if !lastStart.Before(firstEnd) {
+		t.Errorf("the passes ran one after the other (the last started %v after the first ended)", lastStart.Sub(firstEnd))
+	}
 	if got[polarapi.Production] != reconcile.ResultFailed || got[polarapi.Sandbox] != reconcile.ResultOK {
 		t.Fatalf("results %v, want production failed and sandbox ok", got)
+	}
+}
+
+// TestMissedSaleWithoutWalletBecomesPending: a sale no webhook brought, in
+// a workspace with no default wallet, becomes a pending booking as its
+// webhook would have made it; the next pass reports it as pending and
+// stores nothing more.
+func TestMissedSaleWithoutWalletBecomesPending(t *testing.T) {
+	w := newWorld(t, worldOpts{workers: true})
+	if _, err := w.pool.Exec(context.Background(), `DELETE FROM workspace_configs WHERE ws_id = $1`, w.shop.WS); err != nil {
+		t.Fatal(err)
+	}
+	w.fakes[polarapi.Production].AddOrder(w.org, w.order("ord_no_wallet", nil))
+	r := w.reconciler(nil)
+	if rep := pass(t, r, w, polarapi.Production, reconcile.Options{}); len(kinds(rep)[reconcile.KindBooked]) != 1 {
+		t.Fatalf("first pass: %v", rep.Findings)
+	}
+	w.settled(t)
+	if n := w.count(t, `SELECT count(*) FROM pending_bookings WHERE session_id = $1 AND posted_at IS NULL`, w.shop.Session); n != 1 {
+		t.Fatalf("%d pending bookings, want 1", n)
+	}
+	rep := pass(t, r, w, polarapi.Production, reconcile.Options{})
+	if p := kinds(rep)[reconcile.KindPending]; len(p) != 1 || len(rep.Findings) != 1 || p[0].Action != reconcile.ActionReported {
+		t.Fatalf("second pass: %v", rep.Findings)
+	}
+	if n := w.recoveredRows(t); n != 1 {
+		t.Fatalf("%d recovered rows, want 1", n)
 	}
 }
