@@ -345,7 +345,7 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "WEBHOOK_ID\tENDPOINT\tTYPE\tSTATUS\tRECEIVED\tJOB_ID\tNOTE")
+		fmt.Fprintln(tw, "WEBHOOK_ID\tENDPOINT\tTYPE\tSTATUS\tRECEIVED\tJOB_ID\tSOURCE\tNOTE")
 		for _, e := range list {
 			job := "-"
 			if e.JobID != nil {
@@ -355,8 +355,8 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 			if e.Note != nil {
 				note = *e.Note
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.WebhookID, e.Endpoint, orDash(e.EventType), e.Status,
-				e.ReceivedAt.UTC().Format(time.RFC3339), job, orDash(oneLine(note, 80)))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.WebhookID, e.Endpoint, orDash(e.EventType), e.Status,
+				e.ReceivedAt.UTC().Format(time.RFC3339), job, e.Source, orDash(oneLine(note, 80)))
 		}
 		return tw.Flush()
 	case "show":

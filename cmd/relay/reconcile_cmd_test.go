@@ -147,6 +147,12 @@ func TestReconcileCommands(t *testing.T) {
 	}
 	t.Logf("relay connections list:\n%s", out)
 
+	out, err = p.cli(t, "inbox", "list")
+	if err != nil || !strings.Contains(out, "reconcile:ord_second:paid:0") || !strings.Contains(out, "reconciliation") || !strings.Contains(out, "msg_late") {
+		t.Fatalf("inbox list: %v\n%s", err, out)
+	}
+	t.Logf("relay inbox list:\n%s", out)
+
 	// The admin API: the same pass.
 	req, _ := http.NewRequest(http.MethodPost, p.admin+"/admin/api/reconcile",
 		strings.NewReader(`{"workspace":"`+shop.WS+`","environment":"production","dry_run":true}`))
