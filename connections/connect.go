@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/polarapi"
@@ -20,6 +21,10 @@ type Connector struct {
 	Store   *Store
 	Secrets *endpoints.Store // where the endpoint's secret goes, as `relay endpoints add` puts it
 	API     polarapi.Config
+	// Clients, when set, gives the client of a token (sharing its
+	// organization's budget with the rest of the process); else one is
+	// made from API.
+	Clients *polarapi.Clients
 	// PublicURL is the base URL Polar reaches relay at (RELAY_PUBLIC_URL);
 	// without it relay registers no endpoint.
 	PublicURL   string
@@ -60,6 +65,10 @@ func (c *Connector) path(workspace string) string {
 	return strings.TrimSuffix(p, "/") + "/" + workspace
 }
 
+// connectTimeout bounds one Connect: a handful of requests, and Polar's
+// retries of them.
+const connectTimeout = 2 * time.Minute
+
 // ErrTokenRefused is a token Polar will not take (401), or one that may
 // not read what reconciliation reads (403): nothing is stored.
 var ErrTokenRefused = errors.New("token refused")
@@ -84,7 +93,15 @@ func (c *Connector) Connect(ctx context.Context, workspace, environment, token s
 	if !c.Store.keys.Configured() {
 		return ConnectResult{}, endpoints.ErrNoKey
 	}
-	client, err := polarapi.New(c.API, environment, token)
+	// However Polar answers, a connect ends: a person or a request waits.
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	var client *polarapi.Client
+	if c.Clients != nil {
+		client, err = c.Clients.Get(environment, token)
+	} else {
+		client, err = polarapi.New(c.API, environment, token)
+	}
 	if err != nil {
 		return ConnectResult{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}

@@ -211,6 +211,8 @@ func TestRetryAfterHonoured(t *testing.T) {
 	e.prod.SetRateLimit(org, 5)
 	cfg := e.cfg
 	cfg.Clock = clock
+	observed := map[string]int{}
+	cfg.Observe = func(endpoint string, status int) { observed[fmt.Sprintf("%s %d", endpoint, status)]++ }
 	c := newClient(t, cfg, polarapi.Production, tok)
 	for i := range 12 {
 		if _, err := c.ListWebhookEndpoints(context.Background(), 1, 10); err != nil {
@@ -223,6 +225,9 @@ func TestRetryAfterHonoured(t *testing.T) {
 	slept := clock.Slept()
 	if len(slept) != 2 || slept[0] != time.Minute || slept[1] != time.Minute {
 		t.Errorf("waited %v, want the Retry-After of each 429 (1m, 1m)", slept)
+	}
+	if observed["webhook_endpoints 200"] != 12 || observed["webhook_endpoints 429"] != 2 || len(observed) != 2 {
+		t.Errorf("Observe saw %v, want 12 answers 200 and two 429", observed)
 	}
 }
 
@@ -449,5 +454,25 @@ func TestRefundsWalkStopsAtSince(t *testing.T) {
 	}
 	if n != 150 || e.prod.Requests("GET /v1/refunds/") != 2 {
 		t.Errorf("%d refunds in %d requests, want 150 in 2", n, e.prod.Requests("GET /v1/refunds/"))
+	}
+}
+
+// TestClientsShareABudget: the clients of one token share its budget,
+// another token's have their own.
+func TestClientsShareABudget(t *testing.T) {
+	cs := polarapi.NewClients(polarapi.Config{RPM: 1})
+	a1, err := cs.Get(polarapi.Sandbox, "polar_oat_aaaaaaaaaaaaaaaa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, _ := cs.Get(polarapi.Sandbox, "polar_oat_aaaaaaaaaaaaaaaa")
+	b, _ := cs.Get(polarapi.Sandbox, "polar_oat_bbbbbbbbbbbbbbbb")
+	p, _ := cs.Get(polarapi.Production, "polar_oat_aaaaaaaaaaaaaaaa")
+	if a1 != a2 || a1 == b || a1 == p || a1.Environment() != polarapi.Sandbox || p.Environment() != polarapi.Production {
+		t.Error("clients are not one per token and environment")
+	}
+	cs.Forget(polarapi.Sandbox, "polar_oat_aaaaaaaaaaaaaaaa")
+	if a3, _ := cs.Get(polarapi.Sandbox, "polar_oat_aaaaaaaaaaaaaaaa"); a3 == a1 {
+		t.Error("Forget kept the client")
 	}
 }

@@ -165,6 +165,10 @@ type Config struct {
 	Secrets     *endpoints.Store // whether relay can verify a workspace's deliveries, and where a re-created endpoint's secret goes
 	Inserter    jobs.Inserter    // inserts the recoveries' jobs in their inbox rows' transaction
 	API         polarapi.Config
+	// Clients, when set, hands out the clients (relay connect's too, so
+	// that they share each organization's budget); else the Reconciler
+	// keeps its own, made from API.
+	Clients     *polarapi.Clients
 	Lookback    time.Duration // DefaultLookback when 0
 	PassTimeout time.Duration // DefaultPassTimeout when 0
 	// Reenable re-enables relay's endpoint at Polar once relay can take
@@ -214,6 +218,9 @@ type Options struct {
 }
 
 func (r *Reconciler) client(cred connections.Credentials) (*polarapi.Client, error) {
+	if r.cfg.Clients != nil {
+		return r.cfg.Clients.Get(cred.Environment, cred.Token)
+	}
 	sum := sha256.Sum256([]byte(cred.Token))
 	r.mu.Lock()
 	defer r.mu.Unlock()

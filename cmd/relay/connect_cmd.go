@@ -15,6 +15,7 @@ import (
 
 	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/endpoints"
+	"github.com/relayhq/relay/polarapi"
 	"github.com/relayhq/relay/reconcile"
 )
 
@@ -220,6 +221,7 @@ func newConnector(cfg *config, pool *pgxpool.Pool, keys *endpoints.Keyring) *con
 		Store:       connections.NewStore(pool, keys),
 		Secrets:     endpoints.NewStore(pool, keys),
 		API:         cfg.PolarAPI,
+		Clients:     polarapi.NewClients(cfg.PolarAPI),
 		PublicURL:   cfg.PublicURL,
 		WebhookPath: cfg.WebhookPath,
 		AfterConnect: func(ctx context.Context, c connections.Connection) (string, error) {

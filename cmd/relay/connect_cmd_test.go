@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -145,6 +146,18 @@ func TestConnect(t *testing.T) {
 		t.Fatal("connect without webhooks:write registered or stored a secret")
 	}
 
+	// Without RELAY_PUBLIC_URL: the token is stored, nothing registered, and
+	// the hint says how to finish.
+	noURL := maps.Clone(p.env)
+	delete(noURL, "RELAY_PUBLIC_URL")
+	ws2 := testkit.SeedShop(t, p.pool, testkit.ShopOptions{}).WS
+	sb2 := sandbox.AddToken(sandbox.AddOrganization())
+	out, err = relayStdin(t, noURL, sb2+"\n", "connect", "--workspace", ws2, "--environment", "sandbox")
+	if err != nil || !strings.Contains(out, "RELAY_PUBLIC_URL is not set") || !strings.Contains(out, "relay endpoints add --workspace "+ws2+" --environment sandbox") ||
+		strings.Contains(out, sb2) || count("polar_connections") != 3 || count("endpoint_secrets") != 1 {
+		t.Fatalf("connect without RELAY_PUBLIC_URL: %v\n%s", err, out)
+	}
+
 	// connections list.
 	out, err = relayStdin(t, p.env, "", "connections", "list", "--workspace", ws)
 	if err != nil {
@@ -183,7 +196,7 @@ func TestConnect(t *testing.T) {
 
 	// rekey covers the tokens; disconnect removes one.
 	rekeyEnv := map[string]string{"DATABASE_URL": p.env["DATABASE_URL"], "RELAY_SECRETS_KEY": newKey + "," + key}
-	if out, err := relayStdin(t, rekeyEnv, "", "endpoints", "rekey"); err != nil || !strings.Contains(out, "re-encrypted 2 Polar connection token(s)") {
+	if out, err := relayStdin(t, rekeyEnv, "", "endpoints", "rekey"); err != nil || !strings.Contains(out, "re-encrypted 3 Polar connection token(s)") {
 		t.Fatalf("rekey: %v\n%s", err, out)
 	}
 	newOnly := map[string]string{"DATABASE_URL": p.env["DATABASE_URL"], "RELAY_SECRETS_KEY": newKey}
@@ -197,8 +210,8 @@ func TestConnect(t *testing.T) {
 	if out, err := relayStdin(t, p.env, "", "disconnect", "--workspace", ws, "--environment", "sandbox"); err != nil || !strings.Contains(out, "removed the sandbox Polar token") {
 		t.Fatalf("disconnect: %v\n%s", err, out)
 	}
-	if count("polar_connections") != 1 {
-		t.Errorf("%d connections after disconnecting one of two", count("polar_connections"))
+	if count("polar_connections") != 2 {
+		t.Errorf("%d connections after disconnecting one of three", count("polar_connections"))
 	}
 }
 

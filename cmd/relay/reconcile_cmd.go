@@ -39,7 +39,7 @@ func newReconciler(cfg *config, pool *pgxpool.Pool, connector *connections.Conne
 	}
 	return reconcile.New(reconcile.Config{
 		Pool: pool, Connections: connector.Store, Secrets: connector.Secrets, Inserter: inserter,
-		API: connector.API, Lookback: cfg.ReconcileLookback, Reenable: cfg.PolarReenable,
+		API: connector.API, Clients: connector.Clients, Lookback: cfg.ReconcileLookback, Reenable: cfg.PolarReenable,
 		PublicURL: cfg.PublicURL, WebhookPath: cfg.WebhookPath, Metrics: metrics, Logger: logger,
 	}), nil
 }

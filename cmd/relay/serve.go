@@ -25,6 +25,7 @@ import (
 	"github.com/relayhq/relay/migrations"
 	"github.com/relayhq/relay/opsmetrics"
 	"github.com/relayhq/relay/polar"
+	"github.com/relayhq/relay/polarapi"
 	"github.com/relayhq/relay/receiver"
 	"github.com/relayhq/relay/reconcile"
 	"github.com/relayhq/relay/retention"
@@ -117,7 +118,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return fmt.Errorf("register reconciliation metrics: %w", err)
 	}
+	// Every request to Polar's API is counted: relay connect's through the
+	// admin API and the passes', which share each organization's client.
 	connector.API.Observe = recMetrics.Observe
+	connector.Clients = polarapi.NewClients(connector.API)
 	reconciler, err := newReconciler(cfg, pool, connector, recMetrics, logger)
 	if err != nil {
 		return err
