@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relayhq/relay/connections"
+	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/internal/polarfake"
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/polarapi"
@@ -284,5 +286,60 @@ func TestReconcileKilledMidPassNothingDoubled(t *testing.T) {
 	}
 	if c := strings.Count(out, "recovered (inbox row"); c != n-mid {
 		t.Fatalf("the second pass recovered %d, want the %d the killed one had not", c, n-mid)
+	}
+}
+
+// TestServeReconcilesEveryInterval: relay serve's periodic pass (the
+// interval shortened to 2 s from the default 10 minutes, so that the test
+// waits seconds) books a sale of a connection stored after start, that no
+// webhook brought, and counts it in its metrics.
+func TestServeReconcilesEveryInterval(t *testing.T) {
+	prod := polarfake.New(polarapi.Production)
+	srv := httptest.NewServer(prod)
+	t.Cleanup(srv.Close)
+	p := startRelay(t, map[string]string{"RELAY_SECRETS_KEY": reconcileKey, "RELAY_POLAR_API_URL": srv.URL,
+		"RELAY_RECONCILE_INTERVAL": "2s", "RELAY_MAX_ATTEMPTS": "5"})
+	ctx := context.Background()
+	shop := testkit.SeedShop(t, p.pool, testkit.ShopOptions{})
+	org := prod.AddOrganization()
+	tok := prod.AddToken(org)
+	keys, err := endpoints.ParseKeyring(envFunc(map[string]string{endpoints.EnvKey: reconcileKey}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := connections.NewStore(p.pool, keys).Put(ctx, shop.WS, polarapi.Production, tok, org, connections.Endpoint{}); err != nil {
+		t.Fatal(err)
+	}
+	prod.AddOrder(org, storefrontOrder("ord_interval", shop.WS, shop.Session, shop.PolarCheckout))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var n int
+		if err := p.pool.QueryRow(ctx, `SELECT count(*) FROM wallet_transactions WHERE wallet_id = $1 AND source_kind = 'sale'`, shop.Wallet).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no sale booked within 20 s of 2 s intervals; logs:\n%s", p.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get(p.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body bytes.Buffer
+	body.ReadFrom(resp.Body) //nolint:errcheck
+	resp.Body.Close()
+	for _, want := range []string{
+		`relay_reconcile_recovered_total{environment="production",kind="booked"} 1`,
+		`relay_polar_connections{state="missing"} 1`,
+		`relay_polar_api_requests_total{endpoint="orders",status="2xx"}`,
+		`relay_reconcile_passes_total{environment="production",result="ok"}`,
+	} {
+		if !strings.Contains(body.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
