@@ -21,6 +21,7 @@ import (
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/httpjson"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/reconcile"
 )
 
 // UIPrefix is where River UI is mounted.
@@ -47,6 +48,8 @@ type Options struct {
 	// Connections connects workspaces to Polar; nil: no
 	// /admin/api/connections routes.
 	Connections *connections.Connector
+	// Reconciler runs POST /admin/api/reconcile; nil: no such route.
+	Reconciler *reconcile.Reconciler
 	// Console adds its routes under /admin/ (package console), behind the
 	// same credentials; nil: none.
 	Console interface{ Mount(*http.ServeMux) }
@@ -89,6 +92,7 @@ func NewHandler(pool *pgxpool.Pool, client *river.Client[pgx.Tx], opts Options) 
 	mux.HandleFunc("POST /admin/api/inbox/{webhook_id}/replay", a.replay)
 	mountEndpoints(mux, a, opts.Endpoints)
 	mountConnections(mux, a, opts.Connections)
+	mountReconcile(mux, a, opts.Reconciler)
 	if opts.Console != nil {
 		opts.Console.Mount(mux)
 	}

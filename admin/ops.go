@@ -360,6 +360,9 @@ type InboxEvent struct {
 	JobID            *int64     `json:"job_id,omitempty"`
 	Note             *string    `json:"note,omitempty"`
 	BodyBytes        int        `json:"body_bytes"`
+	// Source is webhook, or reconciliation for a sale reconciliation
+	// recovered from Polar's API.
+	Source string `json:"source"`
 }
 
 func inboxEvent(e *inbox.Event) InboxEvent {
@@ -367,7 +370,7 @@ func inboxEvent(e *inbox.Event) InboxEvent {
 		ID: e.ID, WebhookID: e.WebhookID, Endpoint: e.Endpoint(), EventType: e.EventType, Status: e.Status,
 		WebhookTimestamp: e.WebhookTimestamp, EventTimestamp: e.EventTimestamp,
 		ReceivedAt: e.ReceivedAt, ProcessedAt: e.ProcessedAt, JobID: e.JobID,
-		Note: e.Error, BodyBytes: len(e.Body),
+		Note: e.Error, BodyBytes: len(e.Body), Source: e.Source,
 	}
 }
 

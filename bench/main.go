@@ -86,7 +86,7 @@ func main() {
 	flag.IntVar(&o.procRate, "process-rate", 2000, "order events per second offered in the lag run (lag p99 < 1 s at 2,000/s is the target)")
 	flag.IntVar(&o.procCapacityRate, "process-capacity-rate", 3000, "order events per second offered in the capacity and flash-sale runs: above the 2,500/s target, so that the rate measured is what relay sustains, not what was sent")
 	flag.Float64Var(&o.flashShare, "flash-share", 0.9, "share of the flash-sale run's events that pay sessions of one workspace (0: no flash-sale run)")
-	flag.StringVar(&o.phases, "phases", "ceiling,ack,process,closed", "comma-separated phases to run: ceiling (pgbench), ack (relay's receiver alone), process (end to end, open loop), closed (end to end, closed loop, default settings)")
+	flag.StringVar(&o.phases, "phases", "ceiling,ack,process,closed,reconcile", "comma-separated phases to run: ceiling (pgbench), ack (relay's receiver alone), process (end to end, open loop), closed (end to end, closed loop, default settings), reconcile (a reconciliation pass over 10,000 orders at a fake of Polar's API, acks meanwhile)")
 	flag.IntVar(&o.closedOrders, "closed-orders", 30000, "paid orders the closed-loop end-to-end run sends, one per reserved session")
 	flag.IntVar(&o.closedWorkspaces, "closed-workspaces", 20, "workspaces the closed-loop run's sessions belong to")
 	flag.DurationVar(&o.closedMax, "closed-max-duration", 60*time.Second, "the closed-loop run's sending stops after this even if orders are left")
@@ -110,7 +110,7 @@ func main() {
 		log.Fatal("-flash-share must be in [0, 1)")
 	}
 	for p := range strings.SplitSeq(o.phases, ",") {
-		if p != "ceiling" && p != "ack" && p != "process" && p != "closed" {
+		if p != "ceiling" && p != "ack" && p != "process" && p != "closed" && p != "reconcile" {
 			log.Fatalf("-phases: unknown phase %q", p)
 		}
 	}
@@ -296,6 +296,13 @@ func run(ctx context.Context, o options) error {
 	// sees it: closed-loop senders, relay with every default.
 	if o.has("closed") {
 		if err := closedPhase(ctx, o, pool, cpu, gen, rep); err != nil {
+			return err
+		}
+	}
+
+	// 5. Reconciliation: one pass over 10,000 orders no webhook brought.
+	if o.has("reconcile") {
+		if err := reconcilePhase(ctx, o, pool, cpu, gen, rep); err != nil {
 			return err
 		}
 	}

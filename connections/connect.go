@@ -29,6 +29,10 @@ type Connector struct {
 	// without it relay registers no endpoint.
 	PublicURL   string
 	WebhookPath string // RELAY_WEBHOOK_PATH; /webhooks/polar when ""
+	// AfterConnect, when set, runs once the connection is stored (relay
+	// asks for a reconciliation pass of it); its line is one more step.
+	// Its failure is told as a step: the connection is stored either way.
+	AfterConnect func(ctx context.Context, c Connection) (string, error)
 }
 
 // ConnectResult says what Connect did, step by step.
@@ -187,6 +191,13 @@ func (c *Connector) Connect(ctx context.Context, workspace, environment, token s
 	}
 	res.Connection = conn
 	step("stored the token (encrypted, last4 %s) as workspace %s's %s connection", conn.TokenLast4, ws, environment)
+	if c.AfterConnect != nil {
+		line, err := c.AfterConnect(ctx, conn)
+		if err != nil {
+			line = "could not ask for a reconciliation pass now (" + err.Error() + "); the next periodic pass reconciles it"
+		}
+		step("%s", line)
+	}
 	return res, nil
 }
 

@@ -189,7 +189,7 @@ func (s *Store) Put(ctx context.Context, workspace, environment, token, organiza
 				token_ciphertext = EXCLUDED.token_ciphertext, key_id = EXCLUDED.key_id, token_last4 = EXCLUDED.token_last4,
 				organization_id = coalesce(EXCLUDED.organization_id, c.organization_id),
 				endpoint_id = EXCLUDED.endpoint_id, endpoint_url = EXCLUDED.endpoint_url, state = EXCLUDED.state,
-				endpoint_registered = EXCLUDED.endpoint_registered OR (c.endpoint_registered AND c.endpoint_id = EXCLUDED.endpoint_id),
+				endpoint_registered = EXCLUDED.endpoint_registered OR (c.endpoint_registered AND coalesce(c.endpoint_id = EXCLUDED.endpoint_id, false)),
 				state_checked_at = EXCLUDED.state_checked_at, updated_at = now()
 			RETURNING `+columns,
 			id, ws, environment, sealed.Ciphertext, sealed.KeyID, last4(token),

@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -281,4 +282,28 @@ func TestOneWebhookIDAtTwoEndpoints(t *testing.T) {
 	if code != http.StatusConflict || !strings.Contains(body, "does not act on") {
 		t.Errorf("replay of the workspace's customer.created: %d %s, want 409 (not replayable), not the platform's", code, body)
 	}
+}
+
+// TestNeedsAttentionListsPolarConnectionsAndRecoveries: a connection whose
+// endpoint Polar disabled is on the Needs attention page, and a delivery
+// reconciliation recovered is marked as such in the list.
+func TestNeedsAttentionListsPolarConnectionsAndRecoveries(t *testing.T) {
+	s := startSystem(t, 1)
+	ctx := context.Background()
+	shop := testkit.SeedShop(t, s.pool, testkit.ShopOptions{})
+	if _, err := s.pool.Exec(ctx, `INSERT INTO polar_connections (id, workspace_id, environment, token_ciphertext, key_id, token_last4, state)
+		VALUES (gen_random_uuid(), $1, 'production', decode(repeat('ab', 40), 'hex'), 'k1', 'abcd', 'disabled')`, shop.WS); err != nil {
+		t.Fatal(err)
+	}
+	body := testkit.Event(t, "order.updated.paid.json", shop.Sale("ord_recovered"), nil)
+	if _, err := inbox.InsertRecovered(ctx, s.pool, &inbox.Event{WebhookID: "reconcile:ord_recovered:paid:0", EventType: "order.updated",
+		Status: inbox.StatusIgnored, WebhookTimestamp: time.Now(), Body: body, WorkspaceID: shop.WS, Environment: "production"}); err != nil {
+		t.Fatal(err)
+	}
+	page := waitPage(t, s.admin.URL+"/admin/attention", "Polar connections", shop.WS)
+	i := strings.Index(page, `id="sec-connections"`)
+	if i < 0 || !strings.Contains(page[i:], "conn-disabled") {
+		t.Errorf("the connections section does not show the disabled endpoint:\n%s", page)
+	}
+	waitPage(t, s.admin.URL+"/admin/", "reconcile:ord_recovered:paid:0", "recovered by reconciliation")
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/relayhq/relay/admin"
 	"github.com/relayhq/relay/internal/httpjson"
+	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
 )
@@ -257,14 +258,17 @@ func cmpOr(a, b string) string {
 type Section struct {
 	Key, Title, Hint string
 	Total            int
-	Jobs             []*Job                  // job sections
-	Deliveries       []*Delivery             // delivery sections
-	Pending          []ledger.PendingBooking // pending bookings
-	BulkRetry        bool                    // its jobs can be retried together
+	Jobs             []*Job                   // job sections
+	Deliveries       []*Delivery              // delivery sections
+	Pending          []ledger.PendingBooking  // pending bookings
+	Connections      []connections.Connection // Polar connections
+	BulkRetry        bool                     // its jobs can be retried together
 }
 
 // More reports whether the section shows only the newest of its rows.
-func (s Section) More() bool { return s.Total > len(s.Jobs)+len(s.Deliveries)+len(s.Pending) }
+func (s Section) More() bool {
+	return s.Total > len(s.Jobs)+len(s.Deliveries)+len(s.Pending)+len(s.Connections)
+}
 
 // attentionSections are the Needs attention page's lists, in order.
 var attentionSections = []func(ctx context.Context, s *store, since time.Time) (Section, error){
@@ -285,6 +289,21 @@ var attentionSections = []func(ctx context.Context, s *store, since time.Time) (
 		return Section{Key: "pending", Title: "Pending bookings", Total: n, Pending: ps,
 			Hint: "Paid sales that could not be booked yet: no default wallet, another workspace's wallet, or another currency. " +
 				"Fix the setting and each books itself within a minute, with its refunds reversed (relay bookings post tries now)."}, err
+	},
+	func(ctx context.Context, s *store, _ time.Time) (Section, error) {
+		// Every connection that needs an operator now, however long ago
+		// it went wrong: a workspace whose sales Polar may not be sending.
+		all, err := connections.NewStore(s.pool, nil).List(ctx, "")
+		var bad []connections.Connection
+		for _, c := range all {
+			failed := c.LastReconcile != nil && c.LastReconcile.Result != "ok"
+			if failed || c.State == connections.StateDisabled || c.State == connections.StateMissing || c.State == connections.StateUnauthorized {
+				bad = append(bad, c)
+			}
+		}
+		return Section{Key: "connections", Title: "Polar connections", Total: len(bad), Connections: bad,
+			Hint: "Endpoints Polar disabled (it then sends that workspace nothing) or that are missing, tokens Polar rejects, passes that failed. " +
+				"relay connections list and relay reconcile --workspace WS --environment E --dry-run say more; relay connect with a new token fixes a rejected one."}, err
 	},
 }
 

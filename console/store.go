@@ -24,13 +24,16 @@ import (
 // Delivery is one stored webhook as the console lists it: what came in,
 // what its newest job is doing, and the sale it concerns.
 type Delivery struct {
-	ID          int64      `json:"id"`
-	WebhookID   string     `json:"webhook_id"`
-	EventType   string     `json:"event_type"`
-	Status      string     `json:"status"`
-	WorkspaceID string     `json:"workspace_id,omitempty"` // the endpoint's; empty: the platform's
-	Workspace   string     `json:"workspace"`              // its name, or "platform"
-	Environment string     `json:"environment,omitempty"`
+	ID          int64  `json:"id"`
+	WebhookID   string `json:"webhook_id"`
+	EventType   string `json:"event_type"`
+	Status      string `json:"status"`
+	WorkspaceID string `json:"workspace_id,omitempty"` // the endpoint's; empty: the platform's
+	Workspace   string `json:"workspace"`              // its name, or "platform"
+	Environment string `json:"environment,omitempty"`
+	// Source is webhook, or reconciliation for a sale reconciliation
+	// recovered from Polar's API (no webhook brought it).
+	Source      string     `json:"source"`
 	ReceivedAt  time.Time  `json:"received_at"`
 	ProcessedAt *time.Time `json:"processed_at,omitempty"`
 	Note        string     `json:"note,omitempty"`
@@ -258,7 +261,7 @@ func scanJob(row pgx.Row) (*Job, error) {
 // recorded on it, else, while it is pending, the newest job that carries it
 // (a row learns its job only when the job processes it).
 var deliveryColumns = `i.id, i.webhook_id, i.event_type, i.status, i.received_at, i.processed_at,
-	coalesce(i.error, ''), coalesce(i.workspace_id::text, ''), coalesce(i.environment, ''), coalesce(w.name, ''),
+	coalesce(i.error, ''), coalesce(i.workspace_id::text, ''), coalesce(i.environment, ''), coalesce(w.name, ''), i.source,
 	CASE WHEN i.status IN ('pending', 'processed') THEN i.body END,
 	j.id IS NOT NULL, ` + jobColumns + `
 	FROM webhook_inbox i
@@ -288,7 +291,7 @@ func (s *store) queryDeliveries(ctx context.Context, where string, args ...any) 
 			jcreated, jfinal             *time.Time
 		)
 		if err := rows.Scan(&d.ID, &d.WebhookID, &d.EventType, &d.Status, &d.ReceivedAt, &d.ProcessedAt,
-			&d.Note, &d.WorkspaceID, &d.Environment, &d.Workspace, &body, &hasJob,
+			&d.Note, &d.WorkspaceID, &d.Environment, &d.Workspace, &d.Source, &body, &hasJob,
 			&jid, &jkind, &jstate, &jattempt, &jmax, &jcreated, &jfinal, &errs, &jhook, &jtype, &jevents); err != nil {
 			return nil, fmt.Errorf("list deliveries: %w", err)
 		}

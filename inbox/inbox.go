@@ -42,7 +42,17 @@ type Event struct {
 	// delivery; both empty for the platform's own endpoint.
 	WorkspaceID string
 	Environment string
+	// Source is SourceWebhook for a delivery Polar sent, or
+	// SourceReconciliation for a sale reconciliation recovered from Polar's
+	// API under a synthetic webhook id.
+	Source string
 }
+
+// Sources of inbox rows (the source column, migration 00016).
+const (
+	SourceWebhook        = "webhook"
+	SourceReconciliation = "reconciliation"
+)
 
 // Key identifies a stored delivery: Polar's webhook id is unique per
 // endpoint, the platform's or a workspace's in one environment, not across
@@ -117,6 +127,27 @@ func QueueInsert(b *pgx.Batch, events ...*Event) {
 		return err
 	})
 }
+
+// InsertRecovered is Insert for events reconciliation recovered from
+// Polar's API: the rows are marked SourceReconciliation. Their synthetic
+// webhook ids are deterministic, so the unique key makes two passes, or
+// two replicas racing, store one row.
+func InsertRecovered(ctx context.Context, db DB, events ...*Event) ([]bool, error) {
+	rows, err := db.Query(ctx, insertRecoveredSQL, insertArgs(events)...)
+	if err != nil {
+		return nil, fmt.Errorf("insert %d recovered inbox rows: %w", len(events), err)
+	}
+	for _, e := range events {
+		e.Source = SourceReconciliation
+	}
+	return readInserted(rows, events)
+}
+
+const insertRecoveredSQL = `
+	INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error, workspace_id, environment, source)
+	SELECT *, 'reconciliation' FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bytea[], $7::text[], $8::uuid[], $9::text[])
+	ON CONFLICT (webhook_id, workspace_id, environment) DO NOTHING
+	RETURNING id, webhook_id, coalesce(workspace_id::text, ''), coalesce(environment, ''), received_at`
 
 const insertSQL = `
 	INSERT INTO webhook_inbox (webhook_id, event_type, status, webhook_timestamp, event_timestamp, body, error, workspace_id, environment)
@@ -198,16 +229,16 @@ func Carries(args, key string) string {
 var columns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
 	received_at, processed_at, body, coalesce(workspace_id::text, ''), coalesce(environment, ''),
 	coalesce(job_id, ` + JobOf("webhook_id", "workspace_id", "environment") + `),
-	error`
+	error, source`
 
 // storedColumns reads a row as stored, without looking for its job.
 const storedColumns = `id, webhook_id, event_type, status, webhook_timestamp, event_timestamp,
-	received_at, processed_at, body, coalesce(workspace_id::text, ''), coalesce(environment, ''), job_id, error`
+	received_at, processed_at, body, coalesce(workspace_id::text, ''), coalesce(environment, ''), job_id, error, source`
 
 func scan(row pgx.Row) (*Event, error) {
 	var e Event
 	err := row.Scan(&e.ID, &e.WebhookID, &e.EventType, &e.Status, &e.WebhookTimestamp, &e.EventTimestamp,
-		&e.ReceivedAt, &e.ProcessedAt, &e.Body, &e.WorkspaceID, &e.Environment, &e.JobID, &e.Error)
+		&e.ReceivedAt, &e.ProcessedAt, &e.Body, &e.WorkspaceID, &e.Environment, &e.JobID, &e.Error, &e.Source)
 	return &e, err
 }
 

@@ -26,11 +26,12 @@ import (
 	"github.com/relayhq/relay/inbox"
 	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/reconcile"
 )
 
 // mountAdmin adds the authenticated admin API and River UI to the admin
 // listener, or, without credentials, leaves them out and says so.
-func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxpool.Pool, client *river.Client[pgx.Tx], secrets *endpoints.Store, connector *connections.Connector, metrics *jobs.Metrics, logger *slog.Logger) error {
+func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxpool.Pool, client *river.Client[pgx.Tx], secrets *endpoints.Store, connector *connections.Connector, reconciler *reconcile.Reconciler, metrics *jobs.Metrics, logger *slog.Logger) error {
 	creds := admin.Credentials{Token: cfg.AdminToken, User: cfg.AdminUser, Password: cfg.AdminPassword}
 	if !creds.Configured() {
 		logger.Warn("admin API and River UI are disabled: set RELAY_ADMIN_TOKEN or RELAY_ADMIN_USER and RELAY_ADMIN_PASSWORD to enable them")
@@ -41,7 +42,7 @@ func mountAdmin(ctx context.Context, mux *http.ServeMux, cfg *config, pool *pgxp
 		return err
 	}
 	go con.Run(ctx) // the console's live stream; ends its streams when ctx ends
-	h, err := admin.NewHandler(pool, client, admin.Options{Credentials: creds, Logger: logger, Console: con, Endpoints: secrets, Connections: connector, Metrics: metrics})
+	h, err := admin.NewHandler(pool, client, admin.Options{Credentials: creds, Logger: logger, Console: con, Endpoints: secrets, Connections: connector, Reconciler: reconciler, Metrics: metrics})
 	if err != nil {
 		return err
 	}
@@ -345,7 +346,7 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "WEBHOOK_ID\tENDPOINT\tTYPE\tSTATUS\tRECEIVED\tJOB_ID\tNOTE")
+		fmt.Fprintln(tw, "WEBHOOK_ID\tENDPOINT\tTYPE\tSTATUS\tRECEIVED\tJOB_ID\tSOURCE\tNOTE")
 		for _, e := range list {
 			job := "-"
 			if e.JobID != nil {
@@ -355,8 +356,8 @@ func inboxCmd(ctx context.Context, args []string, getenv func(string) string, st
 			if e.Note != nil {
 				note = *e.Note
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.WebhookID, e.Endpoint, orDash(e.EventType), e.Status,
-				e.ReceivedAt.UTC().Format(time.RFC3339), job, orDash(oneLine(note, 80)))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.WebhookID, e.Endpoint, orDash(e.EventType), e.Status,
+				e.ReceivedAt.UTC().Format(time.RFC3339), job, e.Source, orDash(oneLine(note, 80)))
 		}
 		return tw.Flush()
 	case "show":

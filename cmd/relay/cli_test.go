@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
@@ -18,7 +19,7 @@ import (
 func TestFlagHelpAndErrors(t *testing.T) {
 	for _, cmd := range [][]string{
 		{"send"}, {"serve"}, {"migrate"}, {"jobs", "list"}, {"jobs", "retry"}, {"inbox", "show"}, {"endpoints", "list"},
-		{"connect"}, {"connections", "list"}, {"disconnect"},
+		{"connect"}, {"connections", "list"}, {"disconnect"}, {"reconcile"},
 	} {
 		name := strings.Join(cmd, " ")
 		for _, help := range []string{"-h", "--help"} {
@@ -75,6 +76,28 @@ func TestPolarAPIConfig(t *testing.T) {
 	}
 	for key, val := range map[string]string{"RELAY_PUBLIC_URL": "relay.example.com", "RELAY_POLAR_API_URL": "ftp://api.polar.sh",
 		"RELAY_POLAR_SANDBOX_API_URL": "https://x/?a=b", "RELAY_POLAR_API_RPM": "0"} {
+		if _, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x", key: val}), false); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s=%s: %v, want an error naming it", key, val, err)
+		}
+	}
+}
+
+// TestReconcileConfig: RELAY_RECONCILE_INTERVAL (10m), RELAY_RECONCILE_LOOKBACK
+// (72h) and RELAY_POLAR_REENABLE (on) by default, set, and refused when wrong.
+func TestReconcileConfig(t *testing.T) {
+	c, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x"}), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ReconcileInterval != 10*time.Minute || c.ReconcileLookback != 72*time.Hour || !c.PolarReenable {
+		t.Errorf("defaults: %v %v %v", c.ReconcileInterval, c.ReconcileLookback, c.PolarReenable)
+	}
+	c, err = parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x", "RELAY_RECONCILE_INTERVAL": "1m",
+		"RELAY_RECONCILE_LOOKBACK": "24h", "RELAY_POLAR_REENABLE": "off"}), false)
+	if err != nil || c.ReconcileInterval != time.Minute || c.ReconcileLookback != 24*time.Hour || c.PolarReenable {
+		t.Errorf("set: %v %+v", err, c)
+	}
+	for key, val := range map[string]string{"RELAY_RECONCILE_INTERVAL": "0s", "RELAY_RECONCILE_LOOKBACK": "soon", "RELAY_POLAR_REENABLE": "maybe"} {
 		if _, err := parseConfig(envFunc(map[string]string{"DATABASE_URL": "postgres://x", key: val}), false); err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("%s=%s: %v, want an error naming it", key, val, err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/relayhq/relay/polarapi"
 	"github.com/relayhq/relay/receiver"
+	"github.com/relayhq/relay/reconcile"
 	"github.com/relayhq/relay/spool"
 )
 
@@ -69,6 +70,13 @@ type config struct {
 	// batch transactions at once shrink (pace.Options.Target); 0: a fixed
 	// limit.
 	PaceTarget time.Duration
+
+	// Reconciliation (package reconcile): how often every connection is
+	// reconciled, how far back, and whether relay re-enables its endpoint
+	// at Polar once it can take the workspace's deliveries again.
+	ReconcileInterval time.Duration
+	ReconcileLookback time.Duration
+	PolarReenable     bool
 }
 
 // Roles of a replica.
@@ -199,6 +207,12 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 		errs = append(errs, fmt.Errorf("RELAY_POLAR_API_RPM (%d) must be positive", c.PolarAPI.RPM))
 	}
 	c.PublicURL = urlVar(e, "RELAY_PUBLIC_URL", "", &errs)
+	c.ReconcileInterval = durationVar(e, "RELAY_RECONCILE_INTERVAL", reconcile.DefaultInterval, &errs)
+	c.ReconcileLookback = durationVar(e, "RELAY_RECONCILE_LOOKBACK", reconcile.DefaultLookback, &errs)
+	c.PolarReenable = boolVar(e, "RELAY_POLAR_REENABLE", true, &errs)
+	if c.ReconcileInterval < time.Second || c.ReconcileLookback < time.Minute {
+		errs = append(errs, errors.New("RELAY_RECONCILE_INTERVAL must be at least 1s and RELAY_RECONCILE_LOOKBACK at least 1m"))
+	}
 	c.AllowedCIDRs = prefixesVar(e, "RELAY_ALLOWED_CIDRS", &errs)
 	c.TrustedProxies = prefixesVar(e, "RELAY_TRUSTED_PROXIES", &errs)
 	if c.MaxBodyBytes <= 0 || c.Workers <= 0 || c.MaxAttempts <= 0 || c.AckTimeout <= 0 || c.RetryBase <= 0 {

@@ -10,10 +10,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/polarapi"
+	"github.com/relayhq/relay/reconcile"
 )
 
 const connectUsage = `usage:
@@ -211,6 +214,8 @@ func openConnections(ctx context.Context, getenv func(string) string) (*connecti
 }
 
 // newConnector is what relay connect and the admin API connect with.
+// Once a connection is stored it asks for a reconciliation pass of it,
+// which relay serve's workers run at once.
 func newConnector(cfg *config, pool *pgxpool.Pool, keys *endpoints.Keyring) *connections.Connector {
 	return &connections.Connector{
 		Store:       connections.NewStore(pool, keys),
@@ -219,5 +224,15 @@ func newConnector(cfg *config, pool *pgxpool.Pool, keys *endpoints.Keyring) *con
 		Clients:     polarapi.NewClients(cfg.PolarAPI),
 		PublicURL:   cfg.PublicURL,
 		WebhookPath: cfg.WebhookPath,
+		AfterConnect: func(ctx context.Context, c connections.Connection) (string, error) {
+			client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+			if err != nil {
+				return "", err
+			}
+			if _, err := client.Insert(ctx, reconcile.PassArgs{Workspace: c.Workspace, Environment: c.Environment}, nil); err != nil {
+				return "", err
+			}
+			return "asked for a reconciliation pass of the connection: relay serve runs it now (relay connections list shows its result)", nil
+		},
 	}
 }

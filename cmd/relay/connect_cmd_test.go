@@ -116,6 +116,15 @@ func TestConnect(t *testing.T) {
 		t.Fatalf("the delivery is not stored as the workspace's sandbox delivery: %v %q", err, stored)
 	}
 
+	// The reconciliation pass connect asked for has run (else it could
+	// re-enable the endpoint disabled below before connect does).
+	for deadline := time.Now().Add(10 * time.Second); count("polar_connections WHERE last_reconciled_at IS NOT NULL") != 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("no reconciliation pass within 10 s of connect")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
 	// Again, after Polar disabled the endpoint: updated and re-enabled, the
 	// secret not stored twice.
 	sandbox.DisableEndpoint(sbOrg, eps[0].ID)
@@ -158,7 +167,8 @@ func TestConnect(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 3 || !strings.Contains(lines[1], "production") || !strings.Contains(lines[1], "…"+prodTok[len(prodTok)-4:]) ||
 		!strings.Contains(lines[1], "missing") || !strings.Contains(lines[2], "sandbox") || !strings.Contains(lines[2], "enabled") ||
-		!strings.Contains(lines[2], "never") {
+		!strings.Contains(lines[2], " ok ") { // the pass connect asked for
+
 		t.Errorf("connections list:\n%s", out)
 	}
 

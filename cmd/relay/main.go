@@ -25,6 +25,7 @@ commands:
   connect   connect a workspace's Polar organization: token on stdin (relay connect --help)
   connections list workspaces' Polar connections (relay connections --help)
   disconnect remove a workspace's Polar token
+  reconcile  one reconciliation pass with Polar's API now (relay reconcile --help)
   bookings  list pending bookings or post them now (relay bookings --help)
   spool     list, show, retry or drop webhooks the spool set aside (relay spool --help)
 `
@@ -73,6 +74,8 @@ func command(ctx context.Context, args []string, getenv func(string) string, std
 		return connectionsCmd(ctx, rest, getenv, stdout)
 	case "disconnect":
 		return disconnectCmd(ctx, rest, getenv, stdout)
+	case "reconcile":
+		return reconcileCmd(ctx, rest, getenv, stdout)
 	case "bookings":
 		return bookingsCmd(ctx, rest, getenv, stdout)
 	case "spool":

@@ -26,8 +26,10 @@ import (
 	"github.com/relayhq/relay/opsmetrics"
 	"github.com/relayhq/relay/pace"
 	"github.com/relayhq/relay/polar"
+	"github.com/relayhq/relay/polarapi"
 	"github.com/relayhq/relay/primary"
 	"github.com/relayhq/relay/receiver"
+	"github.com/relayhq/relay/reconcile"
 	"github.com/relayhq/relay/retention"
 	"github.com/relayhq/relay/spool"
 )
@@ -128,7 +130,19 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	go limiter.Run(ctx)
 
-	riverClient, err := newRiverClient(cfg, pool, jobMetrics, limiter, logger)
+	recMetrics, err := reconcile.NewMetrics(reg)
+	if err != nil {
+		return fmt.Errorf("register reconciliation metrics: %w", err)
+	}
+	// Every request to Polar's API is counted: relay connect's through the
+	// admin API and the passes', which share each organization's client.
+	connector.API.Observe = recMetrics.Observe
+	connector.Clients = polarapi.NewClients(connector.API)
+	reconciler, err := newReconciler(cfg, pool, connector, recMetrics, logger)
+	if err != nil {
+		return err
+	}
+	riverClient, err := newRiverClient(cfg, pool, jobMetrics, limiter, reconciler, logger)
 	if err != nil {
 		return err
 	}
@@ -139,7 +153,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		fmt.Fprintln(w, "ok")
 	}))
 	admin.Handle("GET /readyz", readyHandler(probePool, sp, cfg.MaxBodyBytes))
-	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, connector, jobMetrics, logger); err != nil {
+	if err := mountAdmin(ctx, admin, cfg, pool, riverClient, secrets, connector, reconciler, jobMetrics, logger); err != nil {
 		return err
 	}
 	servers := []*namedServer{{name: "admin", addrVar: "RELAY_ADMIN_ADDR", addr: cfg.AdminAddr, srv: newServer(admin, cfg, logger)}}
@@ -289,7 +303,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 // newRiverClient returns the River client of the configured role: working
 // the queue (all, worker) or insert-only (receiver).
-func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, limiter *pace.Limiter, logger *slog.Logger) (*river.Client[pgx.Tx], error) {
+func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, limiter *pace.Limiter, reconciler *reconcile.Reconciler, logger *slog.Logger) (*river.Client[pgx.Tx], error) {
 	riverCfg := &river.Config{
 		Logger:      logger.With("component", "river"),
 		MaxAttempts: cfg.MaxAttempts,
@@ -313,6 +327,9 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 		if err := river.AddWorkerSafely(workers, jobs.NewPendingWorker(pool, jobMetrics, logger)); err != nil {
 			return nil, fmt.Errorf("register pending bookings worker: %w", err)
 		}
+		if err := river.AddWorkerSafely(workers, reconcile.NewWorker(reconciler, pool, logger)); err != nil {
+			return nil, fmt.Errorf("register reconciliation worker: %w", err)
+		}
 		riverCfg.Workers = workers
 		riverCfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}}
 		riverCfg.FetchCooldown = cfg.FetchCooldown
@@ -323,7 +340,7 @@ func newRiverClient(cfg *config, pool *pgxpool.Pool, jobMetrics *jobs.Metrics, l
 		// River's own job cleanup keeps its defaults (completed and
 		// cancelled 24 h, discarded 7 days); the inbox, which replays need,
 		// is kept longer by the retention sweep.
-		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob(), jobs.PendingPeriodicJob()}
+		riverCfg.PeriodicJobs = []*river.PeriodicJob{retention.PeriodicJob(), jobs.PendingPeriodicJob(), reconcile.PeriodicJob(cfg.ReconcileInterval)}
 	}
 	client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
 	if err != nil {
