@@ -16,8 +16,8 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/admin"
-	"github.com/relayhq/relay/internal/httpjson"
 	"github.com/relayhq/relay/connections"
+	"github.com/relayhq/relay/internal/httpjson"
 	"github.com/relayhq/relay/ledger"
 	"github.com/relayhq/relay/polar"
 )
