@@ -30,7 +30,9 @@ import (
 	"github.com/relayhq/relay/connections"
 	"github.com/relayhq/relay/endpoints"
 	"github.com/relayhq/relay/inbox"
+	"github.com/relayhq/relay/internal/text"
 	"github.com/relayhq/relay/jobs"
+	"github.com/relayhq/relay/polar"
 	"github.com/relayhq/relay/polarapi"
 )
 
@@ -56,12 +58,13 @@ const (
 	KindEndpointMissing    = "endpoint_missing"    // no endpoint at Polar delivers to relay
 	KindUnauthorized       = "unauthorized"        // Polar rejected the token (401)
 	KindForbidden          = "forbidden"           // the token lacks a scope (403): named in the detail
+	KindProduct            = "product"             // a product version at Polar relay never applied: recovered
 )
 
 // Kinds lists every finding kind, for metrics.
 func Kinds() []string {
 	return []string{KindBooked, KindReversed, KindPending, KindMismatch, KindUnknownSession, KindForeignWorkspace,
-		KindForeignEnvironment, KindEndpointDisabled, KindEndpointMissing, KindUnauthorized, KindForbidden}
+		KindForeignEnvironment, KindEndpointDisabled, KindEndpointMissing, KindUnauthorized, KindForbidden, KindProduct}
 }
 
 // Pass results, bounded: metric labels and connections' last result.
@@ -80,6 +83,7 @@ type Finding struct {
 	OrderID     string `json:"order_id,omitempty"`
 	RefundID    string `json:"refund_id,omitempty"`
 	SessionID   string `json:"session_id,omitempty"`
+	ProductID   string `json:"product_id,omitempty"` // Polar's
 	// Polar's figures, and relay's where it has any (minor units).
 	PolarStatus   string `json:"polar_status,omitempty"`
 	PolarAmount   int64  `json:"polar_amount,omitempty"`
@@ -122,6 +126,7 @@ func (f Finding) String() string {
 	field("order", f.OrderID)
 	field("refund", f.RefundID)
 	field("session", f.SessionID)
+	field("product", f.ProductID)
 	field("polar_status", f.PolarStatus)
 	if f.OrderID != "" || f.RefundID != "" {
 		fmt.Fprintf(&b, " polar=%d/%d %s", f.PolarAmount, f.PolarRefunded, strings.ToUpper(f.Currency))
@@ -155,6 +160,7 @@ type Report struct {
 	Error       string    `json:"error,omitempty"`
 	Orders      int       `json:"orders"`
 	Refunds     int       `json:"refunds"`
+	Products    int       `json:"products"`
 	Findings    []Finding `json:"findings"`
 }
 
@@ -411,7 +417,69 @@ func (p *passRun) run(ctx context.Context) error {
 			older = append(older, rf)
 		}
 	}
-	return p.compareRefunds(ctx, older)
+	if err := p.compareRefunds(ctx, older); err != nil {
+		return err
+	}
+	return p.compareProducts(ctx)
+}
+
+// compareProducts reads the organization's products and recovers each
+// storefront product of this workspace and environment whose version at
+// Polar is newer than the one relay applied (its last product.updated never
+// arrived), as the product.updated webhook Polar would have sent. Products
+// relay has no row for are left alone: a webhook would only mark them
+// ignored. A token without products:read is reported, and the pass goes on.
+func (p *passRun) compareProducts(ctx context.Context) error {
+	var recover []recovery
+	for pr, err := range p.client.Products(ctx, polarapi.ProductQuery{}) {
+		var fe *polarapi.ForbiddenError
+		if errors.As(err, &fe) {
+			p.add(Finding{Kind: KindForbidden, Action: ActionReported,
+				Detail: fmt.Sprintf("the token lacks the %s scope: relay cannot check its products", fe.Scope)})
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("list products: %w", err)
+		}
+		p.rep.Products++
+		parsed, err := polar.ParseProduct(pr.Raw)
+		if err != nil {
+			continue // not a product relay could apply
+		}
+		ref, ok := parsed.Metadata.StorefrontProduct()
+		if !ok || ref.WorkspaceID != p.cred.Workspace {
+			continue
+		}
+		var rowID *string
+		if text.IsUUID(ref.ProductID) {
+			rowID = &ref.ProductID
+		}
+		var applied *time.Time
+		err = p.r.cfg.Pool.QueryRow(ctx, `
+			SELECT polar_modified_at FROM workspace_products
+			WHERE ws_id = $1 AND polar_environment = $2 AND (id = $3::uuid OR polar_product_id = $4)
+			ORDER BY id = $3::uuid DESC LIMIT 1`,
+			p.cred.Workspace, p.cred.Environment, rowID, parsed.ID).Scan(&applied)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read product %s: %w", parsed.ID, err)
+		}
+		if applied != nil && !applied.Before(parsed.Version()) {
+			continue
+		}
+		detail := "Polar's version " + parsed.Version().UTC().Format(time.RFC3339) + ", relay's "
+		if applied != nil {
+			detail += applied.UTC().Format(time.RFC3339)
+		} else {
+			detail += "none"
+		}
+		p.rep.Findings = append(p.rep.Findings, p.finding(Finding{Kind: KindProduct, ProductID: parsed.ID, Detail: detail}))
+		pr := pr
+		recover = append(recover, recovery{finding: len(p.rep.Findings) - 1, product: &pr})
+	}
+	return p.recover(ctx, recover)
 }
 
 // EndpointURL is relay's endpoint for workspace at Polar ("" without a
@@ -646,7 +714,7 @@ func (p *passRun) compareOrders(ctx context.Context, orders []polarapi.Order) er
 	checkouts := make([]*string, len(orders))
 	for i, o := range orders {
 		ids[i] = o.ID
-		if s := metaString(o.Metadata, "checkoutId"); isUUID(s) {
+		if s := metaString(o.Metadata, "checkoutId"); text.IsUUID(s) {
 			sessions[i] = &s
 		}
 		checkouts[i] = o.CheckoutID
@@ -722,6 +790,7 @@ type recovery struct {
 	finding int // index into the report's findings
 	order   polarapi.Order
 	refund  *polarapi.Refund
+	product *polarapi.Product
 }
 
 // WebhookID is the synthetic webhook id of a recovered order's state: the
@@ -754,6 +823,15 @@ func (p *passRun) recover(ctx context.Context, rs []recovery) error {
 	now := p.r.cfg.Now()
 	events := make([]*inbox.Event, len(rs))
 	for i, rc := range rs {
+		if rc.product != nil {
+			event, err := jobs.ProductVersionEvent(rc.product.Raw, p.cred.Workspace, p.cred.Environment, now)
+			if err != nil {
+				return fmt.Errorf("recover product %s: %w", rc.product.ID, err)
+			}
+			events[i] = event
+			p.rep.Findings[rc.finding].WebhookID = event.WebhookID
+			continue
+		}
 		eventType, data, id := "order.updated", rc.order.Raw, WebhookID(rc.order)
 		if rc.refund != nil {
 			eventType, data, id = "refund.created", rc.refund.Raw, RefundWebhookID(*rc.refund)
@@ -890,20 +968,3 @@ func (p *passRun) compareRefunds(ctx context.Context, refunds []polarapi.Refund)
 	return p.recover(ctx, recover)
 }
 
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i, c := range s {
-		switch {
-		case i == 8 || i == 13 || i == 18 || i == 23:
-			if c != '-' {
-				return false
-			}
-		case (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'):
-		default:
-			return false
-		}
-	}
-	return true
-}

@@ -798,3 +798,56 @@ func TestMissedSaleWithoutWalletBecomesPending(t *testing.T) {
 		t.Fatalf("%d recovered rows, want 1", n)
 	}
 }
+
+// A product whose last product.updated never arrived is applied through the
+// inbox once, as the webhook would have been; products relay has no row for,
+// or another workspace's, are left alone.
+func TestProductUpdateNeverDeliveredIsApplied(t *testing.T) {
+	w := newWorld(t, worldOpts{workers: true})
+	prod := w.fakes[polarapi.Production]
+	id := prod.AddProduct(w.org, polarfake.Product{Name: "Ceramic mug, large", PriceAmount: 5950, Metadata: map[string]any{
+		"kind": "inventory_product", "rowId": w.shop.Product, "wsId": w.shop.WS,
+	}})["id"].(string)
+	prod.AddProduct(w.org, polarfake.Product{Metadata: map[string]any{ // no such row at relay
+		"kind": "inventory_product", "rowId": "7e6d5c4b-3a29-4180-9f8e-000000000000", "wsId": w.shop.WS,
+	}})
+	prod.AddProduct(w.org, polarfake.Product{Metadata: map[string]any{ // another workspace's
+		"kind": "inventory_product", "rowId": w.shop.Product, "wsId": "00000000-0000-4000-8000-00000000ffff",
+	}})
+	r := w.reconciler(nil)
+	product := func() (polarID *string, name string, price *int64) {
+		t.Helper()
+		if err := w.pool.QueryRow(context.Background(), `SELECT polar_product_id, name, price_amount FROM workspace_products WHERE id = $1`,
+			w.shop.Product).Scan(&polarID, &name, &price); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+
+	rep := pass(t, r, w, polarapi.Production, reconcile.Options{DryRun: true})
+	if k := kinds(rep); len(k[reconcile.KindProduct]) != 1 || k[reconcile.KindProduct][0].Action != reconcile.ActionWouldRecover || rep.Products != 3 {
+		t.Fatalf("dry run: %d products read, findings %v; want 3 read and the shop's product to be recovered", rep.Products, rep.Findings)
+	}
+	if n := w.recoveredRows(t); n != 0 {
+		t.Fatalf("the dry run stored %d rows", n)
+	}
+
+	rep = pass(t, r, w, polarapi.Production, reconcile.Options{})
+	k := kinds(rep)
+	if len(k[reconcile.KindProduct]) != 1 || len(rep.Findings) != 1 {
+		t.Fatalf("first pass: %v, want the shop's product only", rep.Findings)
+	}
+	if f := k[reconcile.KindProduct][0]; f.Action != reconcile.ActionRecovered || f.ProductID != id || f.InboxID == 0 {
+		t.Fatalf("product finding: %+v", f)
+	}
+	w.settled(t)
+	if polarID, name, price := product(); polarID == nil || *polarID != id || name != "Ceramic mug, large" || price == nil || *price != 5950 {
+		t.Fatalf("product after the recovery: polar id %v, %q, price %v; want %s, the version at Polar, 5950", polarID, name, price, id)
+	}
+	if rep := pass(t, r, w, polarapi.Production, reconcile.Options{}); len(rep.Findings) != 0 {
+		t.Fatalf("second pass found %v, want nothing: the version is applied", rep.Findings)
+	}
+	if n := w.recoveredRows(t); n != 1 {
+		t.Fatalf("%d inbox rows of source reconciliation, want 1", n)
+	}
+}

@@ -108,8 +108,8 @@ func printReport(w io.Writer, rep reconcile.Report) {
 	if rep.DryRun {
 		mode = " (dry run: nothing changed)"
 	}
-	fmt.Fprintf(w, "workspace %s %s: orders since %s: %d orders, %d refunds read, %d findings, %s in %s%s\n",
-		rep.Workspace, rep.Environment, rep.Since.Format(time.RFC3339), rep.Orders, rep.Refunds, len(rep.Findings), rep.Result, rep.Took, mode)
+	fmt.Fprintf(w, "workspace %s %s: orders since %s: %d orders, %d refunds, %d products read, %d findings, %s in %s%s\n",
+		rep.Workspace, rep.Environment, rep.Since.Format(time.RFC3339), rep.Orders, rep.Refunds, rep.Products, len(rep.Findings), rep.Result, rep.Took, mode)
 	for _, f := range rep.Findings {
 		fmt.Fprintln(w, f)
 	}
