@@ -196,21 +196,13 @@ func disconnectCmd(ctx context.Context, args []string, getenv func(string) strin
 	return nil
 }
 
+// openConnections opens the connections' store, as openConnector does.
 func openConnections(ctx context.Context, getenv func(string) string) (*connections.Store, func(), error) {
-	keys, err := endpoints.ParseKeyring(getenv)
-	if err != nil {
-		return nil, nil, fmt.Errorf("configuration: %w", err)
-	}
-	cfg, err := parseConfig(getenv, false)
+	conn, closeStores, err := openConnector(ctx, getenv)
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg.Workers = 1
-	pool, err := openPool(ctx, cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	return connections.NewStore(pool, keys), pool.Close, nil
+	return conn.Store, closeStores, nil
 }
 
 // newConnector is what relay connect and the admin API connect with.

@@ -106,6 +106,19 @@ func TestDemotedPrimaryIsLeftForTheWritableHost(t *testing.T) {
 	if _, err := admin.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
 		t.Fatal(err)
 	}
+	// pg_reload_conf only signals: once a new session sees the setting, the
+	// postmaster has reloaded and signalled every backend, which applies it
+	// before its next command. Until then a webhook could still commit on
+	// the first host.
+	testkit.Within(t, 10*time.Second, "the first host to turn read-only", func() bool {
+		c, err := pgx.Connect(ctx, oldURL)
+		if err != nil {
+			return false
+		}
+		defer c.Close(ctx)
+		var ro string
+		return c.QueryRow(ctx, `SHOW default_transaction_read_only`).Scan(&ro) == nil && ro == "on"
+	})
 
 	// Polar's way: a webhook not answered 200 is sent again.
 	send := func(id string) {
