@@ -967,4 +967,3 @@ func (p *passRun) compareRefunds(ctx context.Context, refunds []polarapi.Refund)
 	}
 	return p.recover(ctx, recover)
 }
-
