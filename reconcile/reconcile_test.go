@@ -533,20 +533,20 @@ func TestRequestBudgetKeptAcrossPassesAndRetryAfter(t *testing.T) {
 	api.Clock, api.RPM = clock, 4
 	r := w.reconciler(func(c *reconcile.Config) { c.API, c.Now = api, clock.Now })
 	before := prod.TokenRequests(w.token)
-	for range 3 { // 3 requests each: endpoints, orders, refunds
+	for range 3 { // 4 requests each: endpoints, orders, refunds, products
 		if rep := pass(t, r, w, polarapi.Production, reconcile.Options{}); rep.Result != reconcile.ResultOK {
 			t.Fatalf("pass: %s %s", rep.Result, rep.Error)
 		}
 	}
-	if got := prod.TokenRequests(w.token) - before; got != 9 {
-		t.Fatalf("%d requests for 3 passes, want 9", got)
+	if got := prod.TokenRequests(w.token) - before; got != 12 {
+		t.Fatalf("%d requests for 3 passes, want 12", got)
 	}
 	var slept time.Duration
 	for _, d := range clock.Slept() {
 		slept += d
 	}
 	if slept < time.Minute {
-		t.Fatalf("9 requests at 4 a minute over one client waited %v, want at least a minute", slept)
+		t.Fatalf("12 requests at 4 a minute over one client waited %v, want at least a minute", slept)
 	}
 
 	// Polar's own limit: 429 with Retry-After.
