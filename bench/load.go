@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"sort"
@@ -263,33 +264,12 @@ func (r *loadResult) errorDetail() string {
 // closed runs c senders, each sending its next event as soon as the last
 // one is answered, for d.
 func (g *generator) closed(ctx context.Context, c int, d time.Duration, _ string) (*loadResult, error) {
-	phase := phaseSeq.Add(1)
-	var seq atomic.Int64
-	outs := make([][]outcome, c)
-	start := time.Now()
-	deadline := start.Add(d)
-	var wg sync.WaitGroup
-	for w := range c {
-		wg.Go(func() {
-			list := make([]outcome, 0, 4096)
-			for time.Now().Before(deadline) && ctx.Err() == nil {
-				d := g.delivery(phase, seq.Add(1))
-				t0 := time.Now()
-				status, err := g.post(ctx, d)
-				list = append(list, outcome{status: status, lat: time.Since(t0), err: err})
-			}
-			outs[w] = list
-		})
-	}
-	wg.Wait()
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return collect(outs, time.Since(start)), nil
+	return g.closedN(ctx, c, math.MaxInt, d)
 }
 
-// closedN runs c senders, as closed does, until n events have been sent or
-// d has passed, whichever comes first.
+// closedN runs c senders, each sending its next event as soon as the last
+// one is answered, until n events have been sent or d has passed, whichever
+// comes first.
 func (g *generator) closedN(ctx context.Context, c, n int, d time.Duration) (*loadResult, error) {
 	phase := phaseSeq.Add(1)
 	var seq atomic.Int64
@@ -299,7 +279,7 @@ func (g *generator) closedN(ctx context.Context, c, n int, d time.Duration) (*lo
 	var wg sync.WaitGroup
 	for w := range c {
 		wg.Go(func() {
-			list := make([]outcome, 0, n/c+1)
+			list := make([]outcome, 0, min(n/c+1, 4096))
 			for time.Now().Before(deadline) && ctx.Err() == nil {
 				i := seq.Add(1) - 1
 				if i >= int64(n) {
