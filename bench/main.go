@@ -91,7 +91,7 @@ func main() {
 	flag.IntVar(&o.closedWorkspaces, "closed-workspaces", 20, "workspaces the closed-loop run's sessions belong to")
 	flag.DurationVar(&o.closedMax, "closed-max-duration", 60*time.Second, "the closed-loop run's sending stops after this even if orders are left")
 	flag.DurationVar(&o.procDur, "process-duration", 10*time.Second, "sending time of the processing run")
-	flag.IntVar(&o.procWorkers, "process-workers", 50, "RELAY_WORKERS in the processing run")
+	flag.IntVar(&o.procWorkers, "process-workers", 0, "RELAY_WORKERS in the processing runs (0: relay's default)")
 	flag.IntVar(&o.sessions, "sessions", 20000, "checkout sessions seeded for the processing run")
 	flag.IntVar(&o.workspaces, "workspaces", 100, "storefront workspaces the sessions belong to")
 	flag.IntVar(&o.tenants, "tenants", 1000, "workspaces with endpoints of their own in the multi-tenant ack run")
@@ -367,15 +367,19 @@ func processPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMe
 		if err := resetTables(ctx, pool); err != nil {
 			return err
 		}
-		label := fmt.Sprintf("RELAY_WORKERS=%d, %d/s offered", o.procWorkers, spec.rate)
+		workers, env := defaultWorkers, map[string]string{}
+		if o.procWorkers > 0 {
+			workers, env["RELAY_WORKERS"] = o.procWorkers, fmt.Sprint(o.procWorkers)
+		}
+		label := fmt.Sprintf("RELAY_WORKERS=%d, %d/s offered", workers, spec.rate)
 		if spec.name != "" {
 			label += ", " + spec.name
 		}
-		r, err := startRelay(ctx, o, label, map[string]string{"RELAY_WORKERS": fmt.Sprint(o.procWorkers)})
+		r, err := startRelay(ctx, o, label, env)
 		if err != nil {
 			return err
 		}
-		proc, err := processRun(ctx, o, spec.rate, 0, o.procWorkers, pool, cpu, stats, r, gen, spec.sessions)
+		proc, err := processRun(ctx, o, spec.rate, 0, workers, pool, cpu, stats, r, gen, spec.sessions)
 		rss := r.peakRSS()
 		r.stop()
 		if err != nil {
@@ -430,7 +434,7 @@ func closedPhase(ctx context.Context, o options, pool *pgxpool.Pool, cpu *cpuMet
 
 // defaultWorkers is relay's RELAY_WORKERS default, which the closed-loop
 // run leaves alone.
-const defaultWorkers = 50
+const defaultWorkers = 500
 
 // mixSessions interleaves n sessions, share of them (of any run of them)
 // from flash and the rest from spread.

@@ -26,7 +26,7 @@ var (
 )
 
 // relayDefaultPoolAckConns is how many connections relay's receiver can get
-// by default with RELAY_WORKERS=1: the pool is max(4, workers+10) = 11, and
+// by default with RELAY_WORKERS=1: the pool is max(4, min(workers, 50)+10) = 11, and
 // River's notifier holds one for LISTEN.
 const relayDefaultPoolAckConns = 10
 

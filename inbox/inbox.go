@@ -380,8 +380,18 @@ func MarkProcessedMany(ctx context.Context, db DB, jobID int64, ids []int64, not
 // statuses[i] (StatusProcessed, or StatusIgnored when the event found
 // nothing to apply to) and notes[i] are those of ids[i].
 func MarkDone(ctx context.Context, db DB, jobID int64, ids []int64, statuses, notes []string) error {
-	if len(ids) != len(notes) || len(ids) != len(statuses) {
-		return fmt.Errorf("mark %d inbox rows processed: %d statuses, %d notes", len(ids), len(statuses), len(notes))
+	jobIDs := make([]int64, len(ids))
+	for i := range jobIDs {
+		jobIDs[i] = jobID
+	}
+	return MarkDoneEach(ctx, db, jobIDs, ids, statuses, notes)
+}
+
+// MarkDoneEach is MarkDone for rows worked by several jobs in one
+// transaction: jobIDs[i] worked ids[i]. Still one statement.
+func MarkDoneEach(ctx context.Context, db DB, jobIDs, ids []int64, statuses, notes []string) error {
+	if len(ids) != len(notes) || len(ids) != len(statuses) || len(ids) != len(jobIDs) {
+		return fmt.Errorf("mark %d inbox rows processed: %d jobs, %d statuses, %d notes", len(ids), len(jobIDs), len(statuses), len(notes))
 	}
 	errTexts := make([]*string, len(notes))
 	for i := range notes {
@@ -390,9 +400,9 @@ func MarkDone(ctx context.Context, db DB, jobID int64, ids []int64, statuses, no
 		}
 	}
 	if _, err := db.Exec(ctx, `
-		UPDATE webhook_inbox i SET status = m.status, processed_at = now(), job_id = $1, error = m.note
-		FROM unnest($2::bigint[], $3::text[], $4::text[]) m(id, note, status)
-		WHERE i.id = m.id`, jobID, ids, errTexts, statuses); err != nil {
+		UPDATE webhook_inbox i SET status = m.status, processed_at = now(), job_id = m.job_id, error = m.note
+		FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) m(job_id, id, note, status)
+		WHERE i.id = m.id`, jobIDs, ids, errTexts, statuses); err != nil {
 		if len(ids) == 1 {
 			return fmt.Errorf("mark inbox row %d processed: %w", ids[0], err)
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -24,44 +23,33 @@ import (
 // it), nothing of the batch is kept: each event gets a job of its own
 // instead, with the retries, discards and refusals single events have.
 //
-// While the pace limit is below its maximum (acknowledging is slow), a
-// batch that gets a turn carries the batches waiting for one into its
-// transaction: fewer, bigger transactions, each job still completed in the
-// transaction that applies its events.
+// Batch jobs, and the first attempts of single-event jobs, that arrive
+// together are worked together, in groups (see group.go).
 type BatchWorker struct {
 	river.WorkerDefaults[EventBatchArgs]
 	w     *EventWorker
-	turns *pace.Limiter // the batch transactions allowed at once
+	turns *pace.Limiter // the group transactions allowed at once
 
 	mu      sync.Mutex
-	waiting []*waitingBatch // batches waiting for a turn that may be carried, oldest first
+	forming *group // the group jobs join, nil when none is forming
 }
-
-// waitingBatch is a batch job waiting for a turn.
-type waitingBatch struct {
-	job       *river.Job[EventBatchArgs]
-	stopWait  context.CancelFunc // ends its wait for a turn once carried
-	carried   bool               // taken into another batch's transaction (under BatchWorker.mu)
-	committed chan bool          // that transaction's outcome: true, its events are applied and its job completed
-}
-
-// maxCarriedEvents bounds the events of a transaction that carries waiting
-// batches: a larger one holds its sessions' locks longer.
-const maxCarriedEvents = 256
 
 // NewBatchWorker returns the worker for EventBatchArgs; it applies events
-// as w does, as many batches at once as w's Options.Pace allows, else at
-// most Options.BatchTransactions.
+// as w does, as many groups at once as w's Options.Pace allows, else at
+// most Options.BatchTransactions. From then on w's first attempts join its
+// groups too.
 func NewBatchWorker(w *EventWorker) *BatchWorker {
 	turns := w.opts.Pace
 	if turns == nil {
 		turns = pace.Fixed(w.opts.BatchTransactions)
 	}
-	return &BatchWorker{w: w, turns: turns}
+	b := &BatchWorker{w: w, turns: turns}
+	w.groups = b
+	return b
 }
 
-// maxTurnWait bounds how long a batch job waits for a turn before it goes
-// back to the queue (snoozed: no attempt used) for a turn later.
+// maxTurnWait bounds how long a job waits for a turn before it goes back
+// to the queue (snoozed: no attempt used) for a turn later.
 const maxTurnWait = time.Second
 
 // Timeout bounds one attempt: the wait for a turn, then Options.Timeout for
@@ -76,99 +64,19 @@ func (b *BatchWorker) NextRetry(job *river.Job[EventBatchArgs]) time.Time {
 	return b.w.NextRetry(&river.Job[EventArgs]{JobRow: job.JobRow})
 }
 
-// Work applies every event and completes the job, or hands each event a job
-// of its own.
+// Work applies every event and completes the job, in a group or alone, or
+// hands each event a job of its own.
 func (b *BatchWorker) Work(ctx context.Context, job *river.Job[EventBatchArgs]) error {
-	// Waiting for a turn is not working: it must not use up the time of
-	// the attempt, nor the attempt, however long the others take.
-	waitCtx, stopWaiting := context.WithTimeout(ctx, maxTurnWait)
-	me := &waitingBatch{job: job, stopWait: stopWaiting, committed: make(chan bool, 1)}
-	b.mu.Lock()
-	b.waiting = append(b.waiting, me)
-	b.mu.Unlock()
-	err := b.turns.Acquire(waitCtx)
-	stopWaiting()
-	b.mu.Lock()
-	carried := me.carried
-	if !carried {
-		b.waiting = slices.DeleteFunc(b.waiting, func(w *waitingBatch) bool { return w == me })
-	}
-	b.mu.Unlock()
-	if carried {
-		if err == nil {
-			b.turns.Release() // granted as it was carried: not needed
+	return b.inGroup(ctx, job, func(ctx context.Context, haveTurn bool) error {
+		if haveTurn {
+			return b.work(ctx, job)
 		}
-		select {
-		case ok := <-me.committed:
-			if ok {
-				return nil
-			}
-			// The carrying transaction failed: this batch alone, with a
-			// turn of its own, as if never carried.
-			return b.alone(ctx, job)
-		case <-ctx.Done():
-			return fmt.Errorf("process batch of %d webhooks: carried by another batch: %w", len(job.Args.Events), ctx.Err())
-		}
-	}
-	switch {
-	case err == nil:
-		defer b.turns.Release()
-	case ctx.Err() != nil:
-		return fmt.Errorf("process batch of %d webhooks: waiting for a turn: %w", len(job.Args.Events), ctx.Err())
-	default:
-		return river.JobSnooze(0)
-	}
-	ctx, cancel := context.WithTimeout(ctx, b.w.opts.Timeout)
-	defer cancel()
-	if others := b.carry(len(job.Args.Events)); len(others) > 0 {
-		jobs := []*river.Job[EventBatchArgs]{job}
-		for _, o := range others {
-			jobs = append(jobs, o.job)
-		}
-		err := b.apply(ctx, jobs)
-		for _, o := range others {
-			o.committed <- err == nil
-		}
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("process batch of %d webhooks carrying %d others: %w", len(job.Args.Events), len(others), err)
-		}
-		b.w.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "batch carrying others failed; each works alone",
-			slog.Int64("job_id", job.ID), slog.Int("batches", len(jobs)), slog.String("reason", err.Error()))
-	}
-	return b.work(ctx, job)
+		return b.alone(ctx, job)
+	})
 }
 
-// carry takes the batches waiting for a turn, oldest first, into the
-// transaction of a batch of n events that has one, while the pace limit is
-// below its maximum, up to maxCarriedEvents in all.
-func (b *BatchWorker) carry(n int) []*waitingBatch {
-	if st := b.turns.State(); st.Limit >= b.turns.Max() {
-		return nil
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var taken []*waitingBatch
-	rest := b.waiting[:0]
-	for _, w := range b.waiting {
-		if n+len(w.job.Args.Events) > maxCarriedEvents {
-			rest = append(rest, w)
-			continue
-		}
-		n += len(w.job.Args.Events)
-		w.carried = true
-		w.stopWait()
-		taken = append(taken, w)
-	}
-	clear(b.waiting[len(rest):])
-	b.waiting = rest
-	return taken
-}
-
-// alone works a batch whose carrying transaction failed: it waits for a
-// turn of its own (and is carried by no other batch), then works as Work.
+// alone works a batch whose group's transaction failed: it waits for a
+// turn of its own (and joins no group), then works as Work.
 func (b *BatchWorker) alone(ctx context.Context, job *river.Job[EventBatchArgs]) error {
 	if err := b.turns.Acquire(ctx); err != nil {
 		return fmt.Errorf("process batch of %d webhooks: waiting for a turn: %w", len(job.Args.Events), err)
@@ -221,7 +129,7 @@ func (b *BatchWorker) apply(ctx context.Context, jobs []*river.Job[EventBatchArg
 	}
 	results := make([]applied, len(all))
 	// The inbox rows are read in one statement and marked processed in
-	// another per job: not two per event.
+	// another, and the jobs completed in a third: not one per event or job.
 	err := pgx.BeginFunc(ctx, b.w.pool, func(tx pgx.Tx) error {
 		keys := make([]inbox.Key, len(all))
 		for i, ev := range all {
@@ -234,23 +142,21 @@ func (b *BatchWorker) apply(ctx context.Context, jobs []*river.Job[EventBatchArg
 		if err := applyAll(ctx, tx, events, results); err != nil {
 			return err
 		}
-		at := 0
+		n := len(all)
+		jobIDs, rowIDs, statuses, notes := make([]int64, 0, n), make([]int64, n), make([]string, n), make([]string, n)
 		for _, job := range jobs {
-			n := len(job.Args.Events)
-			rowIDs, statuses, notes := make([]int64, n), make([]string, n), make([]string, n)
-			for i, event := range events[at : at+n] {
-				results[at+i].hookTime = event.WebhookTimestamp
-				rowIDs[i], statuses[i], notes[i] = event.ID, results[at+i].inboxStatus(), results[at+i].note
+			for range job.Args.Events {
+				jobIDs = append(jobIDs, job.ID)
 			}
-			if err := inbox.MarkDone(ctx, tx, job.ID, rowIDs, statuses, notes); err != nil {
-				return err
-			}
-			if err := completeTx(ctx, tx, job); err != nil {
-				return err
-			}
-			at += n
 		}
-		return nil
+		for i, event := range events {
+			results[i].hookTime = event.WebhookTimestamp
+			rowIDs[i], statuses[i], notes[i] = event.ID, results[i].inboxStatus(), results[i].note
+		}
+		if err := inbox.MarkDoneEach(ctx, tx, jobIDs, rowIDs, statuses, notes); err != nil {
+			return err
+		}
+		return completeAllTx(ctx, tx, jobs)
 	})
 	if err != nil {
 		return err

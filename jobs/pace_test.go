@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/pace"
@@ -73,7 +75,7 @@ func TestBatchConcurrencyFollowsTheReceiversStores(t *testing.T) {
 		storeBatches(t, sys, events)
 	}
 	// The first batch is inside its transaction before the others come, so
-	// that it carries none of them.
+	// that it groups none of them.
 	store(0)
 	testkit.Within(t, 30*time.Second, "the first batch inside its transaction", func() bool { return lockWaiters() == 1 })
 	for b := 1; b < 4; b++ {
@@ -96,7 +98,7 @@ func TestBatchConcurrencyFollowsTheReceiversStores(t *testing.T) {
 	}
 
 	// The receiver goes idle: the limit grows back, and a waiting batch
-	// gets the second turn (at the maximum, it carries nobody).
+	// gets the second turn.
 	now = now.Add(100 * time.Millisecond)
 	if got := limiter.Step(now); got != 2 {
 		t.Fatalf("receiver idle: limit %d, want 2", got)
@@ -122,11 +124,12 @@ func TestBatchConcurrencyFollowsTheReceiversStores(t *testing.T) {
 	}
 }
 
-// TestWaitingBatchesRideAlongWhileThrottled: while the pace limit is below
-// its maximum, the batch that gets the turn carries the batches waiting
-// for one into its transaction; every sale is booked once, every job
-// completed, all in that one transaction (one xmin on every booking).
-func TestWaitingBatchesRideAlongWhileThrottled(t *testing.T) {
+// TestWaitingBatchesRideAlong: while every turn is taken, the batches
+// waiting for one form a group, worked in one transaction: every sale is
+// booked once, every job completed and every inbox row marked by its own
+// job, all in that one transaction (one xmin on every booking, job and
+// inbox row).
+func TestWaitingBatchesRideAlong(t *testing.T) {
 	pool := testdb.NewPool(t)
 	limiter, err := pace.New(pace.Options{Target: 25 * time.Millisecond, Min: 1, Max: 4})
 	if err != nil {
@@ -161,7 +164,7 @@ func TestWaitingBatchesRideAlongWhileThrottled(t *testing.T) {
 		}
 		storeBatches(t, sys, events)
 	}
-	testkit.Within(t, 30*time.Second, "three batches waiting for the turn", func() bool { return limiter.State().Waiting == 3 })
+	waitGrouped(t, pool, limiter, 3)
 	limiter.Release()
 	for id, state := range sys.waitJobs(t, ids...) {
 		if state != "completed" {
@@ -173,21 +176,42 @@ func TestWaitingBatchesRideAlongWhileThrottled(t *testing.T) {
 			t.Errorf("shop %d: %d bookings, want 1", i, n)
 		}
 	}
-	var txs int
-	if err := pool.QueryRow(ctx, `SELECT count(DISTINCT xmin::text) FROM wallet_transactions`).Scan(&txs); err != nil {
+	var txs, jobTxs, inboxTxs, misfiled int
+	if err := pool.QueryRow(ctx, `SELECT
+			(SELECT count(DISTINCT xmin::text) FROM wallet_transactions),
+			(SELECT count(DISTINCT xmin::text) FROM river_job WHERE kind = 'polar_event_batch'),
+			(SELECT count(DISTINCT xmin::text) FROM webhook_inbox),
+			(SELECT count(*) FROM webhook_inbox i JOIN river_job j ON j.id = i.job_id
+				WHERE NOT j.args::text LIKE '%' || i.webhook_id || '%')`).Scan(&txs, &jobTxs, &inboxTxs, &misfiled); err != nil {
 		t.Fatal(err)
 	}
-	if txs != 1 {
-		t.Errorf("the three batches' sales were booked in %d transactions, want 1", txs)
+	if txs != 1 || jobTxs != 1 || inboxTxs != 1 {
+		t.Errorf("the three batches' sales were booked in %d transactions, their jobs completed in %d and their inbox rows marked in %d; want 1, the same", txs, jobTxs, inboxTxs)
+	}
+	if misfiled != 0 {
+		t.Errorf("%d inbox rows name a job that did not carry them", misfiled)
 	}
 }
 
-// TestFailedCarryLeavesEachBatchToItself: when the transaction carrying
-// waiting batches fails (one of them pays a session that is not there
+// waitGrouped waits until n batch jobs are running and one of them waits
+// for a turn: the others wait in its group.
+func waitGrouped(t *testing.T, pool *pgxpool.Pool, limiter *pace.Limiter, n int) {
+	t.Helper()
+	testkit.Within(t, 30*time.Second, fmt.Sprintf("%d batches running, one waiting for the turn", n), func() bool {
+		var running int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM river_job WHERE kind = 'polar_event_batch' AND state = 'running'`).Scan(&running); err != nil {
+			t.Fatal(err)
+		}
+		return running == n && limiter.State().Waiting == 1
+	})
+}
+
+// TestFailedGroupLeavesEachBatchToItself: when the transaction of a group
+// of batches (and a single-event job) fails (one of them pays a session that is not there
 // yet), nothing of it is kept; each batch is then worked alone, the good
 // ones booked once in transactions of their own and the failing one split
-// into single jobs, exactly as without carrying.
-func TestFailedCarryLeavesEachBatchToItself(t *testing.T) {
+// into single jobs, exactly as if each had come alone.
+func TestFailedGroupLeavesEachBatchToItself(t *testing.T) {
 	pool := testdb.NewPool(t)
 	limiter, err := pace.New(pace.Options{Target: 25 * time.Millisecond, Min: 1, Max: 2})
 	if err != nil {
@@ -199,7 +223,7 @@ func TestFailedCarryLeavesEachBatchToItself(t *testing.T) {
 	}
 	sys := startSystem(t, pool, systemOpts{pace: limiter, maxWorkers: 10, maxAttempts: 2})
 	ctx := context.Background()
-	var shops [5]testkit.Shop
+	var shops [6]testkit.Shop
 	for i := range shops {
 		shops[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
 	}
@@ -211,13 +235,18 @@ func TestFailedCarryLeavesEachBatchToItself(t *testing.T) {
 		{"msg_0": event(t, "order.paid.json", shops[0], "ord_0", nil), "msg_1": event(t, "order.paid.json", shops[1], "ord_1", nil)},
 		{"msg_2": event(t, "order.paid.json", shops[2], "ord_2", nil), "msg_late": event(t, "order.paid.json", late, "ord_late", nil)},
 		{"msg_3": event(t, "order.paid.json", shops[3], "ord_3", nil), "msg_4": event(t, "order.paid.json", shops[4], "ord_4", nil)},
+		{"msg_5": event(t, "order.paid.json", shops[5], "ord_5", nil)}, // a single-event job
 	}
 	for _, b := range batches {
 		storeBatches(t, sys, b)
 	}
-	testkit.Within(t, 30*time.Second, "three batches waiting for the turn", func() bool { return limiter.State().Waiting == 3 })
+	waitGrouped(t, pool, limiter, 3)
+	testkit.Within(t, 30*time.Second, "the single-event job running", func() bool {
+		_, state, _ := testkit.JobOf(t, pool, "msg_5")
+		return state == "running"
+	})
 	limiter.Release()
-	states := sys.waitJobs(t, "msg_0", "msg_1", "msg_2", "msg_3", "msg_4", "msg_late")
+	states := sys.waitJobs(t, "msg_0", "msg_1", "msg_2", "msg_3", "msg_4", "msg_5", "msg_late")
 	for id, state := range states {
 		want := "completed"
 		if id == "msg_late" {
@@ -250,7 +279,7 @@ func TestFailedCarryLeavesEachBatchToItself(t *testing.T) {
 	if fmt.Sprint(batchStates) != "[completed completed completed]" {
 		t.Errorf("batch jobs %v, want all three completed (the failing one once split)", batchStates)
 	}
-	for _, want := range []string{"batch carrying others failed; each works alone", "batch split into single jobs"} {
+	for _, want := range []string{"group of jobs failed; each works alone", "batch split into single jobs"} {
 		if !strings.Contains(sys.logs.String(), want) {
 			t.Errorf("no %q logged", want)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 
@@ -40,13 +41,14 @@ type Options struct {
 	RetryBase time.Duration
 	// Timeout bounds one attempt. Default 30 s.
 	Timeout time.Duration
-	// BatchTransactions bounds the batch jobs whose transactions run at
-	// once in this process; more wait for a turn (not counted against
-	// Timeout; after a second they go back to the queue). Each locks up to 32
-	// sessions and, through the bookings' foreign keys, their wallets and
-	// categories: dozens at once only make PostgreSQL work harder per event
-	// (make bench on 2 cores: 20-30% more CPU per event with 50 than with
-	// 12). Default 12.
+	// BatchTransactions bounds the group transactions (group.go: batch
+	// jobs and first attempts of single-event jobs, worked together) that
+	// run at once in this process; more groups wait for a turn (not counted
+	// against Timeout; after a second they go back to the queue). Each
+	// locks up to 256 events' sessions and, through the bookings' foreign
+	// keys, their wallets and categories: dozens at once only make
+	// PostgreSQL work harder per event (make bench on 2 cores: 20-30% more
+	// CPU per event with 50 than with 12). Default 12.
 	BatchTransactions int
 	// Pace, when set, is the limit on batch transactions at once instead of
 	// BatchTransactions: one that shrinks while the receiver's stores are
@@ -66,6 +68,7 @@ type EventWorker struct {
 	pool    *pgxpool.Pool
 	metrics *Metrics
 	opts    Options
+	groups  *BatchWorker // first attempts join its groups; nil: each works alone
 }
 
 // NewEventWorker returns the worker for EventArgs.
@@ -92,8 +95,14 @@ func (w *EventWorker) NextRetry(job *river.Job[EventArgs]) time.Time {
 	return time.Now().Add(min(delay, 10*time.Minute))
 }
 
-// Timeout bounds one attempt.
-func (w *EventWorker) Timeout(*river.Job[EventArgs]) time.Duration { return w.opts.Timeout }
+// Timeout bounds one attempt: Options.Timeout, after the wait for a turn
+// when the job joins a group.
+func (w *EventWorker) Timeout(*river.Job[EventArgs]) time.Duration {
+	if w.groups != nil {
+		return maxTurnWait + w.opts.Timeout
+	}
+	return w.opts.Timeout
+}
 
 // applied is what one event did, reported after its transaction commits.
 type applied struct {
@@ -138,8 +147,21 @@ func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, key inbox.Key, job
 	return res, nil
 }
 
-// Work applies the event and completes the job in one transaction.
+// Work applies the event and completes the job in one transaction: on a
+// first attempt, the transaction of the group it joins (group.go).
 func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error {
+	// A first attempt is worked with the jobs that arrive with it; a retry
+	// (its session was not there, it failed) alone, so that it cannot make
+	// groups fail again and again.
+	if job.Attempt == 1 && w.groups != nil {
+		asBatch := &river.Job[EventBatchArgs]{JobRow: job.JobRow, Args: EventBatchArgs{Events: []EventArgs{job.Args}}}
+		return w.groups.inGroup(ctx, asBatch, func(ctx context.Context, _ bool) error { return w.work(ctx, job) })
+	}
+	return w.work(ctx, job)
+}
+
+// work applies one event in a transaction of its own.
+func (w *EventWorker) work(ctx context.Context, job *river.Job[EventArgs]) error {
 	start := time.Now()
 	var res applied
 	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) (err error) {
@@ -210,6 +232,49 @@ func refusalNote(err error) string {
 func completeTx[T river.JobArgs](ctx context.Context, tx pgx.Tx, job *river.Job[T]) error {
 	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
 		return fmt.Errorf("complete job %d: %w", job.ID, err)
+	}
+	return nil
+}
+
+// completeAllTx completes jobs in tx as completeTx does each, in one
+// statement: River's JobCompleteTx takes one job, but the pilot's
+// JobSetStateIfRunningMany, which it calls with that one, takes many
+// (TestCompleteAllTxAsJobCompleteTx pins that the two agree).
+func completeAllTx[T river.JobArgs](ctx context.Context, tx pgx.Tx, jobs []*river.Job[T]) error {
+	if len(jobs) == 1 {
+		return completeTx(ctx, tx, jobs[0])
+	}
+	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
+	if err != nil {
+		return fmt.Errorf("complete %d jobs: %w", len(jobs), err)
+	}
+	now := time.Now()
+	n := len(jobs)
+	params := &riverdriver.JobSetStateIfRunningManyParams{
+		ID: make([]int64, n), Attempt: make([]*int, n), ErrData: make([][]byte, n),
+		FinalizedAt: make([]*time.Time, n), MetadataDoMerge: make([]bool, n), MetadataUpdates: make([][]byte, n),
+		ScheduledAt: make([]*time.Time, n), State: make([]rivertype.JobState, n),
+	}
+	for i, job := range jobs {
+		if job.State != rivertype.JobStateRunning {
+			return fmt.Errorf("complete job %d: it is %s, not running", job.ID, job.State)
+		}
+		p := riverdriver.JobSetStateCompleted(job.ID, now, nil)
+		params.ID[i], params.Attempt[i], params.ErrData[i], params.FinalizedAt[i] = p.ID, p.Attempt, p.ErrData, p.FinalizedAt
+		params.ScheduledAt[i], params.State[i] = p.ScheduledAt, p.State
+	}
+	rows, err := client.Pilot().JobSetStateIfRunningMany(ctx, client.Driver().UnwrapExecutor(tx), params)
+	if err != nil {
+		return fmt.Errorf("complete %d jobs: %w", n, err)
+	}
+	completed := 0
+	for _, row := range rows {
+		if row.State == rivertype.JobStateCompleted {
+			completed++
+		}
+	}
+	if completed != n {
+		return fmt.Errorf("complete %d jobs: %d completed (a job no longer running?)", n, completed)
 	}
 	return nil
 }

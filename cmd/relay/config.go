@@ -144,7 +144,12 @@ func parseConfig(getenv func(string) string, needSecret bool) (*config, error) {
 	if c.MaxBodyBytes > 0 && c.MaxUnverifiedBytes < 2*c.MaxBodyBytes {
 		errs = append(errs, fmt.Errorf("RELAY_MAX_UNVERIFIED_BYTES (%d) must be at least twice RELAY_MAX_BODY_BYTES (%d)", c.MaxUnverifiedBytes, c.MaxBodyBytes))
 	}
-	c.Workers = intVar(e, "RELAY_WORKERS", 50, &errs)
+	// Jobs in flight, not transactions: the jobs fetched together wait in
+	// groups, and at most 12 group transactions run at once (jobs.Options).
+	// Each waiting job is a goroutine; the more River may fetch at once, the
+	// bigger the groups and the cheaper each event (make bench: booked/s in
+	// the closed loop 2,630 with 200, 2,883 with 500, on 2 cores).
+	c.Workers = intVar(e, "RELAY_WORKERS", 500, &errs)
 	c.MaxAttempts = intVar(e, "RELAY_MAX_ATTEMPTS", 12, &errs)
 	c.DBMaxConns = int32(intVar(e, "RELAY_DB_MAX_CONNS", 0, &errs))
 	c.AckTimeout = durationVar(e, "RELAY_ACK_TIMEOUT", 5*time.Second, &errs)

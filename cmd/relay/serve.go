@@ -430,6 +430,10 @@ func openPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// maxPooledWorkers is the most workers the default pool has a connection
+// for: past it, a worker that needs one waits for it.
+const maxPooledWorkers = 50
+
 // newPool makes the connection pool; it connects on first use.
 func newPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
@@ -440,8 +444,9 @@ func newPool(ctx context.Context, cfg *config) (*pgxpool.Pool, error) {
 		pcfg.MaxConns = cfg.DBMaxConns
 	} else {
 		// Workers, River's own queries and concurrent webhook requests all
-		// need connections.
-		pcfg.MaxConns = max(pcfg.MaxConns, int32(cfg.Workers)+10)
+		// need connections. Most workers wait in groups, which use one
+		// connection each, so the pool stops growing at 50 workers: 60.
+		pcfg.MaxConns = max(pcfg.MaxConns, int32(min(cfg.Workers, maxPooledWorkers))+10)
 	}
 	// A switchover leaves pooled connections on a server that no longer
 	// takes writes; they are dropped for new ones to the primary.

@@ -1,0 +1,68 @@
+package jobs_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/relayhq/relay/internal/testdb"
+	"github.com/relayhq/relay/internal/testkit"
+)
+
+// TestSingleEventJobsArrivingTogetherShareATransaction: the first attempts
+// of single-event jobs (a group commit of one webhook) that arrive while
+// every turn is taken are worked as one group: one transaction books every
+// sale, completes every job and marks every inbox row, each by its own
+// job. Without groups, five jobs are five transactions.
+func TestSingleEventJobsArrivingTogetherShareATransaction(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{batchTx: 1})
+	ctx := context.Background()
+	var shops [5]testkit.Shop
+	for i := range shops {
+		shops[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	}
+	release := sys.batches[0].HoldTurns()
+	var ids []string
+	var singles []map[string][]byte
+	for i, s := range shops {
+		id := fmt.Sprintf("msg_%d", i)
+		ids = append(ids, id)
+		singles = append(singles, map[string][]byte{id: event(t, "order.paid.json", s, fmt.Sprintf("ord_%d", i), nil)})
+	}
+	storeBatches(t, sys, singles...)
+	testkit.Within(t, 30*time.Second, "the five single-event jobs running", func() bool {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE kind = 'polar_event' AND state = 'running'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == len(shops)
+	})
+	release()
+	for id, state := range sys.waitJobs(t, ids...) {
+		if state != "completed" {
+			t.Errorf("%s: %s, want completed", id, state)
+		}
+	}
+	for i, s := range shops {
+		if n := len(bookings(t, pool, s)); n != 1 {
+			t.Errorf("shop %d: %d bookings, want 1", i, n)
+		}
+	}
+	var txs, jobTxs, unfinalized, misfiled int
+	if err := pool.QueryRow(ctx, `SELECT
+			(SELECT count(DISTINCT xmin::text) FROM wallet_transactions),
+			(SELECT count(DISTINCT xmin::text) FROM river_job WHERE kind = 'polar_event'),
+			(SELECT count(*) FROM river_job WHERE kind = 'polar_event' AND finalized_at IS NULL),
+			(SELECT count(*) FROM webhook_inbox i LEFT JOIN river_job j ON j.id = i.job_id
+				WHERE j.id IS NULL OR j.args->>'webhook_id' <> i.webhook_id)`).Scan(&txs, &jobTxs, &unfinalized, &misfiled); err != nil {
+		t.Fatal(err)
+	}
+	if txs != 1 || jobTxs != 1 {
+		t.Errorf("five single-event jobs booked in %d transactions and completed in %d, want 1, the same", txs, jobTxs)
+	}
+	if unfinalized != 0 || misfiled != 0 {
+		t.Errorf("%d completed jobs without finalized_at, %d inbox rows not marked by their own job; want none", unfinalized, misfiled)
+	}
+}
