@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -30,9 +31,10 @@ type group struct {
 	members []member // the leader's first; under BatchWorker.mu until closed
 	events  int
 
-	done   chan struct{} // closed once the outcome is known
-	ok     bool          // the group's transaction committed: every job applied and completed
-	snooze bool          // no turn came in time: every job goes back to the queue
+	done     chan struct{} // closed once the outcome is known
+	finished sync.Once
+	ok       bool // the group's transaction committed: every job applied and completed
+	snooze   bool // no turn came in time: every job goes back to the queue
 }
 
 // member is a job of a group: a batch, or a single event as a batch of one.
@@ -73,6 +75,9 @@ func (b *BatchWorker) inGroup(ctx context.Context, job *river.Job[EventBatchArgs
 		return alone(ctx, false)
 	}
 
+	// However the leader ends (a panic included), the others are told: a
+	// group that did not commit leaves each to itself.
+	defer g.finish(false, false)
 	// Waiting for a turn is not working: it must not use up the time of
 	// the attempt, nor the attempt, however long the others take.
 	waitCtx, stopWaiting := context.WithTimeout(ctx, maxTurnWait)
@@ -93,7 +98,6 @@ func (b *BatchWorker) inGroup(ctx context.Context, job *river.Job[EventBatchArgs
 	case err == nil:
 		defer b.turns.Release()
 	case ctx.Err() != nil:
-		g.finish(false, false)
 		return fmt.Errorf("process %d webhooks: waiting for a turn: %w", len(job.Args.Events), ctx.Err())
 	default:
 		g.finish(false, true)
@@ -102,7 +106,6 @@ func (b *BatchWorker) inGroup(ctx context.Context, job *river.Job[EventBatchArgs
 	ctx, cancel := context.WithTimeout(ctx, b.w.opts.Timeout)
 	defer cancel()
 	if len(members) == 1 {
-		g.finish(false, false) // nobody to tell
 		return alone(ctx, true)
 	}
 	// In the order relay received them (River's ids grow with inserts),
@@ -124,6 +127,23 @@ func (b *BatchWorker) inGroup(ctx context.Context, job *river.Job[EventBatchArgs
 	b.w.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "group of jobs failed; each works alone",
 		slog.Int64("job_id", job.ID), slog.Int("jobs", len(jobs)), slog.String("reason", err.Error()))
 	return alone(ctx, true)
+}
+
+// withTurn runs fn with a turn, after waiting up to maxTurnWait for one;
+// past that, the job goes back to the queue without using an attempt.
+func (b *BatchWorker) withTurn(ctx context.Context, fn func() error) error {
+	waitCtx, stopWaiting := context.WithTimeout(ctx, maxTurnWait)
+	err := b.turns.Acquire(waitCtx)
+	stopWaiting()
+	switch {
+	case err == nil:
+		defer b.turns.Release()
+		return fn()
+	case ctx.Err() != nil:
+		return fmt.Errorf("waiting for a turn: %w", ctx.Err())
+	default:
+		return river.JobSnooze(0)
+	}
 }
 
 // join adds m to the group forming, or starts one that m leads.
@@ -151,8 +171,10 @@ func (b *BatchWorker) close(g *group) []member {
 	return g.members
 }
 
-// finish tells g's other members its outcome.
+// finish tells g's other members its outcome; only its first call counts.
 func (g *group) finish(ok, snooze bool) {
-	g.ok, g.snooze = ok, snooze
-	close(g.done)
+	g.finished.Do(func() {
+		g.ok, g.snooze = ok, snooze
+		close(g.done)
+	})
 }

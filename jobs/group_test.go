@@ -66,3 +66,48 @@ func TestSingleEventJobsArrivingTogetherShareATransaction(t *testing.T) {
 		t.Errorf("%d completed jobs without finalized_at, %d inbox rows not marked by their own job; want none", unfinalized, misfiled)
 	}
 }
+
+// TestRetriesTakeTurns: a single-event job's retry is worked alone, but
+// under the same turns as the groups, so that however many jobs River
+// hands out at once, the workers' transactions stay bounded. Its session
+// missing, the first attempt fails; while the test holds every turn, the
+// retry (its session now there) books nothing; once released, it books.
+func TestRetriesTakeTurns(t *testing.T) {
+	pool := testdb.NewPool(t)
+	sys := startSystem(t, pool, systemOpts{batchTx: 1})
+	ctx := context.Background()
+	late := testkit.SeedShop(t, pool, testkit.ShopOptions{LateSession: true})
+	storeBatches(t, sys, map[string][]byte{"msg_late": event(t, "order.paid.json", late, "ord_late", nil)})
+	attempted := func() (attempt int, state string) {
+		t.Helper()
+		if err := pool.QueryRow(ctx, `SELECT attempt, state::text FROM river_job WHERE kind = 'polar_event'`).Scan(&attempt, &state); err != nil {
+			t.Fatal(err)
+		}
+		return attempt, state
+	}
+	testkit.Within(t, 30*time.Second, "the first attempt to fail", func() bool {
+		attempt, state := attempted()
+		return attempt == 1 && (state == "retryable" || state == "available")
+	})
+	release := sys.batches[0].HoldTurns()
+	late.OpenSession(t, pool)
+	testkit.Within(t, 30*time.Second, "the retry to start", func() bool {
+		attempt, state := attempted()
+		return attempt == 2 && state == "running"
+	})
+	// A negative can only be watched for a while: unbounded, the retry
+	// books within milliseconds.
+	time.Sleep(300 * time.Millisecond)
+	if n := len(bookings(t, pool, late)); n != 0 {
+		t.Fatalf("%d bookings by the retry while the test holds every turn, want none", n)
+	}
+	release()
+	for id, state := range sys.waitJobs(t, "msg_late") {
+		if state != "completed" {
+			t.Errorf("%s: %s, want completed", id, state)
+		}
+	}
+	if n := len(bookings(t, pool, late)); n != 1 {
+		t.Errorf("%d bookings, want 1", n)
+	}
+}

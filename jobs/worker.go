@@ -41,9 +41,10 @@ type Options struct {
 	RetryBase time.Duration
 	// Timeout bounds one attempt. Default 30 s.
 	Timeout time.Duration
-	// BatchTransactions bounds the group transactions (group.go: batch
-	// jobs and first attempts of single-event jobs, worked together) that
-	// run at once in this process; more groups wait for a turn (not counted
+	// BatchTransactions bounds the event transactions (group.go: groups
+	// of batch jobs and first attempts of single-event jobs, worked
+	// together, and retries, alone) that run at once in this process; more
+	// wait for a turn (not counted
 	// against Timeout; after a second they go back to the queue). Each
 	// locks up to 256 events' sessions and, through the bookings' foreign
 	// keys, their wallets and categories: dozens at once only make
@@ -150,14 +151,26 @@ func (w *EventWorker) process(ctx context.Context, tx pgx.Tx, key inbox.Key, job
 // Work applies the event and completes the job in one transaction: on a
 // first attempt, the transaction of the group it joins (group.go).
 func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error {
+	if w.groups == nil {
+		return w.work(ctx, job)
+	}
+	// Under the same turns as the groups, so that however many jobs River
+	// hands out, the workers' transactions at once stay bounded and the
+	// receiver finds connections.
+	alone := func(ctx context.Context, haveTurn bool) error {
+		if haveTurn {
+			return w.work(ctx, job)
+		}
+		return w.groups.withTurn(ctx, func() error { return w.work(ctx, job) })
+	}
 	// A first attempt is worked with the jobs that arrive with it; a retry
 	// (its session was not there, it failed) alone, so that it cannot make
 	// groups fail again and again.
-	if job.Attempt == 1 && w.groups != nil {
+	if job.Attempt == 1 {
 		asBatch := &river.Job[EventBatchArgs]{JobRow: job.JobRow, Args: EventBatchArgs{Events: []EventArgs{job.Args}}}
-		return w.groups.inGroup(ctx, asBatch, func(ctx context.Context, _ bool) error { return w.work(ctx, job) })
+		return w.groups.inGroup(ctx, asBatch, alone)
 	}
-	return w.work(ctx, job)
+	return alone(ctx, false)
 }
 
 // work applies one event in a transaction of its own.
