@@ -253,7 +253,7 @@ func (l *Limiter) register(reg prometheus.Registerer) error {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return v(l.State()) })
 	}
 	for _, c := range []prometheus.Collector{
-		gauge("relay_pace_limit", "Worker batch transactions allowed at once now: between 1 and 12, lower while the receiver's stores are slower than RELAY_PACE_TARGET.",
+		gauge("relay_pace_limit", "Worker event transactions (groups and retries) allowed at once now: between 1 and 12, lower while the receiver's stores are slower than RELAY_PACE_TARGET.",
 			func(s State) float64 { return float64(s.Limit) }),
 		gauge("relay_pace_in_flight", "Worker transactions running under the pace limit.",
 			func(s State) float64 { return float64(s.InFlight) }),
