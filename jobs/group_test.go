@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/relayhq/relay/internal/testdb"
 	"github.com/relayhq/relay/internal/testkit"
 )
@@ -17,12 +19,8 @@ import (
 // job. Without groups, five jobs are five transactions.
 func TestSingleEventJobsArrivingTogetherShareATransaction(t *testing.T) {
 	pool := testdb.NewPool(t)
-	sys := startSystem(t, pool, systemOpts{batchTx: 1})
+	sys, shops := startSystem(t, pool, systemOpts{batchTx: 1}), seedShops(t, pool, 5)
 	ctx := context.Background()
-	var shops [5]testkit.Shop
-	for i := range shops {
-		shops[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
-	}
 	release := sys.batches[0].HoldTurns()
 	var ids []string
 	var singles []map[string][]byte
@@ -40,31 +38,65 @@ func TestSingleEventJobsArrivingTogetherShareATransaction(t *testing.T) {
 		return n == len(shops)
 	})
 	release()
+	wantBookedOnce(t, sys, ids, shops[:])
+	wantOneTransaction(t, pool, "polar_event")
+}
+
+// wantBookedOnce checks that the jobs of the webhooks ids completed and
+// that every shop's sale was booked once.
+func wantBookedOnce(t *testing.T, sys *system, ids []string, shops []testkit.Shop) {
+	t.Helper()
 	for id, state := range sys.waitJobs(t, ids...) {
 		if state != "completed" {
 			t.Errorf("%s: %s, want completed", id, state)
 		}
 	}
 	for i, s := range shops {
-		if n := len(bookings(t, pool, s)); n != 1 {
+		if n := len(bookings(t, sys.pool, s)); n != 1 {
 			t.Errorf("shop %d: %d bookings, want 1", i, n)
 		}
 	}
-	var txs, jobTxs, unfinalized, misfiled int
-	if err := pool.QueryRow(ctx, `SELECT
+}
+
+// wantOneTransaction checks that every booking, every job of kind and every
+// inbox row was written by one and the same transaction (one xmin), each
+// inbox row marked by a job that carried it, and each job finalized.
+func wantOneTransaction(t *testing.T, pool *pgxpool.Pool, kind string) {
+	t.Helper()
+	var txs, jobTxs, inboxTxs, unfinalized, misfiled int
+	if err := pool.QueryRow(context.Background(), `SELECT
 			(SELECT count(DISTINCT xmin::text) FROM wallet_transactions),
-			(SELECT count(DISTINCT xmin::text) FROM river_job WHERE kind = 'polar_event'),
-			(SELECT count(*) FROM river_job WHERE kind = 'polar_event' AND finalized_at IS NULL),
+			(SELECT count(DISTINCT xmin::text) FROM river_job WHERE kind = $1),
+			(SELECT count(DISTINCT xmin::text) FROM webhook_inbox),
+			(SELECT count(*) FROM river_job WHERE kind = $1 AND finalized_at IS NULL),
 			(SELECT count(*) FROM webhook_inbox i LEFT JOIN river_job j ON j.id = i.job_id
-				WHERE j.id IS NULL OR j.args->>'webhook_id' <> i.webhook_id)`).Scan(&txs, &jobTxs, &unfinalized, &misfiled); err != nil {
+				WHERE j.id IS NULL OR NOT j.args::text LIKE '%"' || i.webhook_id || '"%')`, kind).Scan(&txs, &jobTxs, &inboxTxs, &unfinalized, &misfiled); err != nil {
 		t.Fatal(err)
 	}
-	if txs != 1 || jobTxs != 1 {
-		t.Errorf("five single-event jobs booked in %d transactions and completed in %d, want 1, the same", txs, jobTxs)
+	if txs != 1 || jobTxs != 1 || inboxTxs != 1 {
+		t.Errorf("sales booked in %d transactions, %s jobs completed in %d and inbox rows marked in %d; want 1, the same", txs, kind, jobTxs, inboxTxs)
 	}
 	if unfinalized != 0 || misfiled != 0 {
-		t.Errorf("%d completed jobs without finalized_at, %d inbox rows not marked by their own job; want none", unfinalized, misfiled)
+		t.Errorf("%d completed jobs without finalized_at, %d inbox rows not marked by a job that carried them; want none", unfinalized, misfiled)
 	}
+	var same bool
+	if err := pool.QueryRow(context.Background(), `SELECT
+			(SELECT min(xmin::text) FROM wallet_transactions) = (SELECT min(xmin::text) FROM river_job WHERE kind = $1)`, kind).Scan(&same); err != nil {
+		t.Fatal(err)
+	}
+	if !same {
+		t.Errorf("the sales were booked and the %s jobs completed in different transactions, want the same", kind)
+	}
+}
+
+// seedShops seeds n shops, each with a reserved session.
+func seedShops(t *testing.T, pool *pgxpool.Pool, n int) []testkit.Shop {
+	t.Helper()
+	shops := make([]testkit.Shop, n)
+	for i := range shops {
+		shops[i] = testkit.SeedShop(t, pool, testkit.ShopOptions{})
+	}
+	return shops
 }
 
 // TestRetriesTakeTurns: a single-event job's retry is worked alone, but

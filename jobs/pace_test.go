@@ -166,31 +166,8 @@ func TestWaitingBatchesRideAlong(t *testing.T) {
 	}
 	waitGrouped(t, pool, limiter, 3)
 	limiter.Release()
-	for id, state := range sys.waitJobs(t, ids...) {
-		if state != "completed" {
-			t.Errorf("%s: %s, want completed", id, state)
-		}
-	}
-	for i, s := range shops {
-		if n := len(bookings(t, pool, s)); n != 1 {
-			t.Errorf("shop %d: %d bookings, want 1", i, n)
-		}
-	}
-	var txs, jobTxs, inboxTxs, misfiled int
-	if err := pool.QueryRow(ctx, `SELECT
-			(SELECT count(DISTINCT xmin::text) FROM wallet_transactions),
-			(SELECT count(DISTINCT xmin::text) FROM river_job WHERE kind = 'polar_event_batch'),
-			(SELECT count(DISTINCT xmin::text) FROM webhook_inbox),
-			(SELECT count(*) FROM webhook_inbox i JOIN river_job j ON j.id = i.job_id
-				WHERE NOT j.args::text LIKE '%' || i.webhook_id || '%')`).Scan(&txs, &jobTxs, &inboxTxs, &misfiled); err != nil {
-		t.Fatal(err)
-	}
-	if txs != 1 || jobTxs != 1 || inboxTxs != 1 {
-		t.Errorf("the three batches' sales were booked in %d transactions, their jobs completed in %d and their inbox rows marked in %d; want 1, the same", txs, jobTxs, inboxTxs)
-	}
-	if misfiled != 0 {
-		t.Errorf("%d inbox rows name a job that did not carry them", misfiled)
-	}
+	wantBookedOnce(t, sys, ids, shops[:])
+	wantOneTransaction(t, pool, "polar_event_batch")
 }
 
 // waitGrouped waits until n batch jobs are running and one of them waits
