@@ -28,21 +28,13 @@ import (
 // group is jobs worked in one transaction.
 type group struct {
 	started time.Time
-	members []member // the leader's first; under BatchWorker.mu until closed
+	jobs    []*river.Job[EventBatchArgs] // the leader's first; under BatchWorker.mu until closed
 	events  int
 
 	done     chan struct{} // closed once the outcome is known
 	finished sync.Once
 	ok       bool // the group's transaction committed: every job applied and completed
 	snooze   bool // no turn came in time: every job goes back to the queue
-}
-
-// member is a job of a group: a batch, or a single event as a batch of one.
-type member struct {
-	job *river.Job[EventBatchArgs]
-	// alone works the job as if it had never been grouped, with the turn
-	// its caller holds, or taking one if it needs it.
-	alone func(ctx context.Context, haveTurn bool) error
 }
 
 // maxGroupEvents bounds the events of a group: a larger transaction holds
@@ -54,11 +46,12 @@ const maxGroupEvents = 256
 // fraction of it.
 const gatherFor = 2 * time.Millisecond
 
-// inGroup works job in a group: it leads one, or joins the one forming and
-// waits for its outcome. alone works job by itself when its group comes to
-// nothing or fails.
+// inGroup works job (a batch, or a single event as a batch of one) in a
+// group: it leads one, or joins the one forming and waits for its outcome.
+// alone works job as if it had never been grouped, when its group comes to
+// nothing or fails: with the turn its caller holds, or taking one.
 func (b *BatchWorker) inGroup(ctx context.Context, job *river.Job[EventBatchArgs], alone func(ctx context.Context, haveTurn bool) error) error {
-	g, leader := b.join(member{job: job, alone: alone})
+	g, leader := b.join(job)
 	if !leader {
 		select {
 		case <-g.done:
@@ -93,7 +86,7 @@ func (b *BatchWorker) inGroup(ctx context.Context, job *river.Job[EventBatchArgs
 			}
 		}
 	}
-	members := b.close(g)
+	jobs := b.close(g)
 	switch {
 	case err == nil:
 		defer b.turns.Release()
@@ -105,16 +98,12 @@ func (b *BatchWorker) inGroup(ctx context.Context, job *river.Job[EventBatchArgs
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.w.opts.Timeout)
 	defer cancel()
-	if len(members) == 1 {
+	if len(jobs) == 1 {
 		return alone(ctx, true)
 	}
 	// In the order relay received them (River's ids grow with inserts),
 	// not the order their goroutines happened to join in: a product's
 	// versions, say, are then applied oldest first.
-	jobs := make([]*river.Job[EventBatchArgs], len(members))
-	for i, m := range members {
-		jobs[i] = m.job
-	}
 	slices.SortFunc(jobs, func(a, b *river.Job[EventBatchArgs]) int { return cmp.Compare(a.ID, b.ID) })
 	err = b.apply(ctx, jobs)
 	g.finish(err == nil, false)
@@ -146,29 +135,29 @@ func (b *BatchWorker) withTurn(ctx context.Context, fn func() error) error {
 	}
 }
 
-// join adds m to the group forming, or starts one that m leads.
-func (b *BatchWorker) join(m member) (g *group, leader bool) {
-	n := len(m.job.Args.Events)
+// join adds job to the group forming, or starts one that job leads.
+func (b *BatchWorker) join(job *river.Job[EventBatchArgs]) (g *group, leader bool) {
+	n := len(job.Args.Events)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if g := b.forming; g != nil && g.events+n <= maxGroupEvents {
-		g.members, g.events = append(g.members, m), g.events+n
+		g.jobs, g.events = append(g.jobs, job), g.events+n
 		return g, false
 	}
-	g = &group{started: time.Now(), members: []member{m}, events: n, done: make(chan struct{})}
+	g = &group{started: time.Now(), jobs: []*river.Job[EventBatchArgs]{job}, events: n, done: make(chan struct{})}
 	b.forming = g
 	return g, true
 }
 
 // close ends g's forming: later jobs start another group. It returns g's
-// members, its leader first.
-func (b *BatchWorker) close(g *group) []member {
+// jobs, its leader's first.
+func (b *BatchWorker) close(g *group) []*river.Job[EventBatchArgs] {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.forming == g {
 		b.forming = nil
 	}
-	return g.members
+	return g.jobs
 }
 
 // finish tells g's other members its outcome; only its first call counts.

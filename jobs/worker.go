@@ -41,17 +41,17 @@ type Options struct {
 	RetryBase time.Duration
 	// Timeout bounds one attempt. Default 30 s.
 	Timeout time.Duration
-	// BatchTransactions bounds the event transactions (group.go: groups
-	// of batch jobs and first attempts of single-event jobs, worked
-	// together, and retries, alone) that run at once in this process; more
-	// wait for a turn (not counted
-	// against Timeout; after a second they go back to the queue). Each
-	// locks up to 256 events' sessions and, through the bookings' foreign
-	// keys, their wallets and categories: dozens at once only make
-	// PostgreSQL work harder per event (make bench on 2 cores: 20-30% more
-	// CPU per event with 50 than with 12). Default 12.
+	// BatchTransactions bounds the event transactions that run at once in
+	// this process: groups (group.go: batch jobs and first attempts of
+	// single-event jobs, worked together) and retries, worked alone. More
+	// wait for a turn (not counted against Timeout; after a second they go
+	// back to the queue). Each locks up to 256 events' sessions and,
+	// through the bookings' foreign keys, their wallets and categories:
+	// dozens at once only make PostgreSQL work harder per event (make bench
+	// on 2 cores: 20-30% more CPU per event with 50 than with 12). Default
+	// 12.
 	BatchTransactions int
-	// Pace, when set, is the limit on batch transactions at once instead of
+	// Pace, when set, is the limit on event transactions at once instead of
 	// BatchTransactions: one that shrinks while the receiver's stores are
 	// slow (relay serve's, RELAY_PACE_TARGET), so that processing yields
 	// the database to acknowledging. Every job worked tells it how long
@@ -251,8 +251,10 @@ func completeTx[T river.JobArgs](ctx context.Context, tx pgx.Tx, job *river.Job[
 
 // completeAllTx completes jobs in tx as completeTx does each, in one
 // statement: River's JobCompleteTx takes one job, but the pilot's
-// JobSetStateIfRunningMany, which it calls with that one, takes many
-// (TestCompleteAllTxAsJobCompleteTx pins that the two agree).
+// JobSetStateIfRunningMany, which it calls with that one, takes many. The
+// jobs end as JobCompleteTx leaves one (completed, finalized_at set) in the
+// caller's transaction: TestWaitingBatchesRideAlong and
+// TestSingleEventJobsArrivingTogetherShareATransaction pin it.
 func completeAllTx[T river.JobArgs](ctx context.Context, tx pgx.Tx, jobs []*river.Job[T]) error {
 	if len(jobs) == 1 {
 		return completeTx(ctx, tx, jobs[0])
