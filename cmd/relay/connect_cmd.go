@@ -88,12 +88,9 @@ func connectCmd(ctx context.Context, args []string, getenv func(string) string, 
 // readToken reads one token from stdin; the newline that ends it is not
 // part of it.
 func readToken(stdin io.Reader) (string, error) {
-	b, err := io.ReadAll(io.LimitReader(stdin, maxSecretInput+1))
+	b, err := readStdin(stdin, "token")
 	if err != nil {
-		return "", fmt.Errorf("read the token from stdin: %w", err)
-	}
-	if len(b) > maxSecretInput {
-		return "", fmt.Errorf("the token on stdin is over %d bytes", maxSecretInput)
+		return "", err
 	}
 	s := strings.TrimSpace(string(b))
 	if s == "" {

@@ -118,18 +118,28 @@ func endpointsCmd(ctx context.Context, args []string, getenv func(string) string
 // readSecret reads one secret from stdin; the newline that ends it, as
 // echo or a terminal adds, is not part of it.
 func readSecret(stdin io.Reader) (string, error) {
-	b, err := io.ReadAll(io.LimitReader(stdin, maxSecretInput+1))
+	b, err := readStdin(stdin, "secret")
 	if err != nil {
-		return "", fmt.Errorf("read the secret from stdin: %w", err)
-	}
-	if len(b) > maxSecretInput {
-		return "", fmt.Errorf("the secret on stdin is over %d bytes", maxSecretInput)
+		return "", err
 	}
 	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 	if s == "" {
 		return "", errors.New("no secret on stdin: pipe it in, e.g. `relay endpoints add ... < secret.txt`")
 	}
 	return s, nil
+}
+
+// readStdin reads what stdin holds, at most maxSecretInput bytes; what
+// names it in errors.
+func readStdin(stdin io.Reader, what string) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(stdin, maxSecretInput+1))
+	if err != nil {
+		return nil, fmt.Errorf("read the %s from stdin: %w", what, err)
+	}
+	if len(b) > maxSecretInput {
+		return nil, fmt.Errorf("the %s on stdin is over %d bytes", what, maxSecretInput)
+	}
+	return b, nil
 }
 
 // openEndpoints reads the keys first, so that a malformed key fails
