@@ -187,32 +187,7 @@ func uniq(ids []string) map[string]bool {
 // metric returns the value of a counter series, 0 when absent.
 func (s *system) metric(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := s.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue next
-				}
-			}
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
-			}
-			return float64(m.GetHistogram().GetSampleCount())
-		}
-	}
-	return 0
+	return testkit.Metric(t, s.reg, name, labels)
 }
 
 type shop = testkit.Shop

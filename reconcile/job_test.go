@@ -4,11 +4,11 @@ import (
 	"context"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/relayhq/relay/internal/polarfake"
+	"github.com/relayhq/relay/internal/testkit"
 	"github.com/relayhq/relay/polarapi"
 	"github.com/relayhq/relay/reconcile"
 )
@@ -64,7 +64,7 @@ func TestPeriodicPassBooksMissedSaleAndNeverOverlaps(t *testing.T) {
 	if c.LastReconcile == nil || c.LastReconcile.Result != reconcile.ResultOK || c.LastReconcile.Findings != 1 {
 		t.Fatalf("connection after the periodic pass: %+v", c.LastReconcile)
 	}
-	if v := testutil.ToFloat64(metric(t, w.reg, "relay_polar_connections", "enabled")); v != 1 {
+	if v := testkit.Metric(t, w.reg, "relay_polar_connections", map[string]string{"state": "enabled"}); v != 1 {
 		t.Fatalf("relay_polar_connections{state=enabled} = %v, want 1", v)
 	}
 
@@ -77,7 +77,7 @@ func TestPeriodicPassBooksMissedSaleAndNeverOverlaps(t *testing.T) {
 	if c, _ := w.store.Get(ctx, w.shop.WS, polarapi.Production); c.State != "unauthorized" {
 		t.Fatalf("state %q after a revoked token", c.State)
 	}
-	if v := testutil.ToFloat64(metric(t, w.reg, "relay_polar_connections", "unauthorized")); v != 1 {
+	if v := testkit.Metric(t, w.reg, "relay_polar_connections", map[string]string{"state": "unauthorized"}); v != 1 {
 		t.Fatalf("relay_polar_connections{state=unauthorized} = %v, want 1", v)
 	}
 }

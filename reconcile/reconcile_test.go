@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
@@ -280,7 +279,7 @@ func TestMissedSaleIsBookedOnceAndItsLateWebhookBooksNothing(t *testing.T) {
 	if status != "completed" || amount != 4950 {
 		t.Fatalf("session %s booked %d, want completed and 4950", status, amount)
 	}
-	if n := testutil.ToFloat64(metric(t, w.reg, "relay_reconcile_recovered_total", "production", "booked")); n != 1 {
+	if n := testkit.Metric(t, w.reg, "relay_reconcile_recovered_total", map[string]string{"environment": "production", "kind": "booked"}); n != 1 {
 		t.Errorf("relay_reconcile_recovered_total{booked} = %v, want 1", n)
 	}
 
@@ -296,36 +295,6 @@ func TestMissedSaleIsBookedOnceAndItsLateWebhookBooksNothing(t *testing.T) {
 	if n := w.recoveredRows(t); n != 1 {
 		t.Fatalf("%d inbox rows of source reconciliation, want 1", n)
 	}
-}
-
-func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) prometheus.Collector {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for i, l := range m.GetLabel() {
-				if l.GetValue() != labels[i] {
-					continue next
-				}
-			}
-			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
-			g.Set(v)
-			return g
-		}
-	}
-	t.Fatalf("no %s%v", name, labels)
-	return nil
 }
 
 // TestMissedRefundIsReversedOnce: a refund whose webhooks never arrived is
@@ -588,7 +557,7 @@ func TestRejectedTokenMarksUnauthorizedWithoutRetries(t *testing.T) {
 	if c.State != connections.StateUnauthorized || c.LastReconcile == nil || c.LastReconcile.Result != reconcile.ResultUnauthorized {
 		t.Fatalf("connection after a rejected token: %+v", c)
 	}
-	if n := testutil.ToFloat64(metric(t, w.reg, "relay_reconcile_passes_total", "production", "unauthorized")); n != 1 {
+	if n := testkit.Metric(t, w.reg, "relay_reconcile_passes_total", map[string]string{"environment": "production", "result": "unauthorized"}); n != 1 {
 		t.Errorf("relay_reconcile_passes_total{unauthorized} = %v", n)
 	}
 	// A token without refunds:read: the scope is named.
@@ -651,7 +620,7 @@ func TestDisabledEndpointReportedAndReenabled(t *testing.T) {
 	if c, _ := w.store.Get(context.Background(), w.shop.WS, polarapi.Production); c.State != connections.StateDisabled {
 		t.Fatalf("connection state %q, want disabled", c.State)
 	}
-	if n := testutil.ToFloat64(metric(t, w.reg, "relay_reconcile_findings_total", "production", "endpoint_disabled")); n != 1 {
+	if n := testkit.Metric(t, w.reg, "relay_reconcile_findings_total", map[string]string{"environment": "production", "kind": "endpoint_disabled"}); n != 1 {
 		t.Errorf("relay_reconcile_findings_total{endpoint_disabled} = %v", n)
 	}
 	rep = pass(t, w.reconciler(nil), w, polarapi.Production, reconcile.Options{})
